@@ -1,0 +1,3 @@
+DROP TABLE inbound_callbacks;
+DROP TABLE order_events;
+DROP TABLE orders;

@@ -1,0 +1,422 @@
+//! Typed configuration, built once from the environment (and `.env`).
+//!
+//! Every variable, as `contract.md` names it:
+//! - `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/haoka_sync`)
+//! - `HAOKA_SYNC_BIND` (default `127.0.0.1:8080`)
+//! - `HAOKA172_USER_ID`, `HAOKA172_SECRET`, `HAOKA172_SECRET_PREVIOUS` (rotation)
+//! - `HAOKA172_BASE_URL`, `HAOKA172_OVERDUE`, `HAOKA172_MAX_CALLS_PER_MINUTE`,
+//!   `HAOKA172_MAX_CALLS_PER_ORDER_PER_DAY`
+//! - `DAMAIJIA_TOKEN`, `DAMAIJIA_OWNER_ID`, `DAMAIJIA_BASE_URL`,
+//!   `DAMAIJIA_APP_ID`, `DAMAIJIA_APP_SECRET`, `DAMAIJIA_REFRESH`,
+//!   `DAMAIJIA_BATCH_SIZE`, `DAMAIJIA_EDITION`
+//! - `POLL_CRON`, `ADMIN_TOKEN`
+//! - `CALLBACK_MAX_BODY_BYTES` (default 65536), `DB_POOL_SIZE` (default 16),
+//!   `DB_TIMEOUT_SECS` (default 3), `INGEST_WRITERS` (default 4),
+//!   `INGEST_MAX_BATCH` (default 256)
+//!
+//! Secrets never appear in `Debug` output or logs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::status::Status;
+
+/// A value that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A database URL whose password is masked when printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(url::Url);
+
+impl DatabaseUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let u = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+        if !matches!(u.scheme(), "postgres" | "postgresql") {
+            return Err("must start with postgres://".into());
+        }
+        if u.path().trim_start_matches('/').is_empty() {
+            return Err("must name a database (postgres://host/dbname)".into());
+        }
+        Ok(DatabaseUrl(u))
+    }
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+    pub fn database_name(&self) -> String {
+        let name = self.0.path().trim_start_matches('/');
+        percent_decode(name)
+    }
+    /// The same server, another database (to create this one).
+    pub fn with_database(&self, name: &str) -> DatabaseUrl {
+        let mut u = self.0.clone();
+        u.set_path(&format!("/{name}"));
+        DatabaseUrl(u)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_owned())
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut u = self.0.clone();
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
+        }
+        f.write_str(u.as_str())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// Per-status durations, e.g. `new=30m,pending=6h,submitted=2d`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusDurations(pub BTreeMap<&'static str, Duration>);
+
+impl StatusDurations {
+    /// Statuses that can be waited on (every non-terminal one).
+    pub const KEYS: [Status; 6] = [
+        Status::New,
+        Status::Pending,
+        Status::Submitted,
+        Status::Shipped,
+        Status::Completed,
+        Status::Unknown,
+    ];
+
+    /// Parse `key=duration,...` over `defaults`; omitted keys keep the default.
+    pub fn parse(spec: &str, defaults: &StatusDurations) -> Result<Self, String> {
+        let mut out = defaults.clone();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not key=duration"))?;
+            let k = k.trim();
+            let key = Self::KEYS
+                .into_iter()
+                .find(|s| s.as_str() == k)
+                .ok_or_else(|| {
+                    format!("`{k}` is not a non-terminal status (new, pending, submitted, shipped, completed, unknown)")
+                })?
+                .as_str();
+            out.0.insert(key, parse_duration(v.trim())?);
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, status: Status) -> Option<Duration> {
+        self.0.get(status.as_str()).copied()
+    }
+
+    fn from_pairs(pairs: &[(Status, u64)]) -> Self {
+        StatusDurations(pairs.iter().map(|(s, secs)| (s.as_str(), Duration::from_secs(*secs))).collect())
+    }
+
+    /// The 172 defaults from `contract.md`.
+    pub fn haoka172_default() -> Self {
+        const H: u64 = 3600;
+        Self::from_pairs(&[
+            (Status::New, 30 * 60),
+            (Status::Pending, 6 * H),
+            (Status::Submitted, 2 * 24 * H),
+            (Status::Shipped, 7 * 24 * H),
+            (Status::Completed, 15 * 24 * H),
+            (Status::Unknown, H),
+        ])
+    }
+
+    /// 大麦家: how stale an order may get before it is re-read.
+    pub fn damaijia_default() -> Self {
+        const H: u64 = 3600;
+        Self::from_pairs(&[
+            (Status::New, 0),
+            (Status::Pending, 2 * H),
+            (Status::Submitted, 6 * H),
+            (Status::Shipped, 12 * H),
+            (Status::Completed, 24 * H),
+            (Status::Unknown, H),
+        ])
+    }
+}
+
+/// `30s`, `15m`, `6h`, `2d`, or a bare `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 15m, 6h or 2d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("`{s}` has no unit (s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(n * mult))
+}
+
+#[derive(Debug, Clone)]
+pub struct Haoka172Config {
+    pub user_id: Option<String>,
+    pub secret: Option<Secret>,
+    /// Accepted for callback signatures only, during a secret rotation.
+    pub previous_secret: Option<Secret>,
+    pub base_url: url::Url,
+    pub overdue: StatusDurations,
+    pub max_calls_per_minute: u32,
+    pub max_calls_per_order_per_day: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DamaijiaConfig {
+    pub token: Option<Secret>,
+    pub owner_id: Option<String>,
+    pub base_url: url::Url,
+    pub app_id: Option<String>,
+    pub app_secret: Option<Secret>,
+    pub refresh: StatusDurations,
+    pub batch_size: u32,
+    pub edition: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: DatabaseUrl,
+    pub bind: SocketAddr,
+    pub haoka172: Haoka172Config,
+    pub damaijia: DamaijiaConfig,
+    pub poll_cron: String,
+    pub admin_token: Option<Secret>,
+    pub callback_max_body_bytes: usize,
+    pub db_pool_size: u32,
+    pub db_timeout: Duration,
+    pub ingest_writers: usize,
+    pub ingest_max_batch: usize,
+}
+
+/// One bad variable: the message is the one line the user sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {msg}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub msg: String,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/haoka_sync";
+
+impl Config {
+    /// From the process environment (after `.env` was loaded by the caller).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// From any lookup; tests pass a map.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |k: &'static str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let err = |var: &'static str, msg: String| ConfigError { var, msg };
+        let parse_num = |k: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+            match var(k) {
+                None => Ok(default),
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if (min..=max).contains(&n) => Ok(n),
+                    Ok(n) => Err(err(k, format!("{n} is out of range {min}..={max}"))),
+                    Err(_) => Err(err(k, format!("`{v}` is not a whole number"))),
+                },
+            }
+        };
+        let parse_url = |k: &'static str, default: &str| -> Result<url::Url, ConfigError> {
+            let v = var(k).unwrap_or_else(|| default.to_owned());
+            let u = url::Url::parse(&v).map_err(|e| err(k, format!("`{v}` is not a URL ({e})")))?;
+            if !matches!(u.scheme(), "http" | "https") {
+                return Err(err(k, format!("`{v}` must be http:// or https://")));
+            }
+            Ok(u)
+        };
+
+        let database_url = DatabaseUrl::parse(&var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()))
+            .map_err(|m| err("DATABASE_URL", m))?;
+        let bind_s = var("HAOKA_SYNC_BIND").unwrap_or_else(|| "127.0.0.1:8080".into());
+        let bind = bind_s
+            .parse()
+            .map_err(|_| err("HAOKA_SYNC_BIND", format!("`{bind_s}` is not an address like 127.0.0.1:8080")))?;
+
+        let max_per_minute = parse_num("HAOKA172_MAX_CALLS_PER_MINUTE", 150, 1, u64::MAX)?;
+        if max_per_minute > 200 {
+            return Err(err(
+                "HAOKA172_MAX_CALLS_PER_MINUTE",
+                format!("{max_per_minute} is above 200, where the vendor blocks the account"),
+            ));
+        }
+        let haoka172 = Haoka172Config {
+            user_id: var("HAOKA172_USER_ID"),
+            secret: var("HAOKA172_SECRET").map(Secret),
+            previous_secret: var("HAOKA172_SECRET_PREVIOUS").map(Secret),
+            base_url: parse_url("HAOKA172_BASE_URL", "https://haokaopenapi.lot-ml.com")?,
+            overdue: StatusDurations::parse(
+                &var("HAOKA172_OVERDUE").unwrap_or_default(),
+                &StatusDurations::haoka172_default(),
+            )
+            .map_err(|m| err("HAOKA172_OVERDUE", m))?,
+            max_calls_per_minute: max_per_minute as u32,
+            max_calls_per_order_per_day: parse_num("HAOKA172_MAX_CALLS_PER_ORDER_PER_DAY", 10, 1, 1000)? as u32,
+        };
+        let damaijia = DamaijiaConfig {
+            token: var("DAMAIJIA_TOKEN").map(Secret),
+            owner_id: var("DAMAIJIA_OWNER_ID"),
+            base_url: parse_url("DAMAIJIA_BASE_URL", "http://www.damaijia168.com")?,
+            app_id: var("DAMAIJIA_APP_ID"),
+            app_secret: var("DAMAIJIA_APP_SECRET").map(Secret),
+            refresh: StatusDurations::parse(
+                &var("DAMAIJIA_REFRESH").unwrap_or_default(),
+                &StatusDurations::damaijia_default(),
+            )
+            .map_err(|m| err("DAMAIJIA_REFRESH", m))?,
+            batch_size: parse_num("DAMAIJIA_BATCH_SIZE", 20, 1, 100)? as u32,
+            edition: var("DAMAIJIA_EDITION"),
+        };
+        let poll_cron = var("POLL_CRON").unwrap_or_else(|| "0 * * * * *".into());
+        validate_cron(&poll_cron).map_err(|m| err("POLL_CRON", m))?;
+
+        Ok(Config {
+            database_url,
+            bind,
+            haoka172,
+            damaijia,
+            poll_cron,
+            admin_token: var("ADMIN_TOKEN").map(Secret),
+            callback_max_body_bytes: parse_num("CALLBACK_MAX_BODY_BYTES", 64 * 1024, 1024, 16 << 20)? as usize,
+            db_pool_size: parse_num("DB_POOL_SIZE", 16, 2, 512)? as u32,
+            db_timeout: Duration::from_secs(parse_num("DB_TIMEOUT_SECS", 3, 1, 600)?),
+            ingest_writers: parse_num("INGEST_WRITERS", 4, 1, 64)? as usize,
+            ingest_max_batch: parse_num("INGEST_MAX_BATCH", 256, 1, 10_000)? as usize,
+        })
+    }
+
+    /// A configuration for tests and tools: defaults, then `overrides`.
+    pub fn with(overrides: &[(&str, &str)]) -> Result<Self, ConfigError> {
+        let map: BTreeMap<String, String> =
+            overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::from_lookup(|k| map.get(k).cloned())
+    }
+}
+
+/// Six fields (with seconds), as tokio-cron-scheduler expects.
+fn validate_cron(expr: &str) -> Result<(), String> {
+    let fields = expr.split_whitespace().count();
+    if !(6..=7).contains(&fields) {
+        return Err(format!(
+            "`{expr}` has {fields} fields; use six, starting with seconds (e.g. `0 * * * * *`)"
+        ));
+    }
+    tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {}))
+        .map(|_| ())
+        .map_err(|e| format!("`{expr}` is not a valid schedule ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::with(&[]).unwrap();
+        assert_eq!(c.database_url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.haoka172.base_url.as_str(), "https://haokaopenapi.lot-ml.com/");
+        assert_eq!(c.haoka172.max_calls_per_minute, 150);
+        assert_eq!(c.haoka172.max_calls_per_order_per_day, 10);
+        assert_eq!(c.damaijia.batch_size, 20);
+        assert_eq!(c.poll_cron, "0 * * * * *");
+        assert_eq!(c.haoka172.overdue.get(Status::Pending), Some(Duration::from_secs(6 * 3600)));
+        assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn overdue_spec_overrides_only_the_keys_given() {
+        let c = Config::with(&[("HAOKA172_OVERDUE", "pending=0, shipped=90s,new=1d")]).unwrap();
+        let o = &c.haoka172.overdue;
+        assert_eq!(o.get(Status::Pending), Some(Duration::ZERO));
+        assert_eq!(o.get(Status::Shipped), Some(Duration::from_secs(90)));
+        assert_eq!(o.get(Status::New), Some(Duration::from_secs(86400)));
+        assert_eq!(o.get(Status::Submitted), Some(Duration::from_secs(2 * 86400)));
+        assert_eq!(o.get(Status::Settled), None);
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable_and_the_problem() {
+        let cases = [
+            ("HAOKA172_MAX_CALLS_PER_MINUTE", "201", "above 200"),
+            ("HAOKA172_MAX_CALLS_PER_MINUTE", "lots", "not a whole number"),
+            ("HAOKA172_OVERDUE", "settled=1h", "not a non-terminal status"),
+            ("HAOKA172_OVERDUE", "pending=6x", "no unit"),
+            ("HAOKA172_OVERDUE", "pending", "not key=duration"),
+            ("DATABASE_URL", "mysql://x/y", "postgres://"),
+            ("DATABASE_URL", "postgres://host", "must name a database"),
+            ("HAOKA_SYNC_BIND", "localhost", "not an address"),
+            ("HAOKA172_BASE_URL", "ftp://x", "http"),
+            ("POLL_CRON", "* * * * *", "six"),
+            ("POLL_CRON", "x y z a b c", "not a valid schedule"),
+            ("DAMAIJIA_BATCH_SIZE", "0", "out of range"),
+        ];
+        for (k, v, want) in cases {
+            let e = Config::with(&[(k, v)]).unwrap_err();
+            assert_eq!(e.var, k);
+            assert!(e.to_string().contains(want), "{k}={v}: `{e}` should mention `{want}`");
+            assert!(!e.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = Config::with(&[
+            ("HAOKA172_SECRET", "s3cr3t-172"),
+            ("DAMAIJIA_TOKEN", "tok-damaijia"),
+            ("DAMAIJIA_APP_SECRET", "app-s3cret"),
+            ("ADMIN_TOKEN", "admin-t0ken"),
+            ("DATABASE_URL", "postgres://u:dbpa55@localhost/x"),
+        ])
+        .unwrap();
+        let dbg = format!("{c:?}");
+        for secret in ["s3cr3t-172", "tok-damaijia", "app-s3cret", "admin-t0ken", "dbpa55"] {
+            assert!(!dbg.contains(secret), "{secret} leaked in {dbg}");
+        }
+        assert!(dbg.contains("[redacted]"));
+        assert_eq!(c.database_url.to_string(), "postgres://u:***@localhost/x");
+    }
+
+    #[test]
+    fn database_url_can_point_at_another_database_on_the_same_server() {
+        let u = DatabaseUrl::parse("postgres://u:p@h:5433/app_db?sslmode=disable").unwrap();
+        assert_eq!(u.database_name(), "app_db");
+        assert_eq!(u.with_database("postgres").expose(), "postgres://u:p@h:5433/postgres?sslmode=disable");
+    }
+}

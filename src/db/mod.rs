@@ -1,0 +1,145 @@
+//! PostgreSQL plumbing: the r2d2 pool, creating the database, embedded
+//! migrations, and the one helper that runs sync diesel off the async workers.
+//! No business rules here.
+
+pub mod models;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::config::DatabaseUrl;
+
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+pub type PgConn = PooledConnection<ConnectionManager<PgConnection>>;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database cannot be reached (pool timeout, connection lost).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl DbError {
+    /// Connection-level failures are "unavailable"; everything else is ours.
+    pub fn from_query(e: diesel::result::Error) -> DbError {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &e {
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, info) => {
+                DbError::Unavailable(info.message().to_owned())
+            }
+            Error::DatabaseError(_, info)
+                if info.message().contains("terminating connection")
+                    || info.message().contains("server closed the connection")
+                    || info.message().contains("the database system is") =>
+            {
+                DbError::Unavailable(info.message().to_owned())
+            }
+            _ => DbError::Query(e),
+        }
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DbError::Unavailable(_))
+    }
+}
+
+impl From<diesel::r2d2::PoolError> for DbError {
+    fn from(e: diesel::r2d2::PoolError) -> Self {
+        DbError::Unavailable(e.to_string())
+    }
+}
+
+/// A pool that does not need the database at build time: requests made while
+/// it is down fail after `timeout`, and it reconnects by itself.
+pub fn pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> PgPool {
+    let manager = ConnectionManager::<PgConnection>::new(url.expose());
+    Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        .connection_timeout(timeout)
+        .test_on_check_out(true)
+        .build_unchecked(manager)
+}
+
+/// Run sync diesel work on the blocking pool, never on an async worker.
+pub async fn run<T, F>(pool: &PgPool, f: F) -> Result<T, DbError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut PgConnection) -> Result<T, DbError> + Send + 'static,
+{
+    let pool = pool.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = pool.get()?;
+        f(&mut conn)
+    })
+    .await
+    .map_err(|e| DbError::Unavailable(format!("database task failed: {e}")))?
+}
+
+/// Create the database named in `url` if it does not exist (connecting to the
+/// server's `postgres` database to do so).
+pub fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, DbError> {
+    let name = url.database_name();
+    let admin_url = url.with_database("postgres");
+    let mut conn = PgConnection::establish(admin_url.expose())
+        .map_err(|e| DbError::Unavailable(format!("cannot connect to {admin_url}: {e}")))?;
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let row: Exists = diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+        .bind::<diesel::sql_types::Text, _>(&name)
+        .get_result(&mut conn)
+        .map_err(DbError::from_query)?;
+    if row.exists {
+        return Ok(false);
+    }
+    let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    match conn.batch_execute(&sql) {
+        Ok(()) => Ok(true),
+        // Someone else created it between our check and our create.
+        Err(diesel::result::Error::DatabaseError(_, info)) if info.message().contains("already exists") => Ok(false),
+        Err(e) => Err(DbError::from_query(e)),
+    }
+}
+
+/// Apply pending embedded migrations; returns their names.
+pub fn migrate(conn: &mut PgConnection) -> Result<Vec<String>, DbError> {
+    // Serialize concurrent migrators (two `serve` starting at once).
+    conn.batch_execute("SELECT pg_advisory_lock(7217200001)")
+        .map_err(DbError::from_query)?;
+    let result = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|v| v.iter().map(|m| m.to_string()).collect())
+        .map_err(|e| DbError::Migration(e.to_string()));
+    let _ = conn.batch_execute("SELECT pg_advisory_unlock(7217200001)");
+    result
+}
+
+/// Create the database if needed and bring its schema up to date.
+pub fn prepare(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
+    if create_database_if_missing(url)? {
+        log::info!("created database {}", url.database_name());
+    }
+    let mut conn = PgConnection::establish(url.expose())
+        .map_err(|e| DbError::Unavailable(format!("cannot connect to {url}: {e}")))?;
+    migrate(&mut conn)
+}
+
+/// `SELECT 1` through the pool.
+pub fn ping(conn: &mut PgConnection) -> Result<(), DbError> {
+    conn.batch_execute("SELECT 1").map_err(DbError::from_query)
+}

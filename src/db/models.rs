@@ -1,0 +1,199 @@
+//! Row types for the tables in `schema.rs`, and their conversion to and from
+//! the status model. Queries live in `store`.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::schema::{inbound_callbacks, order_events, orders};
+use crate::status::{OrderFields, OrderState, Status};
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
+pub struct Order {
+    pub vendor: String,
+    pub order_id: String,
+    pub status: String,
+    pub vendor_status: Option<String>,
+    pub is_terminal: bool,
+    pub vendor_order_no: Option<String>,
+    pub express_name: Option<String>,
+    pub express_code: Option<String>,
+    pub third_phone: Option<String>,
+    pub iccid: Option<String>,
+    pub card_status: Option<String>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub first_charge: Option<bool>,
+    pub first_charge_amount: Option<String>,
+    pub remark: Option<String>,
+    pub details: serde_json::Value,
+    pub conflict: bool,
+    pub unknown_vendor_status: Option<String>,
+    pub last_source: Option<String>,
+    pub last_heard_at: Option<DateTime<Utc>>,
+    pub status_changed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Order {
+    /// The status-model view of this row. A status string the model does not
+    /// know (only possible through manual SQL) reads as `unknown`.
+    pub fn state(&self) -> OrderState {
+        let details = match &self.details {
+            serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            _ => Default::default(),
+        };
+        OrderState {
+            status: self.status.parse().unwrap_or(Status::Unknown),
+            vendor_status: self.vendor_status.clone(),
+            fields: OrderFields {
+                vendor_order_no: self.vendor_order_no.clone(),
+                express_name: self.express_name.clone(),
+                express_code: self.express_code.clone(),
+                third_phone: self.third_phone.clone(),
+                iccid: self.iccid.clone(),
+                card_status: self.card_status.clone(),
+                activated_at: self.activated_at,
+                first_charge: self.first_charge,
+                first_charge_amount: self.first_charge_amount.clone(),
+                remark: self.remark.clone(),
+                details,
+            },
+            conflict: self.conflict,
+            unknown_vendor_status: self.unknown_vendor_status.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = orders)]
+pub struct NewOrderKey<'a> {
+    pub vendor: &'a str,
+    pub order_id: &'a str,
+}
+
+/// Everything an observation may change on an order row.
+#[derive(Debug, AsChangeset)]
+#[diesel(table_name = orders, treat_none_as_null = true)]
+pub struct OrderUpdate<'a> {
+    pub status: &'a str,
+    pub vendor_status: Option<&'a str>,
+    pub vendor_order_no: Option<&'a str>,
+    pub express_name: Option<&'a str>,
+    pub express_code: Option<&'a str>,
+    pub third_phone: Option<&'a str>,
+    pub iccid: Option<&'a str>,
+    pub card_status: Option<&'a str>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub first_charge: Option<bool>,
+    pub first_charge_amount: Option<&'a str>,
+    pub remark: Option<&'a str>,
+    pub details: serde_json::Value,
+    pub conflict: bool,
+    pub unknown_vendor_status: Option<&'a str>,
+    pub last_source: Option<&'a str>,
+    pub last_heard_at: Option<DateTime<Utc>>,
+    pub status_changed_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl<'a> OrderUpdate<'a> {
+    pub fn from_state(state: &'a OrderState, before: &Order, source: &'a str, now: DateTime<Utc>, changed: bool) -> Self {
+        let f = &state.fields;
+        let status_moved = state.status.as_str() != before.status;
+        OrderUpdate {
+            status: state.status.as_str(),
+            vendor_status: state.vendor_status.as_deref(),
+            vendor_order_no: f.vendor_order_no.as_deref(),
+            express_name: f.express_name.as_deref(),
+            express_code: f.express_code.as_deref(),
+            third_phone: f.third_phone.as_deref(),
+            iccid: f.iccid.as_deref(),
+            card_status: f.card_status.as_deref(),
+            activated_at: f.activated_at,
+            first_charge: f.first_charge,
+            first_charge_amount: f.first_charge_amount.as_deref(),
+            remark: f.remark.as_deref(),
+            details: serde_json::Value::Object(f.details.clone().into_iter().collect()),
+            conflict: state.conflict,
+            unknown_vendor_status: state.unknown_vendor_status.as_deref(),
+            last_source: Some(source),
+            last_heard_at: Some(now),
+            status_changed_at: if status_moved { Some(now) } else { before.status_changed_at },
+            updated_at: if changed { now } else { before.updated_at },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = order_events, check_for_backend(diesel::pg::Pg))]
+pub struct OrderEvent {
+    pub id: i64,
+    pub vendor: String,
+    pub order_id: String,
+    pub source: String,
+    pub status: String,
+    pub vendor_status: Option<String>,
+    pub applied: bool,
+    pub effect: String,
+    pub request_id: Option<String>,
+    pub observed: serde_json::Value,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = order_events)]
+pub struct NewOrderEvent<'a> {
+    pub vendor: &'a str,
+    pub order_id: &'a str,
+    pub source: &'a str,
+    pub status: &'a str,
+    pub vendor_status: Option<&'a str>,
+    pub applied: bool,
+    pub effect: &'a str,
+    pub request_id: Option<&'a str>,
+    pub observed: serde_json::Value,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = inbound_callbacks, check_for_backend(diesel::pg::Pg))]
+pub struct InboundCallback {
+    pub id: i64,
+    pub vendor: String,
+    pub received_at: DateTime<Utc>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub request_id: Option<String>,
+    pub order_id: Option<String>,
+    pub event_id: Option<i64>,
+    pub sign_matched: Option<String>,
+    pub content_type: Option<String>,
+    pub remote_addr: Option<String>,
+    pub headers: serde_json::Value,
+    pub body: String,
+    pub body_raw: Option<Vec<u8>>,
+    pub body_size: i32,
+    pub body_truncated: bool,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = inbound_callbacks)]
+pub struct NewInboundCallback<'a> {
+    pub vendor: &'a str,
+    pub received_at: DateTime<Utc>,
+    pub outcome: &'a str,
+    pub error: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub order_id: Option<&'a str>,
+    pub event_id: Option<i64>,
+    pub sign_matched: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub remote_addr: Option<&'a str>,
+    pub headers: &'a serde_json::Value,
+    pub body: &'a str,
+    pub body_raw: Option<&'a [u8]>,
+    pub body_size: i32,
+    pub body_truncated: bool,
+}

@@ -1,0 +1,70 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    inbound_callbacks (id) {
+        id -> Int8,
+        vendor -> Text,
+        received_at -> Timestamptz,
+        outcome -> Text,
+        error -> Nullable<Text>,
+        request_id -> Nullable<Text>,
+        order_id -> Nullable<Text>,
+        event_id -> Nullable<Int8>,
+        sign_matched -> Nullable<Text>,
+        content_type -> Nullable<Text>,
+        remote_addr -> Nullable<Text>,
+        headers -> Jsonb,
+        body -> Text,
+        body_raw -> Nullable<Bytea>,
+        body_size -> Int4,
+        body_truncated -> Bool,
+    }
+}
+
+diesel::table! {
+    order_events (id) {
+        id -> Int8,
+        vendor -> Text,
+        order_id -> Text,
+        source -> Text,
+        status -> Text,
+        vendor_status -> Nullable<Text>,
+        applied -> Bool,
+        effect -> Text,
+        request_id -> Nullable<Text>,
+        observed -> Jsonb,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    orders (vendor, order_id) {
+        vendor -> Text,
+        order_id -> Text,
+        status -> Text,
+        vendor_status -> Nullable<Text>,
+        is_terminal -> Bool,
+        vendor_order_no -> Nullable<Text>,
+        express_name -> Nullable<Text>,
+        express_code -> Nullable<Text>,
+        third_phone -> Nullable<Text>,
+        iccid -> Nullable<Text>,
+        card_status -> Nullable<Text>,
+        activated_at -> Nullable<Timestamptz>,
+        first_charge -> Nullable<Bool>,
+        first_charge_amount -> Nullable<Text>,
+        remark -> Nullable<Text>,
+        details -> Jsonb,
+        conflict -> Bool,
+        unknown_vendor_status -> Nullable<Text>,
+        last_source -> Nullable<Text>,
+        last_heard_at -> Nullable<Timestamptz>,
+        status_changed_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(inbound_callbacks -> order_events (event_id));
+
+diesel::allow_tables_to_appear_in_same_query!(inbound_callbacks, order_events, orders,);

@@ -1,0 +1,53 @@
+//! The admin API behind `ADMIN_TOKEN`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::AppState;
+use crate::error::AppError;
+use crate::vendors::Vendor;
+use crate::{db, store};
+
+/// `Authorization: Bearer $ADMIN_TOKEN`; without a configured token the API
+/// is off (403).
+fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
+    let Some(token) = &state.admin_token else {
+        return Err(AppError::Forbidden);
+    };
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let want = token.expose().as_bytes();
+    let ok = given.len() == want.len() && given.bytes().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::Unauthorized)
+    }
+}
+
+/// `GET /api/orders/{vendor}/{order_id}`: current state and history.
+pub async fn get_order(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    require_admin(&req, &state)?;
+    let (vendor, order_id) = path.into_inner();
+    let vendor: Vendor = vendor.parse().map_err(AppError::BadRequest)?;
+    let id = order_id.clone();
+    let found = db::run(&state.pool, move |conn| {
+        let order = store::find_order(conn, vendor, &id).map_err(db::DbError::from_query)?;
+        let history = match &order {
+            Some(_) => store::order_history(conn, vendor, &id).map_err(db::DbError::from_query)?,
+            None => Vec::new(),
+        };
+        Ok(order.map(|o| (o, history)))
+    })
+    .await?;
+    let (order, history) = found.ok_or_else(|| AppError::NotFound(format!("no {vendor} order {order_id}")))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"order": order, "history": history})))
+}

@@ -1,0 +1,37 @@
+//! HTTP: routes and thin handlers. Handlers read the request, call one
+//! function elsewhere (vendor parsing, store, db), and map the result to a
+//! response. No SQL and no business rules here.
+
+mod api;
+mod callbacks;
+mod health;
+
+use std::sync::Arc;
+
+use actix_web::web;
+
+use crate::config::Secret;
+use crate::db::PgPool;
+use crate::store::ingest::Ingest;
+use crate::vendors::haoka172::sign::CallbackKey;
+
+/// Shared by every worker.
+pub struct AppState {
+    pub pool: PgPool,
+    pub ingest: Arc<Ingest>,
+    /// Keys for 172 callback signatures (current first; empty = not configured).
+    pub haoka172_keys: Vec<CallbackKey>,
+    pub callback_max_body_bytes: usize,
+    pub admin_token: Option<Secret>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .service(
+            web::resource("/callbacks/haoka172")
+                .route(web::post().to(callbacks::haoka172))
+                .route(web::get().to(callbacks::probe)),
+        )
+        .route("/api/orders/{vendor}/{order_id}", web::get().to(api::get_order));
+}

@@ -1,0 +1,17 @@
+//! haoka-sync: an exact, queryable record of phone-card order status, fed by
+//! vendor callbacks and (for what callbacks miss) rate-limited polling.
+//!
+//! Module map: `status` (the pure rules), `vendors` (protocols), `store`
+//! (what gets committed), `db` (PostgreSQL plumbing), `http` (thin
+//! handlers), `startup` (wiring), `cli` (subcommands), `config`.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod mask;
+pub mod startup;
+pub mod status;
+pub mod store;
+pub mod vendors;

@@ -1,0 +1,674 @@
+//! The normalized order-status model: one vocabulary for every vendor and for
+//! both paths (callback and poll), the vendor-label mappings, and the rules
+//! that merge one observation into an order's current state.
+//!
+//! Pure: no I/O, no clock, no database. Nothing here may depend on which
+//! source (callback, poll, manual) spoke; the store persists what `merge`
+//! decides and nothing else decides it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::vendors::Vendor;
+
+/// Where an order stands. `New` is ours: the order is tracked but no source
+/// has said anything about it yet. Vendor labels never map to `New`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    New,
+    Pending,
+    Submitted,
+    Shipped,
+    Completed,
+    Settled,
+    SettlementFailed,
+    Revoked,
+    Rejected,
+    Cancelled,
+    Unknown,
+}
+
+impl Status {
+    pub const ALL: [Status; 11] = [
+        Status::New,
+        Status::Pending,
+        Status::Submitted,
+        Status::Shipped,
+        Status::Completed,
+        Status::Settled,
+        Status::SettlementFailed,
+        Status::Revoked,
+        Status::Rejected,
+        Status::Cancelled,
+        Status::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Pending => "pending",
+            Status::Submitted => "submitted",
+            Status::Shipped => "shipped",
+            Status::Completed => "completed",
+            Status::Settled => "settled",
+            Status::SettlementFailed => "settlement_failed",
+            Status::Revoked => "revoked",
+            Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
+            Status::Unknown => "unknown",
+        }
+    }
+
+    /// Terminal statuses absorb: nothing moves an order out of one, and the
+    /// vendor must not be queried about it again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Status::Settled
+                | Status::SettlementFailed
+                | Status::Revoked
+                | Status::Rejected
+                | Status::Cancelled
+        )
+    }
+
+    /// Position on the progress line `new < pending < submitted < shipped <
+    /// completed < terminal`. `Unknown` has no position: it is not comparable.
+    fn rank(self) -> Option<u8> {
+        match self {
+            Status::New => Some(0),
+            Status::Pending => Some(1),
+            Status::Submitted => Some(2),
+            Status::Shipped => Some(3),
+            Status::Completed => Some(4),
+            Status::Unknown => None,
+            _ => Some(5),
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown status `{s}`"))
+    }
+}
+
+/// 172号卡 order-status labels (seed 000 §2.5, vendors.md §4). Any other
+/// label is `Unknown` and is kept verbatim by the caller.
+pub fn haoka172_status(label: &str) -> Status {
+    match label.trim() {
+        "待处理" | "正在进单" => Status::Pending,
+        "已提运营商" => Status::Submitted,
+        "已发货" => Status::Shipped,
+        "已完成" => Status::Completed,
+        "已结算" => Status::Settled,
+        "无法结算" => Status::SettlementFailed,
+        "已撤单" => Status::Revoked,
+        "审核不通过" | "审核失败" => Status::Rejected,
+        "已取消" => Status::Cancelled,
+        _ => Status::Unknown,
+    }
+}
+
+/// Who told us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Callback,
+    Poll,
+    Manual,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Callback => "callback",
+            Source::Poll => "poll",
+            Source::Manual => "manual",
+        }
+    }
+}
+
+/// Everything about an order besides its status. Every field is optional:
+/// an observation carries what its source said, an order what we know.
+/// `details` holds vendor-specific extras, merged key by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor_order_no: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub express_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub express_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub third_phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iccid: Option<String>,
+    /// Card activation label verbatim (已激活 / 未激活).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_charge: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_charge_amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remark: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub details: BTreeMap<String, serde_json::Value>,
+}
+
+/// The 172 card-status label that means the card is active.
+pub const CARD_ACTIVE: &str = "已激活";
+
+/// What one source said about one order at one time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Observation {
+    pub vendor: Vendor,
+    pub order_id: String,
+    pub source: Source,
+    /// The vendor's status label, verbatim.
+    pub vendor_status: Option<String>,
+    pub status: Status,
+    pub fields: OrderFields,
+}
+
+/// What we currently hold for an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderState {
+    pub status: Status,
+    /// The label behind `status`, verbatim.
+    pub vendor_status: Option<String>,
+    pub fields: OrderFields,
+    /// A terminal order later got a different terminal observation.
+    pub conflict: bool,
+    /// The latest label we could not map; set for ops to review, never cleared
+    /// by an observation.
+    pub unknown_vendor_status: Option<String>,
+}
+
+impl OrderState {
+    /// A tracked order nobody has said anything about.
+    pub fn new_order() -> Self {
+        OrderState {
+            status: Status::New,
+            vendor_status: None,
+            fields: OrderFields::default(),
+            conflict: false,
+            unknown_vendor_status: None,
+        }
+    }
+}
+
+/// What an observation did to the status axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Moved the status forward.
+    Advanced,
+    /// Same status as held (possibly with new fields or a new label for it).
+    Same,
+    /// Older than what we hold; kept in history only (fields may fill gaps).
+    Stale,
+    /// A different terminal status for an already terminal order.
+    Conflict,
+    /// A label we cannot map; the status is not touched (unless it was `new`).
+    UnknownStatus,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Advanced => "advanced",
+            Effect::Same => "same",
+            Effect::Stale => "stale",
+            Effect::Conflict => "conflict",
+            Effect::UnknownStatus => "unknown_status",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merged {
+    pub state: OrderState,
+    pub effect: Effect,
+    /// The order's state differs from before (status, a field or a flag).
+    pub changed: bool,
+}
+
+/// Relation of an observed status to the held one.
+fn status_effect(held: Status, seen: Status) -> Effect {
+    if seen == Status::Unknown {
+        return Effect::UnknownStatus;
+    }
+    if held.is_terminal() {
+        return if seen == held {
+            Effect::Same
+        } else if seen.is_terminal() {
+            Effect::Conflict
+        } else {
+            Effect::Stale
+        };
+    }
+    match (held.rank(), seen.rank()) {
+        // Anything known beats `unknown`.
+        (None, _) => Effect::Advanced,
+        (Some(h), Some(s)) if s > h => Effect::Advanced,
+        (Some(h), Some(s)) if s == h => Effect::Same,
+        _ => Effect::Stale,
+    }
+}
+
+/// Merge one observation into the held state.
+///
+/// Status: never backwards, terminal absorbs, a different terminal is a
+/// conflict (flagged, status kept), an unknown label never overwrites a known
+/// status. Fields: an observation that is current (advanced or same status)
+/// overwrites with what it carries; a stale, conflicting or unknown one only
+/// fills gaps. Activation time and the first top-up keep their first value;
+/// an activated card and a first top-up never become "not" again.
+pub fn merge(held: &OrderState, obs: &Observation) -> Merged {
+    let effect = status_effect(held.status, obs.status);
+    let label = obs
+        .vendor_status
+        .as_deref()
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    let mut state = held.clone();
+    match effect {
+        Effect::Advanced => {
+            state.status = obs.status;
+            state.vendor_status = label.map(str::to_owned);
+        }
+        Effect::Same => {
+            if label.is_some() {
+                state.vendor_status = label.map(str::to_owned);
+            }
+        }
+        Effect::Conflict => state.conflict = true,
+        Effect::Stale => {}
+        Effect::UnknownStatus => {
+            if matches!(held.status, Status::New | Status::Unknown) {
+                state.status = Status::Unknown;
+                state.vendor_status = label.map(str::to_owned);
+            }
+            state.unknown_vendor_status = label.map(str::to_owned);
+        }
+    }
+    let current = matches!(effect, Effect::Advanced | Effect::Same);
+    merge_fields(&mut state.fields, &obs.fields, current);
+    let changed = state != *held;
+    Merged {
+        state,
+        effect,
+        changed,
+    }
+}
+
+fn merge_fields(held: &mut OrderFields, seen: &OrderFields, current: bool) {
+    fn take(held: &mut Option<String>, seen: &Option<String>, current: bool) {
+        if let Some(v) = seen.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            if current || held.is_none() {
+                *held = Some(v.to_owned());
+            }
+        }
+    }
+    take(&mut held.vendor_order_no, &seen.vendor_order_no, current);
+    take(&mut held.express_name, &seen.express_name, current);
+    take(&mut held.express_code, &seen.express_code, current);
+    take(&mut held.third_phone, &seen.third_phone, current);
+    take(&mut held.iccid, &seen.iccid, current);
+    take(&mut held.remark, &seen.remark, current);
+    // Activation is one-way: once active, a later "not active" is ignored.
+    if held.card_status.as_deref() != Some(CARD_ACTIVE) {
+        take(&mut held.card_status, &seen.card_status, current);
+    }
+    if held.activated_at.is_none() {
+        held.activated_at = seen.activated_at;
+    }
+    // The first top-up happens once: true is sticky, the amount keeps its
+    // first value.
+    match (held.first_charge, seen.first_charge) {
+        (Some(true), _) | (_, None) => {}
+        (None, Some(v)) => held.first_charge = Some(v),
+        (Some(false), Some(v)) => {
+            if current || v {
+                held.first_charge = Some(v)
+            }
+        }
+    }
+    take(&mut held.first_charge_amount, &seen.first_charge_amount, false);
+    for (k, v) in &seen.details {
+        if v.is_null() {
+            continue;
+        }
+        if current || !held.details.contains_key(k) {
+            held.details.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn obs(status: Status, label: &str) -> Observation {
+        Observation {
+            vendor: Vendor::Haoka172,
+            order_id: "DOWN1".into(),
+            source: Source::Callback,
+            vendor_status: Some(label.into()),
+            status,
+            fields: OrderFields::default(),
+        }
+    }
+
+    fn held(status: Status) -> OrderState {
+        OrderState {
+            status,
+            vendor_status: Some(format!("label-of-{status}")),
+            ..OrderState::new_order()
+        }
+    }
+
+    #[test]
+    fn every_172_label_maps_to_its_contract_status() {
+        let table = [
+            ("待处理", Status::Pending),
+            ("正在进单", Status::Pending),
+            ("已提运营商", Status::Submitted),
+            ("已发货", Status::Shipped),
+            ("已完成", Status::Completed),
+            ("已结算", Status::Settled),
+            ("无法结算", Status::SettlementFailed),
+            ("已撤单", Status::Revoked),
+            ("审核不通过", Status::Rejected),
+            ("审核失败", Status::Rejected),
+            ("已取消", Status::Cancelled),
+            ("已失效", Status::Unknown),
+            ("", Status::Unknown),
+            ("shipped", Status::Unknown),
+        ];
+        for (label, want) in table {
+            assert_eq!(haoka172_status(label), want, "label {label:?}");
+        }
+        assert_eq!(haoka172_status(" 已发货\n"), Status::Shipped);
+    }
+
+    #[test]
+    fn exactly_the_five_contract_statuses_are_terminal() {
+        let terminal: Vec<_> = Status::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        assert_eq!(
+            terminal,
+            [
+                Status::Settled,
+                Status::SettlementFailed,
+                Status::Revoked,
+                Status::Rejected,
+                Status::Cancelled
+            ]
+        );
+        for label in ["已撤单", "审核不通过", "已取消", "已结算", "无法结算"] {
+            assert!(haoka172_status(label).is_terminal(), "{label}");
+        }
+        for label in ["待处理", "已提运营商", "已发货", "已完成", "正在进单"] {
+            assert!(!haoka172_status(label).is_terminal(), "{label}");
+        }
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert!("shipping".parse::<Status>().is_err());
+    }
+
+    /// The contract's progress line, written out independently of `rank`.
+    fn expected_effect(held: Status, seen: Status) -> Effect {
+        const LINE: [Status; 5] = [
+            Status::New,
+            Status::Pending,
+            Status::Submitted,
+            Status::Shipped,
+            Status::Completed,
+        ];
+        let pos = |s: Status| LINE.iter().position(|x| *x == s);
+        if seen == Status::Unknown {
+            return Effect::UnknownStatus;
+        }
+        if held.is_terminal() {
+            if seen == held {
+                return Effect::Same;
+            }
+            return if seen.is_terminal() {
+                Effect::Conflict
+            } else {
+                Effect::Stale
+            };
+        }
+        if held == Status::Unknown || seen.is_terminal() {
+            return Effect::Advanced;
+        }
+        let (h, s) = (pos(held).unwrap(), pos(seen).unwrap());
+        if s > h {
+            Effect::Advanced
+        } else if s == h {
+            Effect::Same
+        } else {
+            Effect::Stale
+        }
+    }
+
+    #[test]
+    fn every_ordered_pair_of_statuses_merges_by_the_contract() {
+        for h in Status::ALL {
+            // `new` is never observed: vendors cannot say it.
+            for s in Status::ALL.into_iter().filter(|s| *s != Status::New) {
+                let before = held(h);
+                let m = merge(&before, &obs(s, "observed-label"));
+                let want = expected_effect(h, s);
+                assert_eq!(m.effect, want, "held {h}, seen {s}");
+                let want_status = match want {
+                    Effect::Advanced => s,
+                    Effect::UnknownStatus if matches!(h, Status::New | Status::Unknown) => {
+                        Status::Unknown
+                    }
+                    _ => h,
+                };
+                assert_eq!(m.state.status, want_status, "held {h}, seen {s}");
+                // Never backwards along the line, terminal absorbs.
+                if h.is_terminal() {
+                    assert_eq!(m.state.status, h, "terminal {h} moved by {s}");
+                }
+                assert_eq!(m.state.conflict, want == Effect::Conflict, "held {h}, seen {s}");
+                // A stale observation with no fields changes nothing; every
+                // other one at least records the new label or a flag.
+                assert_eq!(m.changed, want != Effect::Stale, "held {h}, seen {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_label_never_overwrites_a_known_status_and_is_flagged() {
+        let m = merge(&held(Status::Shipped), &obs(Status::Unknown, "已失效"));
+        assert_eq!(m.state.status, Status::Shipped);
+        assert_eq!(m.state.vendor_status.as_deref(), Some("label-of-shipped"));
+        assert_eq!(m.state.unknown_vendor_status.as_deref(), Some("已失效"));
+        assert_eq!(m.effect, Effect::UnknownStatus);
+    }
+
+    #[test]
+    fn unknown_label_on_a_new_order_makes_it_unknown_and_a_known_one_then_wins() {
+        let m = merge(&OrderState::new_order(), &obs(Status::Unknown, "奇怪"));
+        assert_eq!(m.state.status, Status::Unknown);
+        assert_eq!(m.state.vendor_status.as_deref(), Some("奇怪"));
+        let m2 = merge(&m.state, &obs(Status::Pending, "待处理"));
+        assert_eq!(m2.state.status, Status::Pending);
+        assert_eq!(m2.state.vendor_status.as_deref(), Some("待处理"));
+        assert_eq!(m2.state.unknown_vendor_status.as_deref(), Some("奇怪"));
+    }
+
+    #[test]
+    fn settled_then_late_shipped_stays_settled() {
+        let s = merge(&OrderState::new_order(), &obs(Status::Settled, "已结算")).state;
+        let m = merge(&s, &obs(Status::Shipped, "已发货"));
+        assert_eq!(m.effect, Effect::Stale);
+        assert_eq!(m.state.status, Status::Settled);
+        assert_eq!(m.state.vendor_status.as_deref(), Some("已结算"));
+        assert!(!m.changed);
+    }
+
+    #[test]
+    fn same_observation_twice_changes_nothing_the_second_time() {
+        let mut o = obs(Status::Shipped, "已发货");
+        o.fields.express_code = Some("SF1".into());
+        let first = merge(&OrderState::new_order(), &o);
+        assert!(first.changed);
+        let second = merge(&first.state, &o);
+        assert_eq!(second.effect, Effect::Same);
+        assert!(!second.changed);
+    }
+
+    #[test]
+    fn same_rank_with_another_label_updates_the_label() {
+        let s = merge(&OrderState::new_order(), &obs(Status::Pending, "待处理")).state;
+        let m = merge(&s, &obs(Status::Pending, "正在进单"));
+        assert_eq!(m.effect, Effect::Same);
+        assert_eq!(m.state.vendor_status.as_deref(), Some("正在进单"));
+        assert!(m.changed);
+    }
+
+    #[test]
+    fn conflicting_terminal_is_flagged_and_kept_out_of_the_status() {
+        let s = merge(&OrderState::new_order(), &obs(Status::Settled, "已结算")).state;
+        let m = merge(&s, &obs(Status::Cancelled, "已取消"));
+        assert_eq!(m.effect, Effect::Conflict);
+        assert_eq!(m.state.status, Status::Settled);
+        assert!(m.state.conflict);
+        // The same terminal again is not a conflict.
+        let again = merge(&s, &obs(Status::Settled, "已结算"));
+        assert!(!again.state.conflict);
+        assert!(!again.changed);
+    }
+
+    #[test]
+    fn current_observation_overwrites_fields_and_stale_one_only_fills_gaps() {
+        let mut shipped = obs(Status::Shipped, "已发货");
+        shipped.fields.express_name = Some("京东".into());
+        shipped.fields.express_code = Some("JD1".into());
+        let s = merge(&OrderState::new_order(), &shipped).state;
+
+        let mut completed = obs(Status::Completed, "已完成");
+        completed.fields.express_code = Some("JD2".into());
+        completed.fields.third_phone = Some("13000000000".into());
+        let s = merge(&s, &completed).state;
+        assert_eq!(s.fields.express_code.as_deref(), Some("JD2"));
+        assert_eq!(s.fields.express_name.as_deref(), Some("京东"));
+
+        let mut late = obs(Status::Submitted, "已提运营商");
+        late.fields.express_code = Some("OLD".into());
+        late.fields.iccid = Some("8986001".into());
+        late.fields.remark = Some("late remark".into());
+        let m = merge(&s, &late);
+        assert_eq!(m.effect, Effect::Stale);
+        assert_eq!(m.state.fields.express_code.as_deref(), Some("JD2"), "stale must not overwrite");
+        assert_eq!(m.state.fields.iccid.as_deref(), Some("8986001"), "stale fills a gap");
+        assert_eq!(m.state.fields.remark.as_deref(), Some("late remark"));
+        assert!(m.changed);
+    }
+
+    #[test]
+    fn empty_strings_never_erase_what_we_know() {
+        let mut a = obs(Status::Shipped, "已发货");
+        a.fields.express_code = Some("JD1".into());
+        let s = merge(&OrderState::new_order(), &a).state;
+        let mut b = obs(Status::Completed, "已完成");
+        b.fields.express_code = Some("  ".into());
+        let m = merge(&s, &b);
+        assert_eq!(m.state.fields.express_code.as_deref(), Some("JD1"));
+    }
+
+    #[test]
+    fn activation_keeps_its_first_time_and_never_reverts() {
+        let t1 = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
+        let t2 = Utc.with_ymd_and_hms(2024, 2, 2, 3, 4, 5).unwrap();
+        let mut a = obs(Status::Shipped, "已发货");
+        a.fields.card_status = Some(CARD_ACTIVE.into());
+        a.fields.activated_at = Some(t1);
+        let s = merge(&OrderState::new_order(), &a).state;
+        let mut b = obs(Status::Completed, "已完成");
+        b.fields.card_status = Some("未激活".into());
+        b.fields.activated_at = Some(t2);
+        let m = merge(&s, &b);
+        assert_eq!(m.state.fields.activated_at, Some(t1));
+        assert_eq!(m.state.fields.card_status.as_deref(), Some(CARD_ACTIVE));
+        assert_eq!(m.state.status, Status::Completed);
+    }
+
+    #[test]
+    fn activation_arriving_on_a_stale_observation_is_still_recorded() {
+        let s = merge(&OrderState::new_order(), &obs(Status::Settled, "已结算")).state;
+        let t = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
+        let mut late = obs(Status::Shipped, "已发货");
+        late.fields.card_status = Some(CARD_ACTIVE.into());
+        late.fields.activated_at = Some(t);
+        let m = merge(&s, &late);
+        assert_eq!(m.state.fields.activated_at, Some(t));
+        assert_eq!(m.state.fields.card_status.as_deref(), Some(CARD_ACTIVE));
+    }
+
+    #[test]
+    fn first_top_up_is_sticky_and_keeps_its_first_amount() {
+        let mut a = obs(Status::Completed, "已完成");
+        a.fields.first_charge = Some(true);
+        a.fields.first_charge_amount = Some("50".into());
+        let s = merge(&OrderState::new_order(), &a).state;
+        let mut b = obs(Status::Settled, "已结算");
+        b.fields.first_charge = Some(false);
+        b.fields.first_charge_amount = Some("100".into());
+        let m = merge(&s, &b);
+        assert_eq!(m.state.fields.first_charge, Some(true));
+        assert_eq!(m.state.fields.first_charge_amount.as_deref(), Some("50"));
+
+        // A stale "yes" still counts; a stale "no" does not undo a current "no".
+        let mut no = obs(Status::Completed, "已完成");
+        no.fields.first_charge = Some(false);
+        let s = merge(&OrderState::new_order(), &no).state;
+        let mut late_yes = obs(Status::Shipped, "已发货");
+        late_yes.fields.first_charge = Some(true);
+        assert_eq!(merge(&s, &late_yes).state.fields.first_charge, Some(true));
+    }
+
+    #[test]
+    fn details_merge_key_by_key() {
+        let mut a = obs(Status::Pending, "待处理");
+        a.fields.details.insert("goods_name".into(), "卡".into());
+        a.fields.details.insert("goods_count".into(), 1.into());
+        let s = merge(&OrderState::new_order(), &a).state;
+        let mut b = obs(Status::Shipped, "已发货");
+        b.fields.details.insert("goods_count".into(), 2.into());
+        b.fields.details.insert("pay_amount".into(), serde_json::Value::Null);
+        let m = merge(&s, &b);
+        assert_eq!(m.state.fields.details["goods_name"], "卡");
+        assert_eq!(m.state.fields.details["goods_count"], 2);
+        assert!(!m.state.fields.details.contains_key("pay_amount"));
+    }
+}

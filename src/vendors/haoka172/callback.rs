@@ -1,0 +1,504 @@
+//! The 172号卡 order-status callback (vendors.md §2): from the raw request
+//! (content type, body bytes, `sign` header) to either a verified
+//! [`Observation`], a test push, or a precise rejection.
+//!
+//! Pure and synchronous: no I/O, no clock. It never logs the body, the sign
+//! or personal data; the handler stores the raw request whatever happens here.
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde_json::{Map, Value};
+
+use super::sign::{verify_callback, CallbackKey, SignError, SignMatch};
+use crate::status::{haoka172_status, Observation, OrderFields, Source};
+use crate::vendors::Vendor;
+
+/// `OrderNo172` and `Remark` of the back office's test push.
+pub const TEST_ORDER_172: &str = "TestOrder172";
+pub const TEST_REMARK: &str = "推送测试";
+
+/// The envelope and its `Data`, with every value read tolerantly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Callback {
+    pub request_id: String,
+    /// `sign` from the body, when the sender put it there instead of a header.
+    pub body_sign: Option<String>,
+    pub order_no: String,
+    pub order_no_172: Option<String>,
+    pub order_status: String,
+    pub fields: OrderFields,
+}
+
+impl Callback {
+    pub fn is_test_push(&self) -> bool {
+        self.order_no_172.as_deref() == Some(TEST_ORDER_172)
+            && self.fields.remark.as_deref() == Some(TEST_REMARK)
+    }
+
+    pub fn into_observation(self) -> Observation {
+        Observation {
+            vendor: Vendor::Haoka172,
+            status: haoka172_status(&self.order_status),
+            vendor_status: Some(self.order_status),
+            order_id: self.order_no,
+            source: Source::Callback,
+            fields: self.fields,
+        }
+    }
+}
+
+/// Why a callback was not accepted. Each variant is one outcome in
+/// `inbound_callbacks` and one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("malformed callback: {0}")]
+    Malformed(String),
+    #[error("bad signature: {0}")]
+    BadSignature(SignError),
+    #[error("callback signature cannot be verified: HAOKA172_SECRET is not configured")]
+    NotConfigured,
+}
+
+/// What to do with a parsed, checked callback.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Apply {
+        request_id: String,
+        sign_matched: SignMatch,
+        observation: Observation,
+    },
+    Test {
+        request_id: String,
+    },
+}
+
+/// Parse and verify. `Err` carries what we could read (request id, order id)
+/// so the quarantined row is as useful as possible.
+pub fn check(
+    content_type: Option<&str>,
+    body: &[u8],
+    sign_header: Option<&str>,
+    keys: &[CallbackKey],
+) -> Result<Verdict, (Rejection, Partial)> {
+    let cb = parse(content_type, body)?;
+    let partial = Partial {
+        request_id: Some(cb.request_id.clone()),
+        order_id: Some(cb.order_no.clone()),
+    };
+    if cb.is_test_push() {
+        return Ok(Verdict::Test {
+            request_id: cb.request_id,
+        });
+    }
+    if keys.is_empty() {
+        return Err((Rejection::NotConfigured, partial));
+    }
+    let sign = sign_header
+        .filter(|s| !s.trim().is_empty())
+        .or(cb.body_sign.as_deref());
+    match verify_callback(keys, sign, &cb.order_no, cb.order_no_172.as_deref()) {
+        Ok(sign_matched) => Ok(Verdict::Apply {
+            request_id: cb.request_id.clone(),
+            sign_matched,
+            observation: cb.into_observation(),
+        }),
+        Err(e) => Err((Rejection::BadSignature(e), partial)),
+    }
+}
+
+/// The identifiers we could read from a rejected request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Partial {
+    pub request_id: Option<String>,
+    pub order_id: Option<String>,
+}
+
+fn malformed(msg: impl Into<String>, partial: Partial) -> (Rejection, Partial) {
+    (Rejection::Malformed(msg.into()), partial)
+}
+
+/// Parse the envelope from JSON, urlencoded or multipart bodies. Without a
+/// usable content type the body is sniffed (JSON if it starts with `{`).
+pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Callback, (Rejection, Partial)> {
+    let none = Partial::default();
+    let mime = content_type
+        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let fields: Map<String, Value> = if mime == "multipart/form-data" {
+        let boundary = content_type
+            .and_then(|c| multer::parse_boundary(c).ok())
+            .ok_or_else(|| malformed("multipart body without a boundary", none.clone()))?;
+        parse_multipart(body, &boundary).map_err(|m| malformed(m, none.clone()))?
+    } else if mime == "application/x-www-form-urlencoded"
+        || (!mime.contains("json") && !looks_like_json(body))
+    {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|e| malformed(format!("form body does not decode: {e}"), none.clone()))?;
+        pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect()
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(malformed("JSON body is not an object", none)),
+            Err(e) => return Err(malformed(format!("body is not valid JSON: {e}"), none)),
+        }
+    };
+    from_envelope(&fields)
+}
+
+fn looks_like_json(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{')
+}
+
+fn parse_multipart(body: &[u8], boundary: &str) -> Result<Map<String, Value>, String> {
+    let bytes = bytes::Bytes::copy_from_slice(body);
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
+    let mut mp = multer::Multipart::new(stream, boundary);
+    // The whole body is already in memory; the stream never waits.
+    futures_util::FutureExt::now_or_never(async move {
+        let mut out = Map::new();
+        while let Some(field) = mp.next_field().await.map_err(|e| e.to_string())? {
+            let name = field.name().unwrap_or("").to_owned();
+            let text = field.text().await.map_err(|e| e.to_string())?;
+            out.insert(name, Value::String(text));
+        }
+        Ok(out)
+    })
+    .unwrap_or_else(|| Err("multipart body is incomplete".to_owned()))
+    .map_err(|e| format!("multipart body does not decode: {e}"))
+}
+
+/// Case-insensitive key lookup.
+fn get<'a>(m: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {
+    m.iter()
+        .find(|(k, _)| names.iter().any(|n| k.eq_ignore_ascii_case(n)))
+        .map(|(_, v)| v)
+}
+
+/// A value as trimmed text, whatever its JSON type; empty and null are None.
+/// NULs are dropped (PostgreSQL text cannot hold them).
+fn text(v: Option<&Value>) -> Option<String> {
+    let s = match v? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null | Value::Array(_) | Value::Object(_) => return None,
+    };
+    let s = s.replace('\0', "");
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// 0/1 as int, string or bool; anything else is "not said".
+fn flag(v: Option<&Value>) -> Option<bool> {
+    match v? {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n.as_f64().map(|x| x != 0.0),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "是" | "yes" => Some(true),
+            "0" | "false" | "否" | "no" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `yyyy-MM-dd HH:mm:ss` in China time (UTC+8), or RFC 3339.
+pub fn parse_china_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let china = chrono::FixedOffset::east_opt(8 * 3600)?;
+    ["%Y-%m-%d %H:%M:%S", "%Y/%m/%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .and_then(|n| china.from_local_datetime(&n).single())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn from_envelope(env: &Map<String, Value>) -> Result<Callback, (Rejection, Partial)> {
+    let request_id = text(get(env, &["RequidId", "RequestId"]));
+    let data = match get(env, &["Data"]) {
+        Some(Value::Object(m)) => m.clone(),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => {
+                return Err(malformed(
+                    "Data is not a JSON object",
+                    Partial {
+                        request_id,
+                        order_id: None,
+                    },
+                ))
+            }
+            Err(e) => {
+                return Err(malformed(
+                    format!("Data is not valid JSON: {e}"),
+                    Partial {
+                        request_id,
+                        order_id: None,
+                    },
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(malformed(
+                "Data is neither a JSON string nor an object",
+                Partial {
+                    request_id,
+                    order_id: None,
+                },
+            ))
+        }
+        None => {
+            return Err(malformed(
+                "Data missing",
+                Partial {
+                    request_id,
+                    order_id: None,
+                },
+            ))
+        }
+    };
+    let order_no = text(get(&data, &["OrderNo"]));
+    let partial = Partial {
+        request_id: request_id.clone(),
+        order_id: order_no.clone(),
+    };
+    let Some(request_id) = request_id else {
+        return Err(malformed("RequidId missing", partial));
+    };
+    let Some(order_no) = order_no else {
+        return Err(malformed("Data.OrderNo missing", partial));
+    };
+    let Some(order_status) = text(get(&data, &["OrderStatus"])) else {
+        return Err(malformed("Data.OrderStatus missing", partial));
+    };
+    let mut details = std::collections::BTreeMap::new();
+    let active_raw = text(get(&data, &["ActiveTime"]));
+    let activated_at = active_raw.as_deref().and_then(parse_china_time);
+    if let (Some(raw), None) = (&active_raw, activated_at) {
+        details.insert("active_time_raw".to_owned(), Value::String(raw.clone()));
+    }
+    let fields = OrderFields {
+        vendor_order_no: text(get(&data, &["OrderNo172"])),
+        express_name: text(get(&data, &["ExpressName"])),
+        express_code: text(get(&data, &["ExpressCode"])),
+        third_phone: text(get(&data, &["ThirdPhone"])),
+        iccid: text(get(&data, &["Iccid", "ICCID"])),
+        card_status: text(get(&data, &["CardStatus"])),
+        activated_at,
+        first_charge: flag(get(&data, &["IsFirstCharge"])),
+        first_charge_amount: text(get(&data, &["FirstCharge"])),
+        remark: text(get(&data, &["Remark"])),
+        details,
+    };
+    Ok(Callback {
+        request_id,
+        body_sign: text(get(env, &["sign"])),
+        order_no_172: fields.vendor_order_no.clone(),
+        order_no,
+        order_status,
+        fields,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Status;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn data() -> Value {
+        serde_json::json!({
+            "OrderNo": "DOWN20240101001",
+            "OrderNo172": "mlkj230412165954TEST",
+            "OrderStatus": "已发货",
+            "ThirdPhone": "13095541234",
+            "Remark": "[已发货]",
+            "ExpressName": "京东",
+            "ExpressCode": "JDV010982421234",
+            "CardStatus": "已激活",
+            "ActiveTime": "2024-01-02 10:00:00",
+            "Iccid": "89860012345678901234",
+            "IsFirstCharge": 1,
+            "FirstCharge": 50
+        })
+    }
+
+    fn json_body(data: &Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"RequidId": "R1", "Data": data.to_string()})).unwrap()
+    }
+
+    fn keys() -> Vec<CallbackKey> {
+        vec![CallbackKey::from_secret(SECRET)]
+    }
+
+    #[test]
+    fn json_envelope_with_data_string_parses_every_field() {
+        let cb = parse(Some("application/json"), &json_body(&data())).unwrap();
+        assert_eq!(cb.request_id, "R1");
+        assert_eq!(cb.order_no, "DOWN20240101001");
+        assert_eq!(cb.order_status, "已发货");
+        let f = &cb.fields;
+        assert_eq!(f.vendor_order_no.as_deref(), Some("mlkj230412165954TEST"));
+        assert_eq!(f.express_code.as_deref(), Some("JDV010982421234"));
+        assert_eq!(f.iccid.as_deref(), Some("89860012345678901234"));
+        assert_eq!(f.first_charge, Some(true));
+        assert_eq!(f.first_charge_amount.as_deref(), Some("50"));
+        assert_eq!(
+            f.activated_at,
+            Some(Utc.with_ymd_and_hms(2024, 1, 2, 2, 0, 0).unwrap()),
+            "China time is UTC+8"
+        );
+        let obs = cb.into_observation();
+        assert_eq!(obs.status, Status::Shipped);
+        assert_eq!(obs.vendor_status.as_deref(), Some("已发货"));
+        assert_eq!(obs.source, Source::Callback);
+    }
+
+    #[test]
+    fn data_as_object_and_lowercase_keys_parse() {
+        let body = serde_json::to_vec(&serde_json::json!({"requidid": "R2", "data": data()})).unwrap();
+        let cb = parse(Some("application/json; charset=utf-8"), &body).unwrap();
+        assert_eq!(cb.request_id, "R2");
+        assert_eq!(cb.order_no, "DOWN20240101001");
+    }
+
+    #[test]
+    fn urlencoded_body_parses_and_a_body_sign_is_read() {
+        let body = serde_urlencoded::to_string([
+            ("RequidId", "R3"),
+            ("Data", &data().to_string()),
+            ("sign", "abc="),
+        ])
+        .unwrap();
+        let cb = parse(Some("application/x-www-form-urlencoded"), body.as_bytes()).unwrap();
+        assert_eq!(cb.request_id, "R3");
+        assert_eq!(cb.body_sign.as_deref(), Some("abc="));
+    }
+
+    #[test]
+    fn multipart_body_parses() {
+        let d = data().to_string();
+        let body = format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"RequidId\"\r\n\r\nR4\r\n\
+             --XyZ\r\nContent-Disposition: form-data; name=\"Data\"\r\n\r\n{d}\r\n--XyZ--\r\n"
+        );
+        let cb = parse(Some("multipart/form-data; boundary=XyZ"), body.as_bytes()).unwrap();
+        assert_eq!(cb.request_id, "R4");
+        assert_eq!(cb.order_status, "已发货");
+    }
+
+    #[test]
+    fn missing_content_type_is_sniffed() {
+        assert_eq!(parse(None, &json_body(&data())).unwrap().request_id, "R1");
+        let form = serde_urlencoded::to_string([("RequidId", "R5"), ("Data", &data().to_string())]).unwrap();
+        assert_eq!(parse(None, form.as_bytes()).unwrap().request_id, "R5");
+    }
+
+    #[test]
+    fn is_first_charge_as_int_string_or_bool() {
+        for (v, want) in [
+            (serde_json::json!(1), Some(true)),
+            (serde_json::json!("1"), Some(true)),
+            (serde_json::json!(0), Some(false)),
+            (serde_json::json!("0"), Some(false)),
+            (serde_json::json!(true), Some(true)),
+            (serde_json::json!(null), None),
+            (serde_json::json!(""), None),
+        ] {
+            let mut d = data();
+            d["IsFirstCharge"] = v.clone();
+            let cb = parse(Some("application/json"), &json_body(&d)).unwrap();
+            assert_eq!(cb.fields.first_charge, want, "{v}");
+        }
+    }
+
+    #[test]
+    fn nulls_and_empty_strings_are_absent_and_bad_time_is_kept_raw() {
+        let mut d = data();
+        d["ExpressCode"] = Value::Null;
+        d["CardStatus"] = Value::String(String::new());
+        d["ActiveTime"] = Value::String("yesterday".into());
+        let cb = parse(Some("application/json"), &json_body(&d)).unwrap();
+        assert_eq!(cb.fields.express_code, None);
+        assert_eq!(cb.fields.card_status, None);
+        assert_eq!(cb.fields.activated_at, None);
+        assert_eq!(cb.fields.details["active_time_raw"], "yesterday");
+    }
+
+    #[test]
+    fn malformed_bodies_are_rejected_with_precise_reasons() {
+        let cases: Vec<(&[u8], &str)> = vec![
+            (b"{not json", "body is not valid JSON"),
+            (b"[1,2]", "JSON body is not an object"),
+            (br#"{"RequidId":"R"}"#, "Data missing"),
+            (br#"{"RequidId":"R","Data":"{oops"}"#, "Data is not valid JSON"),
+            (br#"{"RequidId":"R","Data":"[1]"}"#, "Data is not a JSON object"),
+            (br#"{"RequidId":"R","Data":{"OrderStatus":"x"}}"#, "Data.OrderNo missing"),
+            (br#"{"RequidId":"R","Data":{"OrderNo":"D1"}}"#, "Data.OrderStatus missing"),
+            (br#"{"Data":{"OrderNo":"D1","OrderStatus":"x"}}"#, "RequidId missing"),
+        ];
+        for (body, want) in cases {
+            let (rej, _) = parse(Some("application/json"), body).unwrap_err();
+            match rej {
+                Rejection::Malformed(m) => assert!(m.contains(want), "{m} should contain {want}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let (_, partial) =
+            parse(Some("application/json"), br#"{"RequidId":"R9","Data":{"OrderNo":"D9"}}"#).unwrap_err();
+        assert_eq!(partial.request_id.as_deref(), Some("R9"));
+        assert_eq!(partial.order_id.as_deref(), Some("D9"));
+    }
+
+    #[test]
+    fn check_verifies_header_sign_over_either_number() {
+        let key = CallbackKey::from_secret(SECRET);
+        let body = json_body(&data());
+        for (plain, want) in [
+            ("DOWN20240101001", SignMatch::OrderNo),
+            ("mlkj230412165954TEST", SignMatch::OrderNo172),
+        ] {
+            let v = check(Some("application/json"), &body, Some(&key.encrypt(plain)), &keys()).unwrap();
+            match v {
+                Verdict::Apply { sign_matched, .. } => assert_eq!(sign_matched, want),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn check_reads_sign_from_the_body_when_no_header() {
+        let key = CallbackKey::from_secret(SECRET);
+        let body = serde_json::to_vec(&serde_json::json!({
+            "RequidId": "R1", "Data": data().to_string(), "Sign": key.encrypt("DOWN20240101001")
+        }))
+        .unwrap();
+        assert!(matches!(check(Some("application/json"), &body, None, &keys()), Ok(Verdict::Apply { .. })));
+    }
+
+    #[test]
+    fn check_rejects_bad_signatures_and_unconfigured_keys() {
+        let body = json_body(&data());
+        let err = check(Some("application/json"), &body, None, &keys()).unwrap_err();
+        assert_eq!(err.0, Rejection::BadSignature(SignError::Missing));
+        assert_eq!(err.1.request_id.as_deref(), Some("R1"));
+        let err = check(Some("application/json"), &body, Some("garbage!!"), &keys()).unwrap_err();
+        assert_eq!(err.0, Rejection::BadSignature(SignError::NotBase64));
+        let err = check(Some("application/json"), &body, Some("x"), &[]).unwrap_err();
+        assert_eq!(err.0, Rejection::NotConfigured);
+    }
+
+    #[test]
+    fn test_push_needs_no_signature() {
+        let d = serde_json::json!({"OrderNo": "T1", "OrderNo172": "TestOrder172", "OrderStatus": "待处理", "Remark": "推送测试"});
+        let v = check(Some("application/json"), &json_body(&d), None, &keys()).unwrap();
+        assert_eq!(v, Verdict::Test { request_id: "R1".into() });
+        // Without keys configured too.
+        assert!(matches!(check(Some("application/json"), &json_body(&d), None, &[]), Ok(Verdict::Test { .. })));
+    }
+}

@@ -1,0 +1,5 @@
+//! 172号卡 (lot-ml): request signing, the order-status callback, and (later)
+//! the `GetOrderInfo` client. See `vendors.md` §1–§4.
+
+pub mod callback;
+pub mod sign;
