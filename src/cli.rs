@@ -11,7 +11,11 @@ use crate::startup::{shutdown_signal, Application};
 use crate::vendors::Vendor;
 
 #[derive(Debug, Parser)]
-#[command(name = "haoka-sync", version, about = "Phone-card order status sync: vendor callbacks + overdue polling into PostgreSQL")]
+#[command(
+    name = "haoka-sync",
+    version,
+    about = "Phone-card order status sync: vendor callbacks + overdue polling into PostgreSQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +51,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("haoka-sync: cannot start the runtime: {e}");
@@ -83,7 +90,10 @@ async fn prepare(config: &Config) -> CliResult {
 
 async fn migrate(config: &Config) -> CliResult {
     prepare(config).await?;
-    println!("database {} is up to date", config.database_url.database_name());
+    println!(
+        "database {} is up to date",
+        config.database_url.database_name()
+    );
     Ok(())
 }
 
@@ -122,7 +132,8 @@ async fn show(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
     let id = order_id.to_owned();
     let found = db::run(&pool, move |conn| {
         let order = crate::store::find_order(conn, vendor, &id).map_err(db::DbError::from_query)?;
-        let history = crate::store::order_history(conn, vendor, &id).map_err(db::DbError::from_query)?;
+        let history =
+            crate::store::order_history(conn, vendor, &id).map_err(db::DbError::from_query)?;
         Ok(order.map(|o| (o, history)))
     })
     .await?;
@@ -139,20 +150,37 @@ async fn show(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
         println!("  unmapped label: {u}");
     }
     println!("  vendor order:  {}", opt(&o.vendor_order_no));
-    println!("  express:       {} {}", opt(&o.express_name), opt(&o.express_code));
+    println!(
+        "  express:       {} {}",
+        opt(&o.express_name),
+        opt(&o.express_code)
+    );
     println!(
         "  phone:         {}",
-        o.third_phone.as_deref().map(crate::mask::phone).unwrap_or_else(|| "-".into())
+        o.third_phone
+            .as_deref()
+            .map(crate::mask::phone)
+            .unwrap_or_else(|| "-".into())
     );
-    println!("  card:          {} activated_at={}", opt(&o.card_status), o.activated_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()));
+    println!(
+        "  card:          {} activated_at={}",
+        opt(&o.card_status),
+        o.activated_at
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "-".into())
+    );
     println!(
         "  first top-up:  {} {}",
-        o.first_charge.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+        o.first_charge
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "-".into()),
         opt(&o.first_charge_amount)
     );
     println!(
         "  last heard:    {} via {}",
-        o.last_heard_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
+        o.last_heard_at
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "never".into()),
         opt(&o.last_source)
     );
     println!("  history ({} events):", history.len());

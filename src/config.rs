@@ -135,7 +135,12 @@ impl StatusDurations {
     }
 
     fn from_pairs(pairs: &[(Status, u64)]) -> Self {
-        StatusDurations(pairs.iter().map(|(s, secs)| (s.as_str(), Duration::from_secs(*secs))).collect())
+        StatusDurations(
+            pairs
+                .iter()
+                .map(|(s, secs)| (s.as_str(), Duration::from_secs(*secs)))
+                .collect(),
+        )
     }
 
     /// The 172 defaults from `contract.md`.
@@ -241,18 +246,23 @@ impl Config {
 
     /// From any lookup; tests pass a map.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let var = |k: &'static str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let err = |var: &'static str, msg: String| ConfigError { var, msg };
-        let parse_num = |k: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-            match var(k) {
-                None => Ok(default),
-                Some(v) => match v.parse::<u64>() {
-                    Ok(n) if (min..=max).contains(&n) => Ok(n),
-                    Ok(n) => Err(err(k, format!("{n} is out of range {min}..={max}"))),
-                    Err(_) => Err(err(k, format!("`{v}` is not a whole number"))),
-                },
-            }
+        let var = |k: &'static str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
         };
+        let err = |var: &'static str, msg: String| ConfigError { var, msg };
+        let parse_num =
+            |k: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                match var(k) {
+                    None => Ok(default),
+                    Some(v) => match v.parse::<u64>() {
+                        Ok(n) if (min..=max).contains(&n) => Ok(n),
+                        Ok(n) => Err(err(k, format!("{n} is out of range {min}..={max}"))),
+                        Err(_) => Err(err(k, format!("`{v}` is not a whole number"))),
+                    },
+                }
+            };
         let parse_url = |k: &'static str, default: &str| -> Result<url::Url, ConfigError> {
             let v = var(k).unwrap_or_else(|| default.to_owned());
             let u = url::Url::parse(&v).map_err(|e| err(k, format!("`{v}` is not a URL ({e})")))?;
@@ -262,12 +272,16 @@ impl Config {
             Ok(u)
         };
 
-        let database_url = DatabaseUrl::parse(&var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()))
-            .map_err(|m| err("DATABASE_URL", m))?;
+        let database_url =
+            DatabaseUrl::parse(&var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()))
+                .map_err(|m| err("DATABASE_URL", m))?;
         let bind_s = var("HAOKA_SYNC_BIND").unwrap_or_else(|| "127.0.0.1:8080".into());
-        let bind = bind_s
-            .parse()
-            .map_err(|_| err("HAOKA_SYNC_BIND", format!("`{bind_s}` is not an address like 127.0.0.1:8080")))?;
+        let bind = bind_s.parse().map_err(|_| {
+            err(
+                "HAOKA_SYNC_BIND",
+                format!("`{bind_s}` is not an address like 127.0.0.1:8080"),
+            )
+        })?;
 
         let max_per_minute = parse_num("HAOKA172_MAX_CALLS_PER_MINUTE", 150, 1, u64::MAX)?;
         if max_per_minute > 200 {
@@ -287,7 +301,12 @@ impl Config {
             )
             .map_err(|m| err("HAOKA172_OVERDUE", m))?,
             max_calls_per_minute: max_per_minute as u32,
-            max_calls_per_order_per_day: parse_num("HAOKA172_MAX_CALLS_PER_ORDER_PER_DAY", 10, 1, 1000)? as u32,
+            max_calls_per_order_per_day: parse_num(
+                "HAOKA172_MAX_CALLS_PER_ORDER_PER_DAY",
+                10,
+                1,
+                1000,
+            )? as u32,
         };
         let damaijia = DamaijiaConfig {
             token: var("DAMAIJIA_TOKEN").map(Secret),
@@ -313,7 +332,12 @@ impl Config {
             damaijia,
             poll_cron,
             admin_token: var("ADMIN_TOKEN").map(Secret),
-            callback_max_body_bytes: parse_num("CALLBACK_MAX_BODY_BYTES", 64 * 1024, 1024, 16 << 20)? as usize,
+            callback_max_body_bytes: parse_num(
+                "CALLBACK_MAX_BODY_BYTES",
+                64 * 1024,
+                1024,
+                16 << 20,
+            )? as usize,
             db_pool_size: parse_num("DB_POOL_SIZE", 16, 2, 512)? as u32,
             db_timeout: Duration::from_secs(parse_num("DB_TIMEOUT_SECS", 3, 1, 600)?),
             ingest_writers: parse_num("INGEST_WRITERS", 4, 1, 64)? as usize,
@@ -323,8 +347,10 @@ impl Config {
 
     /// A configuration for tests and tools: defaults, then `overrides`.
     pub fn with(overrides: &[(&str, &str)]) -> Result<Self, ConfigError> {
-        let map: BTreeMap<String, String> =
-            overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Self::from_lookup(|k| map.get(k).cloned())
     }
 }
@@ -351,12 +377,18 @@ mod tests {
         let c = Config::with(&[]).unwrap();
         assert_eq!(c.database_url.expose(), DEFAULT_DATABASE_URL);
         assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.haoka172.base_url.as_str(), "https://haokaopenapi.lot-ml.com/");
+        assert_eq!(
+            c.haoka172.base_url.as_str(),
+            "https://haokaopenapi.lot-ml.com/"
+        );
         assert_eq!(c.haoka172.max_calls_per_minute, 150);
         assert_eq!(c.haoka172.max_calls_per_order_per_day, 10);
         assert_eq!(c.damaijia.batch_size, 20);
         assert_eq!(c.poll_cron, "0 * * * * *");
-        assert_eq!(c.haoka172.overdue.get(Status::Pending), Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(
+            c.haoka172.overdue.get(Status::Pending),
+            Some(Duration::from_secs(6 * 3600))
+        );
         assert!(c.admin_token.is_none());
     }
 
@@ -367,7 +399,10 @@ mod tests {
         assert_eq!(o.get(Status::Pending), Some(Duration::ZERO));
         assert_eq!(o.get(Status::Shipped), Some(Duration::from_secs(90)));
         assert_eq!(o.get(Status::New), Some(Duration::from_secs(86400)));
-        assert_eq!(o.get(Status::Submitted), Some(Duration::from_secs(2 * 86400)));
+        assert_eq!(
+            o.get(Status::Submitted),
+            Some(Duration::from_secs(2 * 86400))
+        );
         assert_eq!(o.get(Status::Settled), None);
     }
 
@@ -375,8 +410,16 @@ mod tests {
     fn invalid_values_name_the_variable_and_the_problem() {
         let cases = [
             ("HAOKA172_MAX_CALLS_PER_MINUTE", "201", "above 200"),
-            ("HAOKA172_MAX_CALLS_PER_MINUTE", "lots", "not a whole number"),
-            ("HAOKA172_OVERDUE", "settled=1h", "not a non-terminal status"),
+            (
+                "HAOKA172_MAX_CALLS_PER_MINUTE",
+                "lots",
+                "not a whole number",
+            ),
+            (
+                "HAOKA172_OVERDUE",
+                "settled=1h",
+                "not a non-terminal status",
+            ),
             ("HAOKA172_OVERDUE", "pending=6x", "no unit"),
             ("HAOKA172_OVERDUE", "pending", "not key=duration"),
             ("DATABASE_URL", "mysql://x/y", "postgres://"),
@@ -390,7 +433,10 @@ mod tests {
         for (k, v, want) in cases {
             let e = Config::with(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);
-            assert!(e.to_string().contains(want), "{k}={v}: `{e}` should mention `{want}`");
+            assert!(
+                e.to_string().contains(want),
+                "{k}={v}: `{e}` should mention `{want}`"
+            );
             assert!(!e.to_string().contains('\n'));
         }
     }
@@ -406,7 +452,13 @@ mod tests {
         ])
         .unwrap();
         let dbg = format!("{c:?}");
-        for secret in ["s3cr3t-172", "tok-damaijia", "app-s3cret", "admin-t0ken", "dbpa55"] {
+        for secret in [
+            "s3cr3t-172",
+            "tok-damaijia",
+            "app-s3cret",
+            "admin-t0ken",
+            "dbpa55",
+        ] {
             assert!(!dbg.contains(secret), "{secret} leaked in {dbg}");
         }
         assert!(dbg.contains("[redacted]"));
@@ -417,6 +469,9 @@ mod tests {
     fn database_url_can_point_at_another_database_on_the_same_server() {
         let u = DatabaseUrl::parse("postgres://u:p@h:5433/app_db?sslmode=disable").unwrap();
         assert_eq!(u.database_name(), "app_db");
-        assert_eq!(u.with_database("postgres").expose(), "postgres://u:p@h:5433/postgres?sslmode=disable");
+        assert_eq!(
+            u.with_database("postgres").expose(),
+            "postgres://u:p@h:5433/postgres?sslmode=disable"
+        );
     }
 }

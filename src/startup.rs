@@ -40,11 +40,12 @@ impl Application {
         });
         let listener = TcpListener::bind(config.bind)?;
         let port = listener.local_addr()?.port();
-        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-            .listen(listener)?
-            .disable_signals()
-            .shutdown_timeout(30)
-            .run();
+        let server =
+            HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+                .listen(listener)?
+                .disable_signals()
+                .shutdown_timeout(30)
+                .run();
         Ok(Application {
             port,
             server,
@@ -81,14 +82,15 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot listen for SIGTERM: {e}");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("cannot listen for SIGTERM: {e}");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

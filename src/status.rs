@@ -352,7 +352,11 @@ fn merge_fields(held: &mut OrderFields, seen: &OrderFields, current: bool) {
             }
         }
     }
-    take(&mut held.first_charge_amount, &seen.first_charge_amount, false);
+    take(
+        &mut held.first_charge_amount,
+        &seen.first_charge_amount,
+        false,
+    );
     for (k, v) in &seen.details {
         if v.is_null() {
             continue;
@@ -413,7 +417,10 @@ mod tests {
 
     #[test]
     fn exactly_the_five_contract_statuses_are_terminal() {
-        let terminal: Vec<_> = Status::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        let terminal: Vec<_> = Status::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
         assert_eq!(
             terminal,
             [
@@ -498,7 +505,11 @@ mod tests {
                 if h.is_terminal() {
                     assert_eq!(m.state.status, h, "terminal {h} moved by {s}");
                 }
-                assert_eq!(m.state.conflict, want == Effect::Conflict, "held {h}, seen {s}");
+                assert_eq!(
+                    m.state.conflict,
+                    want == Effect::Conflict,
+                    "held {h}, seen {s}"
+                );
                 // A stale observation with no fields changes nothing; every
                 // other one at least records the new label or a flag.
                 assert_eq!(m.changed, want != Effect::Stale, "held {h}, seen {s}");
@@ -589,8 +600,16 @@ mod tests {
         late.fields.remark = Some("late remark".into());
         let m = merge(&s, &late);
         assert_eq!(m.effect, Effect::Stale);
-        assert_eq!(m.state.fields.express_code.as_deref(), Some("JD2"), "stale must not overwrite");
-        assert_eq!(m.state.fields.iccid.as_deref(), Some("8986001"), "stale fills a gap");
+        assert_eq!(
+            m.state.fields.express_code.as_deref(),
+            Some("JD2"),
+            "stale must not overwrite"
+        );
+        assert_eq!(
+            m.state.fields.iccid.as_deref(),
+            Some("8986001"),
+            "stale fills a gap"
+        );
         assert_eq!(m.state.fields.remark.as_deref(), Some("late remark"));
         assert!(m.changed);
     }
@@ -665,7 +684,9 @@ mod tests {
         let s = merge(&OrderState::new_order(), &a).state;
         let mut b = obs(Status::Shipped, "已发货");
         b.fields.details.insert("goods_count".into(), 2.into());
-        b.fields.details.insert("pay_amount".into(), serde_json::Value::Null);
+        b.fields
+            .details
+            .insert("pay_amount".into(), serde_json::Value::Null);
         let m = merge(&s, &b);
         assert_eq!(m.state.fields.details["goods_name"], "卡");
         assert_eq!(m.state.fields.details["goods_count"], 2);

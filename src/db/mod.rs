@@ -36,9 +36,10 @@ impl DbError {
     pub fn from_query(e: diesel::result::Error) -> DbError {
         use diesel::result::{DatabaseErrorKind, Error};
         match &e {
-            Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, info) => {
-                DbError::Unavailable(info.message().to_owned())
-            }
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                info,
+            ) => DbError::Unavailable(info.message().to_owned()),
             Error::DatabaseError(_, info)
                 if info.message().contains("terminating connection")
                     || info.message().contains("server closed the connection")
@@ -100,10 +101,11 @@ pub fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, DbError> {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         exists: bool,
     }
-    let row: Exists = diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-        .bind::<diesel::sql_types::Text, _>(&name)
-        .get_result(&mut conn)
-        .map_err(DbError::from_query)?;
+    let row: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(&name)
+            .get_result(&mut conn)
+            .map_err(DbError::from_query)?;
     if row.exists {
         return Ok(false);
     }
@@ -111,7 +113,11 @@ pub fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, DbError> {
     match conn.batch_execute(&sql) {
         Ok(()) => Ok(true),
         // Someone else created it between our check and our create.
-        Err(diesel::result::Error::DatabaseError(_, info)) if info.message().contains("already exists") => Ok(false),
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains("already exists") =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(DbError::from_query(e)),
     }
 }

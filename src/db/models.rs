@@ -99,7 +99,13 @@ pub struct OrderUpdate<'a> {
 }
 
 impl<'a> OrderUpdate<'a> {
-    pub fn from_state(state: &'a OrderState, before: &Order, source: &'a str, now: DateTime<Utc>, changed: bool) -> Self {
+    pub fn from_state(
+        state: &'a OrderState,
+        before: &Order,
+        source: &'a str,
+        now: DateTime<Utc>,
+        changed: bool,
+    ) -> Self {
         let f = &state.fields;
         let status_moved = state.status.as_str() != before.status;
         OrderUpdate {
@@ -120,7 +126,11 @@ impl<'a> OrderUpdate<'a> {
             unknown_vendor_status: state.unknown_vendor_status.as_deref(),
             last_source: Some(source),
             last_heard_at: Some(now),
-            status_changed_at: if status_moved { Some(now) } else { before.status_changed_at },
+            status_changed_at: if status_moved {
+                Some(now)
+            } else {
+                before.status_changed_at
+            },
             updated_at: if changed { now } else { before.updated_at },
         }
     }

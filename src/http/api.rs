@@ -21,7 +21,12 @@ fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
         .map(str::trim)
         .unwrap_or("");
     let want = token.expose().as_bytes();
-    let ok = given.len() == want.len() && given.bytes().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let ok = given.len() == want.len()
+        && given
+            .bytes()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if ok {
         Ok(())
     } else {
@@ -48,6 +53,7 @@ pub async fn get_order(
         Ok(order.map(|o| (o, history)))
     })
     .await?;
-    let (order, history) = found.ok_or_else(|| AppError::NotFound(format!("no {vendor} order {order_id}")))?;
+    let (order, history) =
+        found.ok_or_else(|| AppError::NotFound(format!("no {vendor} order {order_id}")))?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"order": order, "history": history})))
 }

@@ -18,7 +18,12 @@ pub const SUCCESS_BODY: &str = r#"{"code":0,"message":"上传成功"}"#;
 const TOO_LARGE_SAMPLE: usize = 4096;
 
 /// Headers whose values are credentials and are not stored.
-const REDACTED_HEADERS: [&str; 4] = ["authorization", "cookie", "proxy-authorization", "x-api-key"];
+const REDACTED_HEADERS: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+];
 
 pub async fn probe() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
@@ -27,7 +32,11 @@ pub async fn probe() -> HttpResponse {
     }))
 }
 
-pub async fn haoka172(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+pub async fn haoka172(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let body = read_bounded(payload, state.callback_max_body_bytes).await;
     let sign_header = req.headers().get("sign").and_then(|v| v.to_str().ok());
     let content_type = req
@@ -43,13 +52,24 @@ pub async fn haoka172(req: HttpRequest, payload: web::Payload, state: web::Data<
         Body::TooLarge { sample, size } => {
             let d = reject(
                 Outcome::TooLarge,
-                format!("body of {size} bytes exceeds the limit of {} bytes", state.callback_max_body_bytes),
+                format!(
+                    "body of {size} bytes exceeds the limit of {} bytes",
+                    state.callback_max_body_bytes
+                ),
             );
             (sample, d, true, size)
         }
         Body::Broken { partial, error } => {
             let size = partial.len();
-            (partial, reject(Outcome::Malformed, format!("body could not be read: {error}")), false, size)
+            (
+                partial,
+                reject(
+                    Outcome::Malformed,
+                    format!("body could not be read: {error}"),
+                ),
+                false,
+                size,
+            )
         }
     };
     let (text, raw_bytes) = RawRequest::body_fields(&bytes);
@@ -68,7 +88,10 @@ pub async fn haoka172(req: HttpRequest, payload: web::Payload, state: web::Data<
         _ => None,
     };
     let ids = ids(&disposition);
-    let result = state.ingest.submit(InboundRequest { raw, disposition }).await;
+    let result = state
+        .ingest
+        .submit(InboundRequest { raw, disposition })
+        .await;
     respond(result, error, ids)
 }
 
@@ -86,7 +109,9 @@ async fn read_bounded(mut payload: web::Payload, limit: usize) -> Body {
             Ok(chunk) => {
                 if buf.len() + chunk.len() > limit {
                     let size = buf.len() + chunk.len();
-                    buf.extend_from_slice(&chunk[..chunk.len().min(TOO_LARGE_SAMPLE.saturating_sub(buf.len()))]);
+                    buf.extend_from_slice(
+                        &chunk[..chunk.len().min(TOO_LARGE_SAMPLE.saturating_sub(buf.len()))],
+                    );
                     buf.truncate(TOO_LARGE_SAMPLE);
                     return Body::TooLarge { sample: buf, size };
                 }
@@ -103,7 +128,12 @@ async fn read_bounded(mut payload: web::Payload, limit: usize) -> Body {
     Body::Complete(buf)
 }
 
-fn judge(content_type: Option<&str>, body: &[u8], sign: Option<&str>, state: &AppState) -> Disposition {
+fn judge(
+    content_type: Option<&str>,
+    body: &[u8],
+    sign: Option<&str>,
+    state: &AppState,
+) -> Disposition {
     match callback::check(content_type, body, sign, &state.haoka172_keys) {
         Ok(Verdict::Apply {
             request_id,
@@ -112,7 +142,7 @@ fn judge(content_type: Option<&str>, body: &[u8], sign: Option<&str>, state: &Ap
         }) => Disposition::Apply {
             request_id,
             sign_matched: Some(sign_matched.as_str()),
-            observation: Box::new(observation),
+            observation,
         },
         Ok(Verdict::Test { request_id }) => Disposition::Test { request_id },
         Err((rejection, partial)) => Disposition::Reject {
@@ -146,7 +176,9 @@ fn ids(d: &Disposition) -> (Option<String>, Option<String>) {
         } => (Some(request_id.clone()), Some(observation.order_id.clone())),
         Disposition::Test { request_id } => (Some(request_id.clone()), None),
         Disposition::Reject {
-            request_id, order_id, ..
+            request_id,
+            order_id,
+            ..
         } => (request_id.clone(), order_id.clone()),
     }
 }
@@ -163,11 +195,19 @@ fn respond(
         Err(e) => {
             // Logged once by the ingest writer; here only the answer.
             let (status, msg) = if e.is_unavailable() {
-                (StatusCode::SERVICE_UNAVAILABLE, "database unavailable, retry later")
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database unavailable, retry later",
+                )
             } else {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error, retry later")
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error, retry later",
+                )
             };
-            log::warn!("callback haoka172 order={oid} request_id={rid}: not acknowledged ({status})");
+            log::warn!(
+                "callback haoka172 order={oid} request_id={rid}: not acknowledged ({status})"
+            );
             return failure(status, msg);
         }
     };
@@ -192,7 +232,10 @@ fn respond(
                 _ => StatusCode::BAD_REQUEST,
             };
             let msg = error.unwrap_or_else(|| outcome.as_str().to_owned());
-            log::warn!("callback haoka172 order={oid} request_id={rid}: {} ({msg})", outcome.as_str());
+            log::warn!(
+                "callback haoka172 order={oid} request_id={rid}: {} ({msg})",
+                outcome.as_str()
+            );
             failure(status, &msg)
         }
     }

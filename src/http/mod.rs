@@ -33,5 +33,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(callbacks::haoka172))
                 .route(web::get().to(callbacks::probe)),
         )
-        .route("/api/orders/{vendor}/{order_id}", web::get().to(api::get_order));
+        .route(
+            "/api/orders/{vendor}/{order_id}",
+            web::get().to(api::get_order),
+        );
 }

@@ -195,7 +195,9 @@ fn write_batch(pool: &PgPool, batch: Vec<Job>) {
         Err(e) => {
             let e = DbError::from(e);
             log::error!("ingest: {} callback(s) not stored: {e}", reqs.len());
-            reqs.iter().map(|_| Err(DbError::Unavailable(e.to_string()))).collect()
+            reqs.iter()
+                .map(|_| Err(DbError::Unavailable(e.to_string())))
+                .collect()
         }
         Ok(mut conn) => commit_with_fallback(&mut conn, &reqs),
     };
@@ -209,20 +211,28 @@ fn write_batch(pool: &PgPool, batch: Vec<Job>) {
 /// One transaction for the batch; if it fails for a reason other than the
 /// connection, each request is retried alone so one bad request cannot sink
 /// the others.
-fn commit_with_fallback(conn: &mut PgConnection, reqs: &[InboundRequest]) -> Vec<Result<Receipt, DbError>> {
+fn commit_with_fallback(
+    conn: &mut PgConnection,
+    reqs: &[InboundRequest],
+) -> Vec<Result<Receipt, DbError>> {
     match commit_retrying(conn, reqs) {
         Ok(receipts) => receipts.into_iter().map(Ok).collect(),
         Err(e) if e.is_unavailable() => {
             log::error!("ingest: {} callback(s) not stored: {e}", reqs.len());
             let msg = e.to_string();
-            reqs.iter().map(|_| Err(DbError::Unavailable(msg.clone()))).collect()
+            reqs.iter()
+                .map(|_| Err(DbError::Unavailable(msg.clone())))
+                .collect()
         }
         Err(e) if reqs.len() == 1 => {
             log::error!("ingest: callback not stored: {e}");
             vec![Err(e)]
         }
         Err(e) => {
-            log::warn!("ingest: batch of {} failed ({e}); retrying one by one", reqs.len());
+            log::warn!(
+                "ingest: batch of {} failed ({e}); retrying one by one",
+                reqs.len()
+            );
             reqs.iter()
                 .map(|r| match commit_retrying(conn, std::slice::from_ref(r)) {
                     Ok(mut v) => Ok(v.remove(0)),
@@ -236,7 +246,10 @@ fn commit_with_fallback(conn: &mut PgConnection, reqs: &[InboundRequest]) -> Vec
     }
 }
 
-fn commit_retrying(conn: &mut PgConnection, reqs: &[InboundRequest]) -> Result<Vec<Receipt>, DbError> {
+fn commit_retrying(
+    conn: &mut PgConnection,
+    reqs: &[InboundRequest],
+) -> Result<Vec<Receipt>, DbError> {
     let mut attempt = 0;
     loop {
         match conn.transaction(|conn| commit(conn, reqs)) {
@@ -312,7 +325,9 @@ fn commit(conn: &mut PgConnection, reqs: &[InboundRequest]) -> QueryResult<Vec<R
 
 fn order_key(r: &InboundRequest) -> Option<(&'static str, &str)> {
     match &r.disposition {
-        Disposition::Apply { observation, .. } => Some((observation.vendor.as_str(), observation.order_id.as_str())),
+        Disposition::Apply { observation, .. } => {
+            Some((observation.vendor.as_str(), observation.order_id.as_str()))
+        }
         _ => None,
     }
 }
@@ -328,14 +343,24 @@ fn inbound_row<'a>(
             request_id,
             sign_matched,
             observation,
-        } => (Some(request_id.as_str()), Some(observation.order_id.as_str()), *sign_matched, None),
+        } => (
+            Some(request_id.as_str()),
+            Some(observation.order_id.as_str()),
+            *sign_matched,
+            None,
+        ),
         Disposition::Test { request_id } => (Some(request_id.as_str()), None, None, None),
         Disposition::Reject {
             error,
             request_id,
             order_id,
             ..
-        } => (request_id.as_deref(), order_id.as_deref(), None, Some(error.as_str())),
+        } => (
+            request_id.as_deref(),
+            order_id.as_deref(),
+            None,
+            Some(error.as_str()),
+        ),
     };
     NewInboundCallback {
         vendor: r.raw.vendor,

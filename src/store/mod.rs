@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 
-use crate::db::models::{NewInboundCallback, NewOrderEvent, NewOrderKey, Order, OrderEvent, OrderUpdate};
+use crate::db::models::{
+    NewInboundCallback, NewOrderEvent, NewOrderKey, Order, OrderEvent, OrderUpdate,
+};
 use crate::db::schema::{inbound_callbacks, order_events, orders};
 use crate::status::{self, Effect, Observation, Status};
 use crate::vendors::Vendor;
@@ -87,7 +89,13 @@ pub fn apply_observation(
         return Ok(Applied::Duplicate);
     };
     diesel::update(orders::table.find((vendor, &obs.order_id)))
-        .set(OrderUpdate::from_state(&merged.state, &before, obs.source.as_str(), now, merged.changed))
+        .set(OrderUpdate::from_state(
+            &merged.state,
+            &before,
+            obs.source.as_str(),
+            now,
+            merged.changed,
+        ))
         .execute(conn)?;
     Ok(Applied::Event {
         event_id,
@@ -98,14 +106,23 @@ pub fn apply_observation(
 }
 
 /// Append raw inbound requests (one multi-row insert).
-pub fn insert_inbound(conn: &mut PgConnection, rows: &[NewInboundCallback<'_>]) -> QueryResult<usize> {
+pub fn insert_inbound(
+    conn: &mut PgConnection,
+    rows: &[NewInboundCallback<'_>],
+) -> QueryResult<usize> {
     if rows.is_empty() {
         return Ok(0);
     }
-    diesel::insert_into(inbound_callbacks::table).values(rows).execute(conn)
+    diesel::insert_into(inbound_callbacks::table)
+        .values(rows)
+        .execute(conn)
 }
 
-pub fn find_order(conn: &mut PgConnection, vendor: Vendor, order_id: &str) -> QueryResult<Option<Order>> {
+pub fn find_order(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_id: &str,
+) -> QueryResult<Option<Order>> {
     orders::table
         .find((vendor.as_str(), order_id))
         .select(Order::as_select())
@@ -114,7 +131,11 @@ pub fn find_order(conn: &mut PgConnection, vendor: Vendor, order_id: &str) -> Qu
 }
 
 /// The order's history, oldest first.
-pub fn order_history(conn: &mut PgConnection, vendor: Vendor, order_id: &str) -> QueryResult<Vec<OrderEvent>> {
+pub fn order_history(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_id: &str,
+) -> QueryResult<Vec<OrderEvent>> {
     order_events::table
         .filter(order_events::vendor.eq(vendor.as_str()))
         .filter(order_events::order_id.eq(order_id))

@@ -64,7 +64,7 @@ pub enum Verdict {
     Apply {
         request_id: String,
         sign_matched: SignMatch,
-        observation: Observation,
+        observation: Box<Observation>,
     },
     Test {
         request_id: String,
@@ -99,7 +99,7 @@ pub fn check(
         Ok(sign_matched) => Ok(Verdict::Apply {
             request_id: cb.request_id.clone(),
             sign_matched,
-            observation: cb.into_observation(),
+            observation: Box::new(cb.into_observation()),
         }),
         Err(e) => Err((Rejection::BadSignature(e), partial)),
     }
@@ -121,7 +121,13 @@ fn malformed(msg: impl Into<String>, partial: Partial) -> (Rejection, Partial) {
 pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Callback, (Rejection, Partial)> {
     let none = Partial::default();
     let mime = content_type
-        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     let fields: Map<String, Value> = if mime == "multipart/form-data" {
         let boundary = content_type
@@ -133,7 +139,10 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Callback, (Rejec
     {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
             .map_err(|e| malformed(format!("form body does not decode: {e}"), none.clone()))?;
-        pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect()
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect()
     } else {
         match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(m)) => m,
@@ -210,11 +219,16 @@ pub fn parse_china_time(s: &str) -> Option<DateTime<Utc>> {
         return Some(t.with_timezone(&Utc));
     }
     let china = chrono::FixedOffset::east_opt(8 * 3600)?;
-    ["%Y-%m-%d %H:%M:%S", "%Y/%m/%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
-        .and_then(|n| china.from_local_datetime(&n).single())
-        .map(|t| t.with_timezone(&Utc))
+    [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y/%m/%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .and_then(|n| china.from_local_datetime(&n).single())
+    .map(|t| t.with_timezone(&Utc))
 }
 
 fn from_envelope(env: &Map<String, Value>) -> Result<Callback, (Rejection, Partial)> {
@@ -329,7 +343,8 @@ mod tests {
     }
 
     fn json_body(data: &Value) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({"RequidId": "R1", "Data": data.to_string()})).unwrap()
+        serde_json::to_vec(&serde_json::json!({"RequidId": "R1", "Data": data.to_string()}))
+            .unwrap()
     }
 
     fn keys() -> Vec<CallbackKey> {
@@ -361,7 +376,8 @@ mod tests {
 
     #[test]
     fn data_as_object_and_lowercase_keys_parse() {
-        let body = serde_json::to_vec(&serde_json::json!({"requidid": "R2", "data": data()})).unwrap();
+        let body =
+            serde_json::to_vec(&serde_json::json!({"requidid": "R2", "data": data()})).unwrap();
         let cb = parse(Some("application/json; charset=utf-8"), &body).unwrap();
         assert_eq!(cb.request_id, "R2");
         assert_eq!(cb.order_no, "DOWN20240101001");
@@ -395,7 +411,8 @@ mod tests {
     #[test]
     fn missing_content_type_is_sniffed() {
         assert_eq!(parse(None, &json_body(&data())).unwrap().request_id, "R1");
-        let form = serde_urlencoded::to_string([("RequidId", "R5"), ("Data", &data().to_string())]).unwrap();
+        let form = serde_urlencoded::to_string([("RequidId", "R5"), ("Data", &data().to_string())])
+            .unwrap();
         assert_eq!(parse(None, form.as_bytes()).unwrap().request_id, "R5");
     }
 
@@ -436,11 +453,26 @@ mod tests {
             (b"{not json", "body is not valid JSON"),
             (b"[1,2]", "JSON body is not an object"),
             (br#"{"RequidId":"R"}"#, "Data missing"),
-            (br#"{"RequidId":"R","Data":"{oops"}"#, "Data is not valid JSON"),
-            (br#"{"RequidId":"R","Data":"[1]"}"#, "Data is not a JSON object"),
-            (br#"{"RequidId":"R","Data":{"OrderStatus":"x"}}"#, "Data.OrderNo missing"),
-            (br#"{"RequidId":"R","Data":{"OrderNo":"D1"}}"#, "Data.OrderStatus missing"),
-            (br#"{"Data":{"OrderNo":"D1","OrderStatus":"x"}}"#, "RequidId missing"),
+            (
+                br#"{"RequidId":"R","Data":"{oops"}"#,
+                "Data is not valid JSON",
+            ),
+            (
+                br#"{"RequidId":"R","Data":"[1]"}"#,
+                "Data is not a JSON object",
+            ),
+            (
+                br#"{"RequidId":"R","Data":{"OrderStatus":"x"}}"#,
+                "Data.OrderNo missing",
+            ),
+            (
+                br#"{"RequidId":"R","Data":{"OrderNo":"D1"}}"#,
+                "Data.OrderStatus missing",
+            ),
+            (
+                br#"{"Data":{"OrderNo":"D1","OrderStatus":"x"}}"#,
+                "RequidId missing",
+            ),
         ];
         for (body, want) in cases {
             let (rej, _) = parse(Some("application/json"), body).unwrap_err();
@@ -449,8 +481,11 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let (_, partial) =
-            parse(Some("application/json"), br#"{"RequidId":"R9","Data":{"OrderNo":"D9"}}"#).unwrap_err();
+        let (_, partial) = parse(
+            Some("application/json"),
+            br#"{"RequidId":"R9","Data":{"OrderNo":"D9"}}"#,
+        )
+        .unwrap_err();
         assert_eq!(partial.request_id.as_deref(), Some("R9"));
         assert_eq!(partial.order_id.as_deref(), Some("D9"));
     }
@@ -463,7 +498,13 @@ mod tests {
             ("DOWN20240101001", SignMatch::OrderNo),
             ("mlkj230412165954TEST", SignMatch::OrderNo172),
         ] {
-            let v = check(Some("application/json"), &body, Some(&key.encrypt(plain)), &keys()).unwrap();
+            let v = check(
+                Some("application/json"),
+                &body,
+                Some(&key.encrypt(plain)),
+                &keys(),
+            )
+            .unwrap();
             match v {
                 Verdict::Apply { sign_matched, .. } => assert_eq!(sign_matched, want),
                 other => panic!("{other:?}"),
@@ -478,7 +519,10 @@ mod tests {
             "RequidId": "R1", "Data": data().to_string(), "Sign": key.encrypt("DOWN20240101001")
         }))
         .unwrap();
-        assert!(matches!(check(Some("application/json"), &body, None, &keys()), Ok(Verdict::Apply { .. })));
+        assert!(matches!(
+            check(Some("application/json"), &body, None, &keys()),
+            Ok(Verdict::Apply { .. })
+        ));
     }
 
     #[test]
@@ -497,8 +541,16 @@ mod tests {
     fn test_push_needs_no_signature() {
         let d = serde_json::json!({"OrderNo": "T1", "OrderNo172": "TestOrder172", "OrderStatus": "待处理", "Remark": "推送测试"});
         let v = check(Some("application/json"), &json_body(&d), None, &keys()).unwrap();
-        assert_eq!(v, Verdict::Test { request_id: "R1".into() });
+        assert_eq!(
+            v,
+            Verdict::Test {
+                request_id: "R1".into()
+            }
+        );
         // Without keys configured too.
-        assert!(matches!(check(Some("application/json"), &json_body(&d), None, &[]), Ok(Verdict::Test { .. })));
+        assert!(matches!(
+            check(Some("application/json"), &json_body(&d), None, &[]),
+            Ok(Verdict::Test { .. })
+        ));
     }
 }

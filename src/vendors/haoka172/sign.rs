@@ -131,7 +131,10 @@ pub fn verify_callback(
     order_no: &str,
     order_no_172: Option<&str>,
 ) -> Result<SignMatch, SignError> {
-    let sign = sign.map(str::trim).filter(|s| !s.is_empty()).ok_or(SignError::Missing)?;
+    let sign = sign
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or(SignError::Missing)?;
     let mut last = SignError::Mismatch;
     for key in keys {
         let plain = match key.decrypt(sign) {
@@ -190,7 +193,11 @@ mod tests {
     #[test]
     fn user_sign_matches_the_vendors_md_vector() {
         let sign = user_sign(
-            &[("user_id", "demo"), ("DownOrderID", "TEST001"), ("Timestamp", "1700000000")],
+            &[
+                ("user_id", "demo"),
+                ("DownOrderID", "TEST001"),
+                ("Timestamp", "1700000000"),
+            ],
             SECRET,
         );
         assert_eq!(sign, "b3c5eacc4e6fdb866ebc6893bc17cd2b");
@@ -206,9 +213,13 @@ mod tests {
     #[test]
     fn synthetic_vectors_decrypt_to_their_plaintexts() {
         let key = CallbackKey::from_secret(SECRET);
-        assert_eq!(key.decrypt("1xdJ6RqsV/yikhtfNiDfgA==").unwrap(), "DOWN20240101001");
         assert_eq!(
-            key.decrypt("g7irqooKAx/5Ot8iTthYUaGld3I8G6ZpmzSHTPectTA=").unwrap(),
+            key.decrypt("1xdJ6RqsV/yikhtfNiDfgA==").unwrap(),
+            "DOWN20240101001"
+        );
+        assert_eq!(
+            key.decrypt("g7irqooKAx/5Ot8iTthYUaGld3I8G6ZpmzSHTPectTA=")
+                .unwrap(),
             "mlkj230412165954TEST"
         );
     }
@@ -277,10 +288,22 @@ mod tests {
         let wrong = [CallbackKey::from_secret("ffffffffffffffffffffffffffffffff")];
         let sign = Some("1xdJ6RqsV/yikhtfNiDfgA==");
         assert!(verify_callback(&wrong, sign, "DOWN20240101001", None).is_err());
-        assert_eq!(verify_callback(&right, None, "DOWN20240101001", None), Err(SignError::Missing));
-        assert_eq!(verify_callback(&right, Some("  "), "D", None), Err(SignError::Missing));
-        assert_eq!(verify_callback(&right, Some("***"), "D", None), Err(SignError::NotBase64));
-        assert_eq!(verify_callback(&right, Some("AAAA"), "D", None), Err(SignError::BadLength(3)));
+        assert_eq!(
+            verify_callback(&right, None, "DOWN20240101001", None),
+            Err(SignError::Missing)
+        );
+        assert_eq!(
+            verify_callback(&right, Some("  "), "D", None),
+            Err(SignError::Missing)
+        );
+        assert_eq!(
+            verify_callback(&right, Some("***"), "D", None),
+            Err(SignError::NotBase64)
+        );
+        assert_eq!(
+            verify_callback(&right, Some("AAAA"), "D", None),
+            Err(SignError::BadLength(3))
+        );
         assert_eq!(
             verify_callback(&right, sign, "SOMEONE-ELSE", Some("mlkj1")),
             Err(SignError::Mismatch)
@@ -294,7 +317,12 @@ mod tests {
             CallbackKey::from_secret(SECRET),
         ];
         assert_eq!(
-            verify_callback(&keys, Some("1xdJ6RqsV/yikhtfNiDfgA=="), "DOWN20240101001", None),
+            verify_callback(
+                &keys,
+                Some("1xdJ6RqsV/yikhtfNiDfgA=="),
+                "DOWN20240101001",
+                None
+            ),
             Ok(SignMatch::OrderNo)
         );
     }

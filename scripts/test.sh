@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The project's test command (README; CI runs exactly this): PostgreSQL up,
+# formatting, lints, schema check, then every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/pg-up.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+./scripts/check-schema.sh
+cargo test --locked

@@ -1,0 +1,338 @@
+//! The 172 callback endpoint, acceptance points 1–6 of the receiver issue.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn callbacks_signed_over_either_order_number_are_accepted_and_normalized() {
+    let app = TestApp::spawn().await;
+    // Signed over OrderNo.
+    let (status, body) = app.send("R-1", "DOWN001", "已提运营商").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, SUCCESS);
+    // Signed over OrderNo172.
+    let cb = callback("R-2", "DOWN002", "已发货");
+    let (status, body) = app
+        .post_callback(&cb, Some(&app.key.encrypt("mlkjDOWN002")))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, SUCCESS);
+
+    let mut c = app.db.conn();
+    let o1 = order(&mut c, "DOWN001").expect("order created by its first callback");
+    assert_eq!(o1.status, "submitted");
+    assert_eq!(o1.vendor_status.as_deref(), Some("已提运营商"));
+    let o2 = order(&mut c, "DOWN002").unwrap();
+    assert_eq!(o2.status, "shipped");
+    assert_eq!(o2.vendor_status.as_deref(), Some("已发货"));
+
+    let rows = inbound(&mut c);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].outcome, "applied");
+    assert_eq!(rows[0].sign_matched.as_deref(), Some("order_no"));
+    assert_eq!(rows[1].sign_matched.as_deref(), Some("order_no_172"));
+    assert!(rows[1].body.contains("mlkjDOWN002"), "raw body kept");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM order_events WHERE source = 'callback' AND applied"
+        ),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_request_id_is_acknowledged_recorded_as_duplicate_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.send("R-dup", "DOWN010", "待处理").await.0, 200);
+    let mut c = app.db.conn();
+    let before = order(&mut c, "DOWN010").unwrap();
+
+    // Same RequidId, even with a different (later) status: a redelivery.
+    let (status, body) = app.send("R-dup", "DOWN010", "已发货").await;
+    assert_eq!((status, body.as_str()), (200, SUCCESS));
+
+    let after = order(&mut c, "DOWN010").unwrap();
+    assert_eq!(after.status, "pending");
+    assert_eq!(after.updated_at, before.updated_at);
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM order_events"), 1);
+    let outcomes: Vec<_> = inbound(&mut c).into_iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, ["applied", "duplicate"]);
+}
+
+#[tokio::test]
+async fn a_late_shipped_after_settled_leaves_the_order_settled_with_the_event_in_history() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.send("R-s1", "DOWN020", "已结算").await.0, 200);
+    assert_eq!(app.send("R-s2", "DOWN020", "已发货").await.0, 200);
+    let mut c = app.db.conn();
+    let o = order(&mut c, "DOWN020").unwrap();
+    assert_eq!(o.status, "settled");
+    assert_eq!(o.vendor_status.as_deref(), Some("已结算"));
+    #[derive(diesel::QueryableByName, Debug)]
+    struct Ev {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        status: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        effect: String,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        applied: bool,
+    }
+    use diesel::RunQueryDsl;
+    let evs: Vec<Ev> = diesel::sql_query(
+        "SELECT status, effect, applied FROM order_events WHERE order_id = 'DOWN020' ORDER BY id",
+    )
+    .load(&mut c)
+    .unwrap();
+    assert_eq!(evs.len(), 2);
+    assert_eq!(
+        (
+            evs[1].status.as_str(),
+            evs[1].effect.as_str(),
+            evs[1].applied
+        ),
+        ("shipped", "stale", false)
+    );
+}
+
+#[tokio::test]
+async fn bad_signatures_are_401_malformed_bodies_400_oversized_413_and_all_are_quarantined() {
+    let app = TestApp::spawn_with(&[("CALLBACK_MAX_BODY_BYTES", "2048")]).await;
+    let wrong = haoka_sync::vendors::haoka172::sign::CallbackKey::from_secret(
+        "ffffffffffffffffffffffffffffffff",
+    );
+    let cb = callback("R-bad", "DOWN030", "已发货");
+
+    let cases: Vec<(u16, &str, (u16, String))> = vec![
+        (
+            401,
+            "bad_signature",
+            app.post_callback(&cb, Some(&wrong.encrypt("DOWN030")))
+                .await,
+        ),
+        (401, "bad_signature", app.post_callback(&cb, None).await),
+        (
+            401,
+            "bad_signature",
+            app.post_callback(&cb, Some("not*base64!")).await,
+        ),
+        (
+            401,
+            "bad_signature",
+            app.post_callback(&cb, Some("AAAAAAAAAAAAAAAAAAAAAA=="))
+                .await,
+        ),
+        (
+            400,
+            "malformed",
+            app.post_raw("application/json", b"{\"RequidId\": ".to_vec(), None)
+                .await,
+        ),
+        (
+            400,
+            "malformed",
+            app.post_raw("application/json", br#"{"RequidId":"R-x"}"#.to_vec(), None)
+                .await,
+        ),
+        (
+            413,
+            "too_large",
+            app.post_raw("application/json", vec![b'x'; 10_000], None)
+                .await,
+        ),
+    ];
+    for (want_status, _, (status, body)) in &cases {
+        assert_eq!(status, want_status, "body {body}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["code"], -1, "{body}");
+        assert!(!v["message"].as_str().unwrap().is_empty());
+    }
+    let mut c = app.db.conn();
+    let rows = inbound(&mut c);
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
+    let want: Vec<&str> = cases.iter().map(|(_, o, _)| *o).collect();
+    assert_eq!(outcomes, want);
+    assert!(rows.iter().all(|r| r.error.is_some()));
+    assert_eq!(
+        rows[1].error.as_deref(),
+        Some("bad signature: sign missing")
+    );
+    assert_eq!(
+        rows[5].error.as_deref(),
+        Some("malformed callback: Data missing")
+    );
+    assert_eq!(
+        rows[0].request_id.as_deref(),
+        Some("R-bad"),
+        "ids read even when rejected"
+    );
+    let big = &rows[6];
+    assert!(big.body_truncated);
+    assert_eq!(big.body_size, 10_000);
+    assert!(
+        big.body.len() <= 4096 && big.body.len() >= 2048,
+        "bounded sample, got {}",
+        big.body.len()
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM orders"),
+        0,
+        "no order touched"
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM order_events"), 0);
+}
+
+#[tokio::test]
+async fn urlencoded_multipart_data_objects_and_first_charge_types_all_work() {
+    let app = TestApp::spawn().await;
+    let sign = app.key.encrypt("DOWN040");
+    let data = |rid_status: &str, first: serde_json::Value| {
+        json!({"OrderNo": "DOWN040", "OrderNo172": "mlkj1", "OrderStatus": rid_status,
+               "IsFirstCharge": first, "FirstCharge": "50.00"})
+    };
+
+    // urlencoded, with the sign as a body field and IsFirstCharge as "1".
+    let form = serde_urlencoded::to_string([
+        ("RequidId", "R-form"),
+        ("Data", &data("已提运营商", json!("1")).to_string()),
+        ("sign", &sign),
+    ])
+    .unwrap();
+    let r = app
+        .post_raw("application/x-www-form-urlencoded", form.into_bytes(), None)
+        .await;
+    assert_eq!(r, (200, SUCCESS.to_owned()));
+
+    // multipart.
+    let d = data("已发货", json!(1)).to_string();
+    let mp = format!(
+        "--B0und\r\nContent-Disposition: form-data; name=\"RequidId\"\r\n\r\nR-mp\r\n\
+         --B0und\r\nContent-Disposition: form-data; name=\"Data\"\r\n\r\n{d}\r\n--B0und--\r\n"
+    );
+    let r = app
+        .post_raw(
+            "multipart/form-data; boundary=B0und",
+            mp.into_bytes(),
+            Some(&sign),
+        )
+        .await;
+    assert_eq!(r, (200, SUCCESS.to_owned()));
+
+    // Data as an object, IsFirstCharge as the integer 1.
+    let body = json!({"RequidId": "R-obj", "Data": data("已完成", json!(1))});
+    assert_eq!(
+        app.post_callback(&body, Some(&sign)).await,
+        (200, SUCCESS.to_owned())
+    );
+
+    let mut c = app.db.conn();
+    let o = order(&mut c, "DOWN040").unwrap();
+    assert_eq!(o.status, "completed");
+    assert_eq!(o.first_charge, Some(true));
+    let outcomes: Vec<_> = inbound(&mut c).into_iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, ["applied", "applied", "applied"]);
+
+    // IsFirstCharge "1" alone (string) on a fresh order.
+    let body = json!({"RequidId": "R-str", "Data": {"OrderNo": "DOWN041", "OrderStatus": "已完成", "IsFirstCharge": "1"}});
+    assert_eq!(
+        app.post_callback(&body, Some(&app.key.encrypt("DOWN041")))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(order(&mut c, "DOWN041").unwrap().first_charge, Some(true));
+}
+
+#[tokio::test]
+async fn the_back_office_test_push_is_acknowledged_and_changes_no_order() {
+    let app = TestApp::spawn().await;
+    let body = json!({"RequidId": "R-test", "Data": json!({
+        "OrderNo": "TEST", "OrderNo172": "TestOrder172", "OrderStatus": "待处理", "Remark": "推送测试"
+    }).to_string()});
+    assert_eq!(
+        app.post_callback(&body, None).await,
+        (200, SUCCESS.to_owned())
+    );
+    let mut c = app.db.conn();
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM orders"), 0);
+    let rows = inbound(&mut c);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].outcome, "test");
+}
+
+#[tokio::test]
+async fn an_unknown_label_is_kept_verbatim_flagged_and_does_not_overwrite() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.send("R-u1", "DOWN050", "已发货").await.0, 200);
+    assert_eq!(app.send("R-u2", "DOWN050", "已失效").await.0, 200);
+    let mut c = app.db.conn();
+    let o = order(&mut c, "DOWN050").unwrap();
+    assert_eq!(o.status, "shipped");
+    assert_eq!(o.unknown_vendor_status.as_deref(), Some("已失效"));
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM order_events WHERE status = 'unknown' AND vendor_status = '已失效' AND effect = 'unknown_status'"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn without_a_secret_callbacks_are_stored_and_refused_with_503() {
+    let app = TestApp::spawn_with(&[("HAOKA172_SECRET", "")]).await;
+    let (status, body) = app.send("R-nc", "DOWN060", "已发货").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("HAOKA172_SECRET"), "{body}");
+    let mut c = app.db.conn();
+    assert_eq!(inbound(&mut c)[0].outcome, "not_configured");
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM orders"), 0);
+}
+
+#[tokio::test]
+async fn probe_health_and_the_admin_api() {
+    let app = TestApp::spawn_with(&[("ADMIN_TOKEN", "t0ken")]).await;
+    let get = |p: &str| app.client.get(format!("{}{p}", app.address)).send();
+    assert_eq!(get("/callbacks/haoka172").await.unwrap().status(), 200);
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+
+    assert_eq!(app.send("R-api", "DOWN070", "已发货").await.0, 200);
+    let url = format!("{}/api/orders/haoka172/DOWN070", app.address);
+    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 401);
+    let wrong = app
+        .client
+        .get(&url)
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let ok = app
+        .client
+        .get(&url)
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let v: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(v["order"]["status"], "shipped");
+    assert_eq!(v["history"].as_array().unwrap().len(), 1);
+    let missing = app
+        .client
+        .get(format!("{}/api/orders/haoka172/NOPE", app.address))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let off = TestApp::spawn().await;
+    let r = off
+        .client
+        .get(format!("{}/api/orders/haoka172/DOWN070", off.address))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "no ADMIN_TOKEN: the API is off");
+}

@@ -1,0 +1,144 @@
+//! The binary: migrate, configuration errors, serve with graceful shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_haoka-sync");
+
+fn cmd() -> Command {
+    let mut c = Command::new(BIN);
+    // A clean environment: only what the test sets (no developer .env).
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir());
+    c
+}
+
+#[test]
+fn migrate_creates_the_database_when_missing_and_is_idempotent() {
+    let name = format!("haoka_cli_{}_{}", std::process::id(), rand_suffix());
+    let admin = haoka_sync::config::DatabaseUrl::parse(&admin_url()).unwrap();
+    let url = admin.with_database(&name);
+    struct Drop_(String);
+    impl Drop for Drop_ {
+        fn drop(&mut self) {
+            use diesel::connection::SimpleConnection;
+            use diesel::Connection;
+            if let Ok(mut c) = diesel::PgConnection::establish(&admin_url()) {
+                let _ = c.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.0
+                ));
+            }
+        }
+    }
+    let _guard = Drop_(name.clone());
+    for _ in 0..2 {
+        let out = cmd()
+            .arg("migrate")
+            .env("DATABASE_URL", url.expose())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+    }
+    use diesel::Connection;
+    let mut c = diesel::PgConnection::establish(url.expose()).unwrap();
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM information_schema.tables WHERE table_name IN ('orders','order_events','inbound_callbacks')"),
+        3
+    );
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+#[test]
+fn bad_configuration_exits_2_with_one_clear_line() {
+    let out = cmd()
+        .arg("migrate")
+        .env("HAOKA172_MAX_CALLS_PER_MINUTE", "500")
+        .env("HAOKA172_SECRET", "do-not-print-me")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("HAOKA172_MAX_CALLS_PER_MINUTE") && err.contains("200"),
+        "{err}"
+    );
+    assert!(!err.contains("do-not-print-me"));
+
+    let out = cmd().arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "bad usage");
+}
+
+#[test]
+fn serve_takes_callbacks_and_stops_gracefully_on_sigterm() {
+    let db = TestDb::new();
+    let mut child = cmd()
+        .arg("serve")
+        .env("DATABASE_URL", db.url.expose())
+        .env("HAOKA_SYNC_BIND", "127.0.0.1:0")
+        .env("HAOKA172_SECRET", SECRET)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let port = loop {
+        let line = lines.next().expect("serve exited early").unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap();
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = haoka_sync::vendors::haoka172::sign::CallbackKey::from_secret(SECRET);
+    let (status, body) = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/callbacks/haoka172"))
+            .header("sign", key.encrypt("DOWN900"))
+            .json(&callback("R-cli", "DOWN900", "已发货"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!((status, body.as_str()), (200, SUCCESS));
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exit = child.wait().unwrap();
+    for line in lines.map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(exit.success(), "exit {exit:?}\n{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains(SECRET), "secret in logs");
+    assert!(!log.contains("13012345678"), "phone in logs");
+    let mut c = db.conn();
+    assert_eq!(order(&mut c, "DOWN900").unwrap().status, "shipped");
+}

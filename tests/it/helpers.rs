@@ -1,0 +1,314 @@
+//! Test scaffolding: a fresh database per test (created, migrated, dropped
+//! on `Drop`), the app on port 0, signed 172 callbacks, and a TCP proxy in
+//! front of PostgreSQL that can be cut and restored.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use haoka_sync::config::{Config, DatabaseUrl};
+use haoka_sync::db;
+use haoka_sync::startup::Application;
+use haoka_sync::vendors::haoka172::sign::CallbackKey;
+use serde_json::{json, Value};
+
+pub const SECRET: &str = "0123456789abcdef0123456789abcdef";
+pub const SUCCESS: &str = r#"{"code":0,"message":"上传成功"}"#;
+
+/// Admin connection for creating test databases.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of this test's own, dropped when the value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: DatabaseUrl,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!(
+            "haoka_test_{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst),
+            nanos
+        );
+        let admin = DatabaseUrl::parse(&admin_url()).unwrap();
+        let url = admin.with_database(&name);
+        db::prepare(&url).expect("create and migrate the test database");
+        TestDb { name, url }
+    }
+
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(self.url.expose()).expect("connect to test db")
+    }
+
+    /// This database reached through another port (the proxy).
+    pub fn url_via(&self, port: u16) -> String {
+        let mut u = url::Url::parse(self.url.expose()).unwrap();
+        u.set_port(Some(port)).unwrap();
+        u.to_string()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = PgConnection::establish(&admin_url()) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: TestDb,
+    pub client: reqwest::Client,
+    pub key: CallbackKey,
+}
+
+impl TestApp {
+    /// The app with the synthetic secret, on a fresh database.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(&[]).await
+    }
+
+    pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestApp {
+        Self::spawn_on(TestDb::new(), None, overrides).await
+    }
+
+    /// `db_url` overrides how the app reaches the database (e.g. a proxy).
+    pub async fn spawn_on(
+        db: TestDb,
+        db_url: Option<String>,
+        overrides: &[(&str, &str)],
+    ) -> TestApp {
+        let url = db_url.unwrap_or_else(|| db.url.expose().to_owned());
+        let mut vars: Vec<(&str, &str)> = vec![
+            ("DATABASE_URL", &url),
+            ("HAOKA_SYNC_BIND", "127.0.0.1:0"),
+            ("HAOKA172_SECRET", SECRET),
+            ("HAOKA172_USER_ID", "demo"),
+            ("DB_TIMEOUT_SECS", "1"),
+        ];
+        vars.extend_from_slice(overrides);
+        let config = Config::with(&vars).expect("test config");
+        let app = Application::build(&config).expect("build app");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address,
+            db,
+            client: reqwest::Client::new(),
+            key: CallbackKey::from_secret(SECRET),
+        }
+    }
+
+    pub async fn post_callback(&self, body: &Value, sign: Option<&str>) -> (u16, String) {
+        let mut req = self
+            .client
+            .post(format!("{}/callbacks/haoka172", self.address))
+            .json(body);
+        if let Some(s) = sign {
+            req = req.header("sign", s);
+        }
+        let resp = req.send().await.expect("send callback");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
+    pub async fn post_raw(
+        &self,
+        content_type: &str,
+        body: Vec<u8>,
+        sign: Option<&str>,
+    ) -> (u16, String) {
+        let mut req = self
+            .client
+            .post(format!("{}/callbacks/haoka172", self.address))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(s) = sign {
+            req = req.header("sign", s);
+        }
+        let resp = req.send().await.expect("send callback");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
+    /// A callback signed over `OrderNo`, posted as JSON.
+    pub async fn send(&self, request_id: &str, order_no: &str, label: &str) -> (u16, String) {
+        let body = callback(request_id, order_no, label);
+        self.post_callback(&body, Some(&self.key.encrypt(order_no)))
+            .await
+    }
+}
+
+/// A callback envelope with `Data` as a JSON string.
+pub fn callback(request_id: &str, order_no: &str, label: &str) -> Value {
+    callback_with(request_id, order_no, label, json!({}))
+}
+
+pub fn callback_with(request_id: &str, order_no: &str, label: &str, extra: Value) -> Value {
+    let mut data = json!({
+        "OrderNo": order_no,
+        "OrderNo172": format!("mlkj{order_no}"),
+        "OrderStatus": label,
+        "ThirdPhone": "13012345678",
+        "Remark": "",
+        "ExpressName": null,
+        "ExpressCode": null,
+        "CardStatus": null,
+        "ActiveTime": null,
+        "IsFirstCharge": 0,
+        "FirstCharge": ""
+    });
+    if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
+        d.extend(e);
+    }
+    json!({"RequidId": request_id, "Data": data.to_string()})
+}
+
+// ---- reading the database in assertions ----
+
+#[derive(Debug, QueryableByName)]
+pub struct OrderRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub status: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub vendor_status: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub unknown_vendor_status: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bool>)]
+    pub first_charge: Option<bool>,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub fn order(conn: &mut PgConnection, order_id: &str) -> Option<OrderRow> {
+    diesel::sql_query(
+        "SELECT status, vendor_status, unknown_vendor_status, first_charge, updated_at \
+         FROM orders WHERE vendor = 'haoka172' AND order_id = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(order_id)
+    .get_result(conn)
+    .optional()
+    .unwrap()
+}
+
+#[derive(Debug, QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// `SELECT count(*) ...` for assertions.
+pub fn count(conn: &mut PgConnection, sql: &str) -> i64 {
+    diesel::sql_query(sql).get_result::<Count>(conn).unwrap().n
+}
+
+#[derive(Debug, QueryableByName)]
+pub struct InboundRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub outcome: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub request_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub error: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub sign_matched: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub body: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub body_size: i32,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub body_truncated: bool,
+}
+
+/// Inbound rows, oldest first.
+pub fn inbound(conn: &mut PgConnection) -> Vec<InboundRow> {
+    diesel::sql_query(
+        "SELECT outcome, request_id, error, sign_matched, body, body_size, body_truncated \
+         FROM inbound_callbacks ORDER BY id",
+    )
+    .load(conn)
+    .unwrap()
+}
+
+// ---- a cuttable path to PostgreSQL ----
+
+/// Forwards 127.0.0.1:<port> to PostgreSQL until cut; `restore` listens on
+/// the same port again.
+pub struct PgProxy {
+    pub port: u16,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl PgProxy {
+    pub async fn start() -> PgProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = PgProxy {
+            port,
+            tasks: Arc::new(Mutex::new(Vec::new())),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let tasks = Arc::clone(&self.tasks);
+        let upstream = {
+            let u = url::Url::parse(&admin_url()).unwrap();
+            format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(5432))
+        };
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                tasks.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Refuse new connections and kill the open ones: the database is "down".
+    pub fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    pub async fn restore(&self) {
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot rebind proxy port: {e}"),
+            }
+        };
+        self.serve(listener);
+    }
+}

@@ -1,0 +1,9 @@
+#![allow(clippy::unwrap_used)]
+//! Integration tests: the real service against a real PostgreSQL, one fresh
+//! database per test, so they run in parallel.
+
+mod callbacks;
+mod cli;
+mod concurrency;
+mod helpers;
+mod outage;

@@ -1,0 +1,52 @@
+//! PostgreSQL goes away and comes back: nothing is acknowledged while it is
+//! gone, and the service recovers without a restart.
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_unreachable_callbacks_get_503_and_recover_when_it_returns() {
+    let proxy = PgProxy::start().await;
+    let db = TestDb::new();
+    let via = db.url_via(proxy.port);
+    let app = TestApp::spawn_on(db, Some(via), &[]).await;
+    let ready = |app: &TestApp| {
+        let url = format!("{}/readyz", app.address);
+        let client = app.client.clone();
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+
+    assert_eq!(app.send("R-o1", "DOWN100", "待处理").await.0, 200);
+    assert_eq!(ready(&app).await, 200);
+
+    proxy.cut();
+    let (status, body) = app.send("R-o2", "DOWN100", "已发货").await;
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["code"], -1);
+    assert_eq!(ready(&app).await, 503);
+
+    proxy.restore().await;
+    // The vendor retries the same push; it now lands.
+    let mut last = (0, String::new());
+    for _ in 0..20 {
+        last = app.send("R-o2", "DOWN100", "已发货").await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(last, (200, SUCCESS.to_owned()));
+    assert_eq!(ready(&app).await, 200);
+
+    let mut c = app.db.conn();
+    assert_eq!(order(&mut c, "DOWN100").unwrap().status, "shipped");
+    // The refused attempt left no acknowledged trace; the retry applied once.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM order_events WHERE request_id = 'R-o2'"
+        ),
+        1
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM inbound_callbacks WHERE request_id = 'R-o2' AND outcome = 'applied'"), 1);
+}
