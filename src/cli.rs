@@ -27,6 +27,21 @@ enum Command {
     Serve,
     /// Create the database if missing and apply migrations, then exit.
     Migrate,
+    /// Register orders to track (ids as arguments and/or one per line in --file).
+    Track {
+        /// haoka172 or damaijia
+        vendor: Vendor,
+        order_ids: Vec<String>,
+        /// A file with one order id per line (`-` for stdin).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Run one reconciliation pass now and print a one-line summary per vendor.
+    PollOnce {
+        /// Only this vendor (default: every vendor with credentials).
+        #[arg(long)]
+        vendor: Option<Vendor>,
+    },
     /// Print an order's current state and its event history.
     Show {
         /// haoka172 or damaijia
@@ -66,18 +81,45 @@ pub fn main() -> ExitCode {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(&config).await,
             Command::Show { vendor, order_id } => show(&config, vendor, &order_id).await,
+            Command::Track {
+                vendor,
+                order_ids,
+                file,
+            } => track(&config, vendor, order_ids, file).await,
+            Command::PollOnce { vendor } => poll_once(&config, vendor).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(CliError::Usage(e)) => {
+            eprintln!("haoka-sync: {e}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(e)) => {
             eprintln!("haoka-sync: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-type CliResult = Result<(), Box<dyn std::error::Error>>;
+/// Usage and configuration problems exit 2; failures at run time exit 1.
+#[derive(Debug)]
+enum CliError {
+    Usage(String),
+    Failed(Box<dyn std::error::Error>),
+}
+
+impl<E: std::error::Error + 'static> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError::Failed(Box::new(e))
+    }
+}
+
+fn failed(msg: String) -> CliError {
+    CliError::Failed(msg.into())
+}
+
+type CliResult = Result<(), CliError>;
 
 async fn prepare(config: &Config) -> CliResult {
     let url = config.database_url.clone();
@@ -138,7 +180,7 @@ async fn show(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
     })
     .await?;
     let Some((o, history)) = found else {
-        return Err(format!("no {vendor} order {order_id}").into());
+        return Err(failed(format!("no {vendor} order {order_id}")));
     };
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     println!("{} {}", o.vendor, o.order_id);
@@ -196,4 +238,65 @@ async fn show(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
         );
     }
     Ok(())
+}
+
+async fn track(
+    config: &Config,
+    vendor: Vendor,
+    mut ids: Vec<String>,
+    file: Option<std::path::PathBuf>,
+) -> CliResult {
+    if let Some(path) = file {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())?
+        } else {
+            std::fs::read_to_string(&path)
+                .map_err(|e| CliError::Usage(format!("--file {}: {e}", path.display())))?
+        };
+        ids.extend(text.lines().map(str::to_owned));
+    }
+    let ids = crate::store::poll::clean_order_ids(ids).map_err(CliError::Usage)?;
+    prepare(config).await?;
+    let pool = db::pool(&config.database_url, 1, config.db_timeout);
+    let schedule = crate::poller::schedule::Schedule::from_config(config);
+    let n = ids.len();
+    let created = db::run(&pool, move |conn| {
+        crate::store::poll::register(conn, vendor, &ids, &schedule, chrono::Utc::now())
+            .map_err(db::DbError::from_query)
+    })
+    .await?;
+    println!(
+        "{vendor}: {n} order(s): {created} newly tracked, {} already tracked",
+        n - created
+    );
+    Ok(())
+}
+
+async fn poll_once(config: &Config, vendor: Option<Vendor>) -> CliResult {
+    prepare(config).await?;
+    let pool = db::pool(&config.database_url, 4, config.db_timeout);
+    let schedule = std::sync::Arc::new(crate::poller::schedule::Schedule::from_config(config));
+    let poller = crate::poller::Poller::new(config, pool, schedule).map_err(CliError::Usage)?;
+    if vendor.is_none() && poller.enabled().is_empty() {
+        return Err(CliError::Usage(
+            "no vendor has polling credentials (set HAOKA172_USER_ID and HAOKA172_SECRET)".into(),
+        ));
+    }
+    let results = poller
+        .run_pass(vendor)
+        .await
+        .ok_or_else(|| failed("a pass is already running".into()))?;
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(summary) => println!("{summary}"),
+            Err(crate::poller::PollError::Disabled(v, why)) => {
+                first_err.get_or_insert(CliError::Usage(format!("{v} polling is off: {why}")));
+            }
+            Err(e) => {
+                first_err.get_or_insert(failed(e.to_string()));
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
 }

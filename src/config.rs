@@ -9,6 +9,8 @@
 //! - `DAMAIJIA_TOKEN`, `DAMAIJIA_OWNER_ID`, `DAMAIJIA_BASE_URL`,
 //!   `DAMAIJIA_APP_ID`, `DAMAIJIA_APP_SECRET`, `DAMAIJIA_REFRESH`,
 //!   `DAMAIJIA_BATCH_SIZE`, `DAMAIJIA_EDITION`
+//! - `HAOKA172_COOLOFF` (default 10m), `HAOKA172_TIMEOUT_SECS` (default 10)
+//! - `TRACKING_HORIZON` (default 60d)
 //! - `POLL_CRON`, `ADMIN_TOKEN`
 //! - `CALLBACK_MAX_BODY_BYTES` (default 65536), `DB_POOL_SIZE` (default 16),
 //!   `DB_TIMEOUT_SECS` (default 3), `INGEST_WRITERS` (default 4),
@@ -199,6 +201,10 @@ pub struct Haoka172Config {
     pub overdue: StatusDurations,
     pub max_calls_per_minute: u32,
     pub max_calls_per_order_per_day: u32,
+    /// How long 172 polling pauses after the vendor blocks us or keeps failing.
+    pub cooloff: Duration,
+    /// Connect + read timeout of one GetOrderInfo call.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +226,8 @@ pub struct Config {
     pub haoka172: Haoka172Config,
     pub damaijia: DamaijiaConfig,
     pub poll_cron: String,
+    /// Orders silent longer than this stop being polled (listed for ops).
+    pub tracking_horizon: Duration,
     pub admin_token: Option<Secret>,
     pub callback_max_body_bytes: usize,
     pub db_pool_size: u32,
@@ -263,6 +271,9 @@ impl Config {
                     },
                 }
             };
+        let parse_dur = |k: &'static str, default: &str| -> Result<Duration, ConfigError> {
+            parse_duration(&var(k).unwrap_or_else(|| default.to_owned())).map_err(|m| err(k, m))
+        };
         let parse_url = |k: &'static str, default: &str| -> Result<url::Url, ConfigError> {
             let v = var(k).unwrap_or_else(|| default.to_owned());
             let u = url::Url::parse(&v).map_err(|e| err(k, format!("`{v}` is not a URL ({e})")))?;
@@ -307,6 +318,8 @@ impl Config {
                 1,
                 1000,
             )? as u32,
+            cooloff: parse_dur("HAOKA172_COOLOFF", "10m")?,
+            timeout: Duration::from_secs(parse_num("HAOKA172_TIMEOUT_SECS", 10, 1, 300)?),
         };
         let damaijia = DamaijiaConfig {
             token: var("DAMAIJIA_TOKEN").map(Secret),
@@ -331,6 +344,7 @@ impl Config {
             haoka172,
             damaijia,
             poll_cron,
+            tracking_horizon: parse_dur("TRACKING_HORIZON", "60d")?,
             admin_token: var("ADMIN_TOKEN").map(Secret),
             callback_max_body_bytes: parse_num(
                 "CALLBACK_MAX_BODY_BYTES",

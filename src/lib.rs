@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod mask;
+pub mod poller;
 pub mod startup;
 pub mod status;
 pub mod store;

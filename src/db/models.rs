@@ -34,6 +34,15 @@ pub struct Order {
     pub status_changed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub next_check_at: Option<DateTime<Utc>>,
+    pub quiet_polls: i32,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub calls_day: Option<chrono::NaiveDate>,
+    pub calls_today: i32,
+    pub last_poll_outcome: Option<String>,
+    pub tracking_expired_at: Option<DateTime<Utc>>,
+    pub tracked_at: DateTime<Utc>,
 }
 
 impl Order {
@@ -96,6 +105,16 @@ pub struct OrderUpdate<'a> {
     pub last_heard_at: Option<DateTime<Utc>>,
     pub status_changed_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    pub next_check_at: Option<DateTime<Utc>>,
+    pub quiet_polls: i32,
+    pub tracking_expired_at: Option<DateTime<Utc>>,
+}
+
+/// When the poller should look at the order next, decided with the merge.
+#[derive(Debug, Clone, Copy)]
+pub struct NextCheck {
+    pub at: Option<DateTime<Utc>>,
+    pub quiet_polls: i32,
 }
 
 impl<'a> OrderUpdate<'a> {
@@ -105,6 +124,7 @@ impl<'a> OrderUpdate<'a> {
         source: &'a str,
         now: DateTime<Utc>,
         changed: bool,
+        next: NextCheck,
     ) -> Self {
         let f = &state.fields;
         let status_moved = state.status.as_str() != before.status;
@@ -132,6 +152,10 @@ impl<'a> OrderUpdate<'a> {
                 before.status_changed_at
             },
             updated_at: if changed { now } else { before.updated_at },
+            next_check_at: next.at,
+            quiet_polls: next.quiet_polls,
+            // Any observation revives an order whose tracking had expired.
+            tracking_expired_at: None,
         }
     }
 }

@@ -62,9 +62,49 @@ diesel::table! {
         status_changed_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        next_check_at -> Nullable<Timestamptz>,
+        quiet_polls -> Int4,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Timestamptz>,
+        calls_day -> Nullable<Date>,
+        calls_today -> Int4,
+        last_poll_outcome -> Nullable<Text>,
+        tracking_expired_at -> Nullable<Timestamptz>,
+        tracked_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    vendor_calls (id) {
+        id -> Int8,
+        vendor -> Text,
+        called_at -> Timestamptz,
+        api -> Text,
+        order_ids -> Array<Nullable<Text>>,
+        caller -> Text,
+        outcome -> Text,
+        http_status -> Nullable<Int4>,
+        duration_ms -> Nullable<Int4>,
+        error -> Nullable<Text>,
+        cost -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
+    vendor_pauses (vendor) {
+        vendor -> Text,
+        paused_until -> Timestamptz,
+        reason -> Text,
+        paused_at -> Timestamptz,
     }
 }
 
 diesel::joinable!(inbound_callbacks -> order_events (event_id));
 
-diesel::allow_tables_to_appear_in_same_query!(inbound_callbacks, order_events, orders,);
+diesel::allow_tables_to_appear_in_same_query!(
+    inbound_callbacks,
+    order_events,
+    orders,
+    vendor_calls,
+    vendor_pauses,
+);

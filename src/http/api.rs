@@ -57,3 +57,41 @@ pub async fn get_order(
         found.ok_or_else(|| AppError::NotFound(format!("no {vendor} order {order_id}")))?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"order": order, "history": history})))
 }
+
+#[derive(Debug, serde::Deserialize)]
+pub struct TrackRequest {
+    vendor: String,
+    #[serde(default)]
+    order_id: Option<String>,
+    #[serde(default)]
+    order_ids: Vec<String>,
+}
+
+/// `POST /api/orders` `{"vendor":"haoka172","order_id":"..."}` (or
+/// `"order_ids":[...]`): start tracking. Registering again is harmless.
+pub async fn track_orders(
+    req: HttpRequest,
+    body: web::Json<TrackRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    require_admin(&req, &state)?;
+    let body = body.into_inner();
+    let vendor: Vendor = body.vendor.parse().map_err(AppError::BadRequest)?;
+    let ids = crate::store::poll::clean_order_ids(body.order_id.into_iter().chain(body.order_ids))
+        .map_err(AppError::BadRequest)?;
+    let schedule = std::sync::Arc::clone(&state.schedule);
+    let n = ids.len();
+    let created = db::run(&state.pool, move |conn| {
+        crate::store::poll::register(conn, vendor, &ids, &schedule, chrono::Utc::now())
+            .map_err(db::DbError::from_query)
+    })
+    .await?;
+    let status = if created > 0 {
+        actix_web::http::StatusCode::CREATED
+    } else {
+        actix_web::http::StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(serde_json::json!({
+        "vendor": vendor, "requested": n, "newly_tracked": created, "already_tracked": n - created
+    })))
+}

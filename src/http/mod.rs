@@ -12,6 +12,7 @@ use actix_web::web;
 
 use crate::config::Secret;
 use crate::db::PgPool;
+use crate::poller::schedule::Schedule;
 use crate::store::ingest::Ingest;
 use crate::vendors::haoka172::sign::CallbackKey;
 
@@ -23,6 +24,7 @@ pub struct AppState {
     pub haoka172_keys: Vec<CallbackKey>,
     pub callback_max_body_bytes: usize,
     pub admin_token: Option<Secret>,
+    pub schedule: Arc<Schedule>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -33,6 +35,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(callbacks::haoka172))
                 .route(web::get().to(callbacks::probe)),
         )
+        .route("/api/orders", web::post().to(api::track_orders))
         .route(
             "/api/orders/{vendor}/{order_id}",
             web::get().to(api::get_order),

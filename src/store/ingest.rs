@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{apply_observation, insert_inbound, Applied};
 use crate::db::models::NewInboundCallback;
 use crate::db::{DbError, PgPool};
+use crate::poller::schedule::Schedule;
 use crate::status::{Effect, Observation, Status};
 
 /// The raw request, as it will be kept in `inbound_callbacks`.
@@ -124,16 +125,22 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn start(pool: PgPool, writers: usize, max_batch: usize) -> Arc<Ingest> {
+    pub fn start(
+        pool: PgPool,
+        writers: usize,
+        max_batch: usize,
+        schedule: Arc<Schedule>,
+    ) -> Arc<Ingest> {
         let (tx, rx) = mpsc::channel::<Job>(max_batch.max(1) * writers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
         let threads = (0..writers.max(1))
             .map(|i| {
                 let rx = Arc::clone(&rx);
                 let pool = pool.clone();
+                let schedule = Arc::clone(&schedule);
                 std::thread::Builder::new()
                     .name(format!("ingest-writer-{i}"))
-                    .spawn(move || writer_loop(&rx, &pool, max_batch.max(1)))
+                    .spawn(move || writer_loop(&rx, &pool, max_batch.max(1), &schedule))
                     .expect("spawn ingest writer thread")
             })
             .collect();
@@ -169,7 +176,12 @@ impl Ingest {
     }
 }
 
-fn writer_loop(rx: &Mutex<mpsc::Receiver<Job>>, pool: &PgPool, max_batch: usize) {
+fn writer_loop(
+    rx: &Mutex<mpsc::Receiver<Job>>,
+    pool: &PgPool,
+    max_batch: usize,
+    schedule: &Schedule,
+) {
     loop {
         let mut batch = Vec::new();
         {
@@ -185,11 +197,11 @@ fn writer_loop(rx: &Mutex<mpsc::Receiver<Job>>, pool: &PgPool, max_batch: usize)
                 }
             }
         }
-        write_batch(pool, batch);
+        write_batch(pool, batch, schedule);
     }
 }
 
-fn write_batch(pool: &PgPool, batch: Vec<Job>) {
+fn write_batch(pool: &PgPool, batch: Vec<Job>, schedule: &Schedule) {
     let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.req, j.reply)).unzip();
     let results = match pool.get() {
         Err(e) => {
@@ -199,7 +211,7 @@ fn write_batch(pool: &PgPool, batch: Vec<Job>) {
                 .map(|_| Err(DbError::Unavailable(e.to_string())))
                 .collect()
         }
-        Ok(mut conn) => commit_with_fallback(&mut conn, &reqs),
+        Ok(mut conn) => commit_with_fallback(&mut conn, &reqs, schedule),
     };
     for (reply, result) in replies.into_iter().zip(results) {
         // The handler may have gone away (client disconnected); the rows are
@@ -214,8 +226,9 @@ fn write_batch(pool: &PgPool, batch: Vec<Job>) {
 fn commit_with_fallback(
     conn: &mut PgConnection,
     reqs: &[InboundRequest],
+    schedule: &Schedule,
 ) -> Vec<Result<Receipt, DbError>> {
-    match commit_retrying(conn, reqs) {
+    match commit_retrying(conn, reqs, schedule) {
         Ok(receipts) => receipts.into_iter().map(Ok).collect(),
         Err(e) if e.is_unavailable() => {
             log::error!("ingest: {} callback(s) not stored: {e}", reqs.len());
@@ -234,13 +247,15 @@ fn commit_with_fallback(
                 reqs.len()
             );
             reqs.iter()
-                .map(|r| match commit_retrying(conn, std::slice::from_ref(r)) {
-                    Ok(mut v) => Ok(v.remove(0)),
-                    Err(e) => {
-                        log::error!("ingest: callback not stored: {e}");
-                        Err(e)
-                    }
-                })
+                .map(
+                    |r| match commit_retrying(conn, std::slice::from_ref(r), schedule) {
+                        Ok(mut v) => Ok(v.remove(0)),
+                        Err(e) => {
+                            log::error!("ingest: callback not stored: {e}");
+                            Err(e)
+                        }
+                    },
+                )
                 .collect()
         }
     }
@@ -249,10 +264,11 @@ fn commit_with_fallback(
 fn commit_retrying(
     conn: &mut PgConnection,
     reqs: &[InboundRequest],
+    schedule: &Schedule,
 ) -> Result<Vec<Receipt>, DbError> {
     let mut attempt = 0;
     loop {
-        match conn.transaction(|conn| commit(conn, reqs)) {
+        match conn.transaction(|conn| commit(conn, reqs, schedule)) {
             Ok(v) => return Ok(v),
             Err(e) if attempt < 3 && is_retryable(&e) => attempt += 1,
             Err(e) => return Err(DbError::from_query(e)),
@@ -272,7 +288,11 @@ fn is_retryable(e: &diesel::result::Error) -> bool {
 /// Write a batch: observations first, ordered by order key so concurrent
 /// batches lock orders in the same order (no deadlocks); then every raw
 /// request in one insert.
-fn commit(conn: &mut PgConnection, reqs: &[InboundRequest]) -> QueryResult<Vec<Receipt>> {
+fn commit(
+    conn: &mut PgConnection,
+    reqs: &[InboundRequest],
+    schedule: &Schedule,
+) -> QueryResult<Vec<Receipt>> {
     let now = Utc::now();
     let mut idx: Vec<usize> = (0..reqs.len()).collect();
     idx.sort_by(|&a, &b| order_key(&reqs[a]).cmp(&order_key(&reqs[b])));
@@ -284,7 +304,7 @@ fn commit(conn: &mut PgConnection, reqs: &[InboundRequest]) -> QueryResult<Vec<R
                 request_id,
                 observation,
                 ..
-            } => match apply_observation(conn, observation, Some(request_id), now)? {
+            } => match apply_observation(conn, observation, Some(request_id), now, schedule)? {
                 Applied::Event {
                     event_id,
                     effect,

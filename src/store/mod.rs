@@ -4,16 +4,18 @@
 //! The rules themselves live in `status`; this module only persists them.
 
 pub mod ingest;
+pub mod poll;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 
 use crate::db::models::{
-    NewInboundCallback, NewOrderEvent, NewOrderKey, Order, OrderEvent, OrderUpdate,
+    NewInboundCallback, NewOrderEvent, NewOrderKey, NextCheck, Order, OrderEvent, OrderUpdate,
 };
 use crate::db::schema::{inbound_callbacks, order_events, orders};
-use crate::status::{self, Effect, Observation, Status};
+use crate::poller::schedule::{jitter, Schedule};
+use crate::status::{self, Effect, Observation, Source, Status};
 use crate::vendors::Vendor;
 
 /// What applying one observation did.
@@ -34,12 +36,15 @@ pub enum Applied {
 /// Apply one observation inside the caller's transaction: lock (or create)
 /// the order, merge by the status rules, append the event, update the order.
 /// `request_id` is the dedup key (callback `RequidId`); a seen key changes
-/// nothing.
+/// nothing. The next poll is rescheduled in the same transaction: news (a
+/// callback, or a poll that changed something) waits the overdue time, a
+/// quiet poll backs off.
 pub fn apply_observation(
     conn: &mut PgConnection,
     obs: &Observation,
     request_id: Option<&str>,
     now: DateTime<Utc>,
+    schedule: &Schedule,
 ) -> QueryResult<Applied> {
     let vendor = obs.vendor.as_str();
     if let Some(rid) = request_id {
@@ -88,6 +93,24 @@ pub fn apply_observation(
         // Lost a race with a concurrent delivery of the same key.
         return Ok(Applied::Duplicate);
     };
+    let status = merged.state.status;
+    let next = if obs.source != Source::Poll {
+        NextCheck {
+            at: schedule.after_news(obs.vendor, status, now),
+            quiet_polls: 0,
+        }
+    } else if merged.changed {
+        NextCheck {
+            at: schedule.after_poll_news(obs.vendor, status, now),
+            quiet_polls: 0,
+        }
+    } else {
+        let quiet = before.quiet_polls.saturating_add(1);
+        NextCheck {
+            at: schedule.after_quiet(obs.vendor, status, now, quiet, jitter(&obs.order_id, now)),
+            quiet_polls: quiet,
+        }
+    };
     diesel::update(orders::table.find((vendor, &obs.order_id)))
         .set(OrderUpdate::from_state(
             &merged.state,
@@ -95,6 +118,7 @@ pub fn apply_observation(
             obs.source.as_str(),
             now,
             merged.changed,
+            next,
         ))
         .execute(conn)?;
     Ok(Applied::Event {

@@ -326,7 +326,7 @@ async fn probe_health_and_the_admin_api() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 
-    let off = TestApp::spawn().await;
+    let off = TestApp::spawn_with(&[("ADMIN_TOKEN", "")]).await;
     let r = off
         .client
         .get(format!("{}/api/orders/haoka172/DOWN070", off.address))

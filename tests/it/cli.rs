@@ -142,3 +142,81 @@ fn serve_takes_callbacks_and_stops_gracefully_on_sigterm() {
     let mut c = db.conn();
     assert_eq!(order(&mut c, "DOWN900").unwrap().status, "shipped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_and_poll_once_print_one_line_summaries_and_exit_0() {
+    use crate::fake172::{Answer, Fake172};
+    let fake = Fake172::start("demo", SECRET).await;
+    fake.answer_all(Some(Answer::Label("已发货".into())));
+    let db = TestDb::new();
+    let dir = tempdir();
+    std::fs::write(dir.join("ids.txt"), "F1\n\nF2\nP1\n").unwrap();
+    let run = |args: &[&str]| {
+        let mut c = cmd();
+        c.args(args)
+            .env("DATABASE_URL", db.url.expose())
+            .env("HAOKA172_OVERDUE", ZERO_OVERDUE)
+            .env("RUST_LOG", "warn")
+            .current_dir(&dir);
+        for (k, v) in fake.env() {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&["track", "haoka172", "P1", "P2", "--file", "ids.txt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "haoka172: 4 order(s): 4 newly tracked, 0 already tracked"
+    );
+    let again = run(&["track", "haoka172", "P1"]);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        "haoka172: 1 order(s): 0 newly tracked, 1 already tracked"
+    );
+
+    let out = run(&["poll-once", "--vendor", "haoka172"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "haoka172: due 4, queried 4, changed 4, not found 0, errors 0, skipped for limits 0"
+    );
+    assert_eq!(fake.calls().len(), 4);
+    let mut c = db.conn();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM orders WHERE status = 'shipped'"
+        ),
+        4
+    );
+
+    let off = run(&["poll-once", "--vendor", "damaijia"]);
+    assert_eq!(
+        off.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&off.stderr)
+    );
+    let bad = run(&["track", "haoka172"]);
+    assert_eq!(bad.status.code(), Some(2), "no ids is a usage error");
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "haoka-cli-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -75,6 +75,7 @@ pub struct TestApp {
     pub db: TestDb,
     pub client: reqwest::Client,
     pub key: CallbackKey,
+    pub poller: std::sync::Arc<haoka_sync::poller::Poller>,
 }
 
 impl TestApp {
@@ -100,17 +101,22 @@ impl TestApp {
             ("HAOKA172_SECRET", SECRET),
             ("HAOKA172_USER_ID", "demo"),
             ("DB_TIMEOUT_SECS", "1"),
+            // No stray passes during tests; a test that wants cron sets it.
+            ("POLL_CRON", "0 0 0 1 1 *"),
+            ("ADMIN_TOKEN", ADMIN),
         ];
         vars.extend_from_slice(overrides);
         let config = Config::with(&vars).expect("test config");
         let app = Application::build(&config).expect("build app");
         let address = format!("http://127.0.0.1:{}", app.port());
+        let poller = app.poller();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
             db,
             client: reqwest::Client::new(),
             key: CallbackKey::from_secret(SECRET),
+            poller,
         }
     }
 
@@ -153,6 +159,43 @@ impl TestApp {
             .await
     }
 }
+
+impl TestApp {
+    /// Register orders through the admin API.
+    pub async fn track(&self, ids: &[&str]) {
+        let r = self
+            .client
+            .post(format!("{}/api/orders", self.address))
+            .bearer_auth(ADMIN)
+            .json(&json!({"vendor": "haoka172", "order_ids": ids}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "track: {}", r.status());
+    }
+
+    /// One 172 pass now.
+    pub async fn poll(&self) -> haoka_sync::poller::PassSummary {
+        let mut r = self
+            .poller
+            .run_pass(Some(haoka_sync::vendors::Vendor::Haoka172))
+            .await
+            .expect("no pass running");
+        r.remove(0).expect("pass succeeds")
+    }
+
+    /// Pretend time passed: every scheduled order is due now.
+    pub fn make_all_due(&self) {
+        let mut c = self.db.conn();
+        c.batch_execute("UPDATE orders SET next_check_at = now() - interval '1 second' WHERE next_check_at IS NOT NULL")
+            .unwrap();
+    }
+}
+
+pub const ADMIN: &str = "admin-token";
+
+/// Every overdue time zero: all tracked non-terminal orders are due.
+pub const ZERO_OVERDUE: &str = "new=0,pending=0,submitted=0,shipped=0,completed=0,unknown=0";
 
 /// A callback envelope with `Data` as a JSON string.
 pub fn callback(request_id: &str, order_no: &str, label: &str) -> Value {

@@ -5,5 +5,7 @@
 mod callbacks;
 mod cli;
 mod concurrency;
+mod fake172;
 mod helpers;
 mod outage;
+mod poller;

@@ -2,4 +2,5 @@
 //! the `GetOrderInfo` client. See `vendors.md` §1–§4.
 
 pub mod callback;
+pub mod client;
 pub mod sign;

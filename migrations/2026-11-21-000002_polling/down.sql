@@ -1,0 +1,16 @@
+DROP VIEW expired_orders;
+DROP VIEW order_status_counts;
+DROP VIEW overdue_orders;
+DROP TABLE vendor_pauses;
+DROP TABLE vendor_calls;
+DROP INDEX orders_due_idx;
+ALTER TABLE orders
+    DROP COLUMN next_check_at,
+    DROP COLUMN quiet_polls,
+    DROP COLUMN lease_owner,
+    DROP COLUMN lease_until,
+    DROP COLUMN calls_day,
+    DROP COLUMN calls_today,
+    DROP COLUMN last_poll_outcome,
+    DROP COLUMN tracking_expired_at,
+    DROP COLUMN tracked_at;

@@ -1,0 +1,409 @@
+//! SQL for polling: registering orders, claiming due ones under a lease,
+//! the deployment-wide call budget, recording results, vendor pauses.
+//!
+//! Everything that must hold across processes is decided here, in
+//! PostgreSQL: a claimed order is leased (`FOR UPDATE SKIP LOCKED`), a call is
+//! reserved in `vendor_calls` under an advisory lock before it is sent, and
+//! per-order daily counts live on the order row.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Date, Integer, Nullable, Text, Timestamptz};
+
+use super::{apply_observation, Applied};
+use crate::db::schema::{orders, vendor_calls, vendor_pauses};
+use crate::poller::schedule::{jitter, Schedule};
+use crate::status::{Observation, Status};
+use crate::vendors::Vendor;
+
+/// Trim, drop blanks and duplicates; refuse ids no vendor would issue.
+pub fn clean_order_ids(ids: impl IntoIterator<Item = String>) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for id in ids {
+        let id = id.trim();
+        if id.is_empty() {
+            continue;
+        }
+        if id.len() > 128 || id.chars().any(|c| c.is_control()) {
+            return Err(format!(
+                "`{}` is not an order id",
+                id.chars().take(40).collect::<String>()
+            ));
+        }
+        if !out.iter().any(|o| o == id) {
+            out.push(id.to_owned());
+        }
+    }
+    if out.is_empty() {
+        return Err("no order id given".into());
+    }
+    Ok(out)
+}
+
+/// Register orders to track. New ones start as `new` and are first checked
+/// after `overdue[new]`; known ones are left alone, except that an order
+/// whose tracking had expired is tracked again. Returns how many were new.
+pub fn register(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_ids: &[String],
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+) -> QueryResult<usize> {
+    let next = schedule.after_news(vendor, Status::New, now);
+    conn.transaction(|conn| {
+        let mut created = 0;
+        for chunk in order_ids.chunks(1000) {
+            created += diesel::sql_query(
+                "INSERT INTO orders (vendor, order_id, next_check_at, created_at, updated_at, tracked_at) \
+                 SELECT $1, id, $2, $3, $3, $3 FROM unnest($4::text[]) AS id \
+                 ON CONFLICT (vendor, order_id) DO NOTHING",
+            )
+            .bind::<Text, _>(vendor.as_str())
+            .bind::<Nullable<Timestamptz>, _>(next)
+            .bind::<Timestamptz, _>(now)
+            .bind::<Array<Text>, _>(chunk)
+            .execute(conn)?;
+            diesel::update(
+                orders::table
+                    .filter(orders::vendor.eq(vendor.as_str()))
+                    .filter(orders::order_id.eq_any(chunk))
+                    .filter(orders::tracking_expired_at.is_not_null())
+                    .filter(orders::is_terminal.eq(false)),
+            )
+            .set((
+                orders::tracking_expired_at.eq(None::<DateTime<Utc>>),
+                orders::tracked_at.eq(now),
+                orders::next_check_at.eq(now),
+                orders::quiet_polls.eq(0),
+            ))
+            .execute(conn)?;
+        }
+        Ok(created)
+    })
+}
+
+/// The active pause of a vendor, if any: (until, reason).
+pub fn active_pause(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<(DateTime<Utc>, String)>> {
+    vendor_pauses::table
+        .find(vendor.as_str())
+        .filter(vendor_pauses::paused_until.gt(now))
+        .select((vendor_pauses::paused_until, vendor_pauses::reason))
+        .first(conn)
+        .optional()
+}
+
+/// Remove a pause that has run out; returns its reason (to log "resumed" once).
+pub fn clear_expired_pause(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<String>> {
+    diesel::delete(
+        vendor_pauses::table
+            .filter(vendor_pauses::vendor.eq(vendor.as_str()))
+            .filter(vendor_pauses::paused_until.le(now)),
+    )
+    .returning(vendor_pauses::reason)
+    .get_result(conn)
+    .optional()
+}
+
+/// Pause a vendor until `until`. Returns true when it was not already
+/// paused (so the caller logs it once).
+pub fn pause(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    until: DateTime<Utc>,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<bool> {
+    conn.transaction(|conn| {
+        let was_active = active_pause(conn, vendor, now)?.is_some();
+        diesel::insert_into(vendor_pauses::table)
+            .values((
+                vendor_pauses::vendor.eq(vendor.as_str()),
+                vendor_pauses::paused_until.eq(until),
+                vendor_pauses::reason.eq(reason),
+                vendor_pauses::paused_at.eq(now),
+            ))
+            .on_conflict(vendor_pauses::vendor)
+            .do_update()
+            .set((
+                vendor_pauses::paused_until.eq(until),
+                vendor_pauses::reason.eq(reason),
+            ))
+            .execute(conn)?;
+        Ok(!was_active)
+    })
+}
+
+/// Stop polling non-terminal orders silent since before `cutoff`; they are
+/// listed in the `expired_orders` view. Returns how many stopped.
+pub fn expire_silent(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    cutoff: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE orders SET next_check_at = NULL, tracking_expired_at = $3 \
+         WHERE vendor = $1 AND next_check_at IS NOT NULL \
+           AND GREATEST(last_heard_at, tracked_at) < $2",
+    )
+    .bind::<Text, _>(vendor.as_str())
+    .bind::<Timestamptz, _>(cutoff)
+    .bind::<Timestamptz, _>(now)
+    .execute(conn)
+}
+
+/// Orders due now.
+pub fn count_due(conn: &mut PgConnection, vendor: Vendor, now: DateTime<Utc>) -> QueryResult<i64> {
+    orders::table
+        .filter(orders::vendor.eq(vendor.as_str()))
+        .filter(orders::next_check_at.le(now))
+        .count()
+        .get_result(conn)
+}
+
+/// Due orders that already used today's per-order budget wait for the next
+/// China-time day. Returns how many were deferred.
+pub fn defer_exhausted(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    now: DateTime<Utc>,
+    today: NaiveDate,
+    max_per_day: i32,
+    tomorrow: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::update(
+        orders::table
+            .filter(orders::vendor.eq(vendor.as_str()))
+            .filter(orders::next_check_at.le(now))
+            .filter(orders::calls_day.eq(today))
+            .filter(orders::calls_today.ge(max_per_day)),
+    )
+    .set(orders::next_check_at.eq(tomorrow))
+    .execute(conn)
+}
+
+#[derive(QueryableByName)]
+struct Claimed {
+    #[diesel(sql_type = Text)]
+    order_id: String,
+}
+
+/// Lease up to `limit` due orders for `owner`, oldest due first. Rows leased
+/// or locked by another process are skipped, never waited for.
+#[allow(clippy::too_many_arguments)]
+pub fn claim_due(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    now: DateTime<Utc>,
+    limit: i64,
+    owner: &str,
+    lease: Duration,
+    today: NaiveDate,
+    max_per_day: i32,
+) -> QueryResult<Vec<String>> {
+    let lease_until =
+        now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5));
+    let rows: Vec<Claimed> = diesel::sql_query(
+        "UPDATE orders o SET lease_owner = $3, lease_until = $4 \
+         FROM (SELECT vendor, order_id FROM orders \
+               WHERE vendor = $1 AND next_check_at <= $2 AND NOT is_terminal \
+                 AND (lease_until IS NULL OR lease_until < $2) \
+                 AND (calls_day IS DISTINCT FROM $5 OR calls_today < $6) \
+               ORDER BY next_check_at \
+               LIMIT $7 \
+               FOR UPDATE SKIP LOCKED) due \
+         WHERE o.vendor = due.vendor AND o.order_id = due.order_id \
+         RETURNING o.order_id",
+    )
+    .bind::<Text, _>(vendor.as_str())
+    .bind::<Timestamptz, _>(now)
+    .bind::<Text, _>(owner)
+    .bind::<Timestamptz, _>(lease_until)
+    .bind::<Date, _>(today)
+    .bind::<Integer, _>(max_per_day)
+    .bind::<BigInt, _>(limit)
+    .load(conn)?;
+    Ok(rows.into_iter().map(|r| r.order_id).collect())
+}
+
+/// Give leased orders back without touching their schedule.
+pub fn release(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_ids: &[String],
+    owner: &str,
+) -> QueryResult<usize> {
+    diesel::update(
+        orders::table
+            .filter(orders::vendor.eq(vendor.as_str()))
+            .filter(orders::order_id.eq_any(order_ids))
+            .filter(orders::lease_owner.eq(owner)),
+    )
+    .set((
+        orders::lease_owner.eq(None::<String>),
+        orders::lease_until.eq(None::<DateTime<Utc>>),
+    ))
+    .execute(conn)
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Calls made by the whole deployment within the budget window.
+pub fn recent_calls(conn: &mut PgConnection, vendor: Vendor, window: Duration) -> QueryResult<i64> {
+    let r: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM vendor_calls \
+         WHERE vendor = $1 AND called_at > clock_timestamp() - make_interval(secs => $2)",
+    )
+    .bind::<Text, _>(vendor.as_str())
+    .bind::<diesel::sql_types::Double, _>(window.as_secs_f64())
+    .get_result(conn)?;
+    Ok(r.n)
+}
+
+/// A call slot to spend now.
+pub struct CallBudget<'a> {
+    pub vendor: Vendor,
+    pub api: &'a str,
+    pub per_window: i64,
+    pub window: Duration,
+    pub caller: &'a str,
+}
+
+/// Reserve one call for `order_ids` if the deployment-wide budget allows:
+/// count the window and insert the call row under one advisory lock per
+/// vendor, so concurrent processes cannot both take the last slot. Also
+/// counts the call against each order's daily budget. Returns the call id,
+/// or None when the budget is spent.
+pub fn reserve_call(
+    conn: &mut PgConnection,
+    budget: &CallBudget<'_>,
+    order_ids: &[String],
+    today: NaiveDate,
+) -> QueryResult<Option<i64>> {
+    conn.transaction(|conn| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(7217200100 + $1)")
+            .bind::<Integer, _>(match budget.vendor {
+                Vendor::Haoka172 => 1,
+                Vendor::Damaijia => 2,
+            })
+            .execute(conn)?;
+        if recent_calls(conn, budget.vendor, budget.window)? >= budget.per_window {
+            return Ok(None);
+        }
+        let id: i64 = diesel::insert_into(vendor_calls::table)
+            .values((
+                vendor_calls::vendor.eq(budget.vendor.as_str()),
+                vendor_calls::api.eq(budget.api),
+                vendor_calls::order_ids.eq(order_ids.iter().map(|s| Some(s.as_str())).collect::<Vec<_>>()),
+                vendor_calls::caller.eq(budget.caller),
+            ))
+            .returning(vendor_calls::id)
+            .get_result(conn)?;
+        diesel::sql_query(
+            "UPDATE orders SET calls_today = CASE WHEN calls_day = $3 THEN calls_today + 1 ELSE 1 END, \
+                               calls_day = $3 \
+             WHERE vendor = $1 AND order_id = ANY($2)",
+        )
+        .bind::<Text, _>(budget.vendor.as_str())
+        .bind::<Array<Text>, _>(order_ids)
+        .bind::<Date, _>(today)
+        .execute(conn)?;
+        Ok(Some(id))
+    })
+}
+
+/// Record how a reserved call went.
+pub fn finish_call(
+    conn: &mut PgConnection,
+    call_id: i64,
+    outcome: &str,
+    http_status: Option<i32>,
+    duration: Duration,
+    error: Option<&str>,
+    cost: Option<i64>,
+) -> QueryResult<usize> {
+    diesel::update(vendor_calls::table.find(call_id))
+        .set((
+            vendor_calls::outcome.eq(outcome),
+            vendor_calls::http_status.eq(http_status),
+            vendor_calls::duration_ms.eq(i32::try_from(duration.as_millis()).unwrap_or(i32::MAX)),
+            vendor_calls::error.eq(error),
+            vendor_calls::cost.eq(cost),
+        ))
+        .execute(conn)
+}
+
+/// What a poll of one order found.
+pub enum PollResult<'a> {
+    Observed(&'a Observation),
+    /// No observation: `outcome` as in `vendor_calls.outcome`.
+    Failed {
+        outcome: &'a str,
+    },
+}
+
+/// Apply a poll result and release the lease, in one transaction. An
+/// observation goes through the same merge as callbacks (source `poll`); a
+/// failure backs the order off. Returns what the observation did, if any.
+pub fn record_poll(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_id: &str,
+    owner: &str,
+    result: PollResult<'_>,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<Applied>> {
+    conn.transaction(|conn| {
+        let (applied, outcome) = match result {
+            PollResult::Observed(obs) => (
+                Some(apply_observation(conn, obs, None, now, schedule)?),
+                "ok",
+            ),
+            PollResult::Failed { outcome } => {
+                let (status, quiet): (String, i32) = orders::table
+                    .find((vendor.as_str(), order_id))
+                    .select((orders::status, orders::quiet_polls))
+                    .for_update()
+                    .first(conn)?;
+                let quiet = quiet.saturating_add(1);
+                let status: Status = status.parse().unwrap_or(Status::Unknown);
+                let next = schedule.after_quiet(vendor, status, now, quiet, jitter(order_id, now));
+                diesel::update(orders::table.find((vendor.as_str(), order_id)))
+                    .set((
+                        orders::next_check_at.eq(next),
+                        orders::quiet_polls.eq(quiet),
+                    ))
+                    .execute(conn)?;
+                (None, outcome)
+            }
+        };
+        diesel::update(
+            orders::table
+                .find((vendor.as_str(), order_id))
+                .filter(orders::lease_owner.eq(owner)),
+        )
+        .set((
+            orders::last_poll_outcome.eq(outcome),
+            orders::lease_owner.eq(None::<String>),
+            orders::lease_until.eq(None::<DateTime<Utc>>),
+        ))
+        .execute(conn)?;
+        Ok(applied)
+    })
+}

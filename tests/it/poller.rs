@@ -1,0 +1,335 @@
+//! The fallback poller against a fake 172 on 127.0.0.1 (acceptance points of
+//! the poller issue).
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+
+use crate::fake172::{Answer, Fake172};
+use crate::helpers::*;
+
+async fn setup(extra: &[(&str, &str)]) -> (TestApp, Fake172) {
+    let fake = Fake172::start("demo", SECRET).await;
+    let mut env = fake.env();
+    env.extend_from_slice(extra);
+    let app = TestApp::spawn_with(&env).await;
+    (app, fake)
+}
+
+#[tokio::test]
+async fn by_default_fresh_orders_and_orders_just_called_back_are_not_queried() {
+    let (app, fake) = setup(&[]).await;
+    fake.answer_all(Some(Answer::Label("已发货".into())));
+    app.track(&["T1", "T2", "T3"]).await;
+    assert_eq!(app.send("R1", "C1", "待处理").await.0, 200);
+    assert_eq!(app.send("R2", "C2", "已发货").await.0, 200);
+    let s = app.poll().await;
+    assert_eq!((s.due, s.queried), (0, 0), "{s}");
+    assert!(fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn with_zero_overdue_one_pass_queries_each_non_terminal_order_once_and_no_terminal_one() {
+    let (app, fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    fake.answer_all(Some(Answer::Label("已提运营商".into())));
+    let tracked = ["T1", "T2", "T3", "T4"];
+    app.track(&tracked).await;
+    for (rid, id, label) in [
+        ("R1", "P1", "待处理"),
+        ("R2", "P2", "已发货"),
+        ("R3", "S1", "已结算"),
+        ("R4", "X1", "已取消"),
+        ("R5", "J1", "审核不通过"),
+    ] {
+        assert_eq!(app.send(rid, id, label).await.0, 200);
+    }
+    let s = app.poll().await;
+    assert_eq!(s.queried, 6, "{s}");
+    for id in tracked.iter().chain(&["P1", "P2"]) {
+        assert_eq!(fake.calls_for(id), 1, "{id}");
+    }
+    for id in ["S1", "X1", "J1"] {
+        assert_eq!(fake.calls_for(id), 0, "terminal {id} queried");
+    }
+    assert_eq!(
+        fake.refused(),
+        (0, 0),
+        "signature and timestamp accepted by the vendor rules"
+    );
+    // The same pass never asks twice; an immediate second pass finds nothing due.
+    let again = app.poll().await;
+    assert_eq!(again.queried, 0, "{again}");
+}
+
+#[tokio::test]
+async fn a_poll_moves_an_order_forward_but_never_back() {
+    let (app, fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    assert_eq!(app.send("R1", "UP", "待处理").await.0, 200);
+    assert_eq!(app.send("R2", "DOWN", "已完成").await.0, 200);
+    fake.answer("UP", Answer::Label("已发货".into()));
+    fake.answer("DOWN", Answer::Label("已发货".into()));
+    let s = app.poll().await;
+    // Both count as changed: the stale answer still fills the express fields.
+    assert_eq!(s.queried, 2, "{s}");
+    let mut c = app.db.conn();
+    assert_eq!(order(&mut c, "UP").unwrap().status, "shipped");
+    assert_eq!(order(&mut c, "DOWN").unwrap().status, "completed");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM order_events WHERE order_id = 'UP' AND source = 'poll' AND effect = 'advanced'"),
+        1
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM order_events WHERE order_id = 'DOWN' AND source = 'poll' AND effect = 'stale'"),
+        1
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM orders WHERE order_id = 'UP' AND last_source = 'poll' AND quiet_polls = 0"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_due_orders_never_exceed_the_per_minute_limit_and_the_rest_come_later() {
+    // Only `new` is overdue at once; answered `submitted`, an order waits 2 days.
+    let (app, fake) = setup(&[
+        ("HAOKA172_OVERDUE", "new=0"),
+        ("HAOKA172_MAX_CALLS_PER_MINUTE", "200"),
+    ])
+    .await;
+    fake.answer_all(Some(Answer::Label("已提运营商".into())));
+    let ids: Vec<String> = (0..300).map(|i| format!("RL{i:03}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    app.track(&refs).await;
+
+    let first = app.poll().await;
+    assert_eq!(first.due, 300);
+    assert_eq!(first.queried, 200, "{first}");
+    assert_eq!(first.skipped_for_limits, 100, "{first}");
+    let second = app.poll().await;
+    assert_eq!(second.queried, 0, "budget spent: {second}");
+    assert_eq!(second.skipped_for_limits, 100, "{second}");
+
+    // A later pass, once the minute has passed, takes the rest.
+    tokio::time::sleep(Duration::from_secs(62)).await;
+    let third = app.poll().await;
+    assert_eq!(third.queried, 100, "{third}");
+    assert_eq!(fake.calls().len(), 300);
+    assert!(ids.iter().all(|id| fake.calls_for(id) == 1));
+    let peak = fake.max_in_window(Duration::from_secs(60));
+    assert!(peak <= 200, "{peak} calls within 60 s");
+    assert_eq!(peak, 200);
+}
+
+#[tokio::test]
+async fn repeated_passes_never_query_an_order_more_than_the_daily_limit() {
+    let (app, fake) = setup(&[
+        ("HAOKA172_OVERDUE", ZERO_OVERDUE),
+        ("HAOKA172_MAX_CALLS_PER_ORDER_PER_DAY", "10"),
+    ])
+    .await;
+    fake.answer_all(Some(Answer::Label("待处理".into())));
+    app.track(&["D1", "D2"]).await;
+    let mut skipped = 0;
+    for _ in 0..14 {
+        let s = app.poll().await;
+        skipped += s.skipped_for_limits;
+        app.make_all_due();
+    }
+    assert_eq!(fake.calls_for("D1"), 10);
+    assert_eq!(fake.calls_for("D2"), 10);
+    assert!(skipped >= 8, "later passes report the limit ({skipped})");
+    let mut c = app.db.conn();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM orders WHERE calls_today = 10"
+        ),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pollers_on_one_database_query_each_due_order_once_in_total() {
+    let (app, fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    fake.answer_all(Some(Answer::Label("已提运营商".into())));
+    fake.delay(Duration::from_millis(20));
+    let ids: Vec<String> = (0..60).map(|i| format!("TW{i:02}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    app.track(&refs).await;
+
+    // A second process: its own pool and poller on the same database.
+    let mut env = fake.env();
+    env.extend([
+        ("DATABASE_URL", app.db.url.expose()),
+        ("HAOKA172_OVERDUE", ZERO_OVERDUE),
+    ]);
+    let config = haoka_sync::config::Config::with(&env).unwrap();
+    let pool = haoka_sync::db::pool(&config.database_url, 4, Duration::from_secs(2));
+    let schedule =
+        std::sync::Arc::new(haoka_sync::poller::schedule::Schedule::from_config(&config));
+    let other = haoka_sync::poller::Poller::new(&config, pool, schedule).unwrap();
+
+    let vendor = Some(haoka_sync::vendors::Vendor::Haoka172);
+    let (a, b) = tokio::join!(app.poller.run_pass(vendor), other.run_pass(vendor));
+    let qa = a.unwrap().remove(0).unwrap().queried;
+    let qb = b.unwrap().remove(0).unwrap().queried;
+    assert_eq!(qa + qb, 60, "a {qa} + b {qb}");
+    assert!(
+        ids.iter().all(|id| fake.calls_for(id) == 1),
+        "an order was queried twice"
+    );
+}
+
+#[tokio::test]
+async fn not_found_500_timeout_and_garbage_are_recorded_backed_off_and_the_pass_finishes() {
+    let (app, fake) = setup(&[
+        ("HAOKA172_OVERDUE", ZERO_OVERDUE),
+        ("HAOKA172_TIMEOUT_SECS", "1"),
+    ])
+    .await;
+    fake.answer("NF", Answer::NotFound);
+    fake.answer("E500", Answer::Http500);
+    fake.answer("SLOW", Answer::Slow(Duration::from_secs(3)));
+    fake.answer("GARB", Answer::Garbage);
+    fake.answer("OK", Answer::Label("已发货".into()));
+    app.track(&["NF", "E500", "SLOW", "GARB", "OK"]).await;
+
+    let s = app.poll().await;
+    assert_eq!((s.queried, s.not_found, s.errors), (5, 1, 3), "{s}");
+    let mut c = app.db.conn();
+    for (id, outcome) in [
+        ("NF", "not_found"),
+        ("E500", "http_error"),
+        ("SLOW", "timeout"),
+        ("GARB", "unparseable"),
+        ("OK", "ok"),
+    ] {
+        assert_eq!(
+            count(&mut c, &format!("SELECT count(*) AS n FROM vendor_calls WHERE order_ids = ARRAY['{id}'] AND outcome = '{outcome}'")),
+            1,
+            "{id} call recorded as {outcome}"
+        );
+        assert_eq!(
+            count(&mut c, &format!("SELECT count(*) AS n FROM orders WHERE order_id = '{id}' AND last_poll_outcome = '{outcome}' AND lease_owner IS NULL")),
+            1,
+            "{id} order shows {outcome}"
+        );
+    }
+    // Failures back off (at least about a minute), never an immediate retry.
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM orders WHERE order_id IN ('NF','E500','SLOW','GARB') AND quiet_polls = 1 AND next_check_at > now() + interval '40 seconds'"),
+        4
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM vendor_pauses"),
+        0,
+        "four failures do not pause"
+    );
+    let again = app.poll().await;
+    assert_eq!(again.queried, 0, "{again}");
+}
+
+#[tokio::test]
+async fn a_blocked_answer_pauses_polling_and_the_pause_ends_by_itself() {
+    let (app, fake) = setup(&[
+        ("HAOKA172_OVERDUE", ZERO_OVERDUE),
+        ("HAOKA172_COOLOFF", "2s"),
+    ])
+    .await;
+    fake.answer_all(Some(Answer::Blocked));
+    app.track(&["B1", "B2", "B3"]).await;
+    let s = app.poll().await;
+    assert!(s.paused_until.is_some(), "{s}");
+    let mut c = app.db.conn();
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM vendor_pauses WHERE vendor = 'haoka172' AND reason LIKE 'blocked%'"), 1);
+
+    app.make_all_due();
+    let calls_before = fake.calls().len();
+    let paused = app.poll().await;
+    assert_eq!(paused.queried, 0, "{paused}");
+    assert!(paused.paused_until.is_some());
+    assert_eq!(fake.calls().len(), calls_before, "no call while paused");
+
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    fake.answer_all(Some(Answer::Label("已发货".into())));
+    let resumed = app.poll().await;
+    assert_eq!(resumed.queried, 3, "{resumed}");
+    assert!(resumed.paused_until.is_none());
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM vendor_pauses"), 0);
+    assert_eq!(order(&mut c, "B1").unwrap().status, "shipped");
+}
+
+#[tokio::test]
+async fn the_cron_schedule_runs_passes_inside_serve() {
+    let (app, fake) = setup(&[
+        ("HAOKA172_OVERDUE", ZERO_OVERDUE),
+        ("POLL_CRON", "*/1 * * * * *"),
+    ])
+    .await;
+    fake.answer_all(Some(Answer::Label("已发货".into())));
+    app.track(&["CRON1"]).await;
+    let mut shipped = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut c = app.db.conn();
+        if order(&mut c, "CRON1").map(|o| o.status) == Some("shipped".into()) {
+            shipped = true;
+            break;
+        }
+    }
+    assert!(shipped, "no scheduled pass within 10 s");
+    assert_eq!(fake.calls_for("CRON1"), 1);
+}
+
+#[tokio::test]
+async fn orders_silent_past_the_horizon_stop_being_polled_and_are_listed() {
+    let (app, fake) = setup(&[
+        ("HAOKA172_OVERDUE", ZERO_OVERDUE),
+        ("TRACKING_HORIZON", "1d"),
+    ])
+    .await;
+    fake.answer_all(Some(Answer::Label("待处理".into())));
+    app.track(&["OLD", "FRESH"]).await;
+    let mut c = app.db.conn();
+    c.batch_execute(
+        "UPDATE orders SET tracked_at = now() - interval '2 days' WHERE order_id = 'OLD'",
+    )
+    .unwrap();
+    let s = app.poll().await;
+    assert_eq!((s.queried, s.expired), (1, 1), "{s}");
+    assert_eq!(fake.calls_for("OLD"), 0);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM expired_orders WHERE order_id = 'OLD'"
+        ),
+        1
+    );
+    // Tracking it again resumes polling.
+    app.track(&["OLD"]).await;
+    let s = app.poll().await;
+    assert_eq!(fake.calls_for("OLD"), 1, "{s}");
+}
+
+#[tokio::test]
+async fn ops_views_show_what_is_due_and_why_and_counts_per_status() {
+    let (app, _fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    app.track(&["V1", "V2"]).await;
+    assert_eq!(app.send("R1", "V3", "已结算").await.0, 200);
+    let mut c = app.db.conn();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM overdue_orders WHERE reason = 'tracked, never heard of'"
+        ),
+        2
+    );
+    assert_eq!(count(&mut c, "SELECT orders AS n FROM order_status_counts WHERE vendor = 'haoka172' AND status = 'new'"), 2);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT orders AS n FROM order_status_counts WHERE status = 'settled'"
+        ),
+        1
+    );
+}
