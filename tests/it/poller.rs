@@ -333,3 +333,18 @@ async fn ops_views_show_what_is_due_and_why_and_counts_per_status() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_ticks_never_run_two_passes_in_one_process() {
+    let (app, fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    fake.answer_all(Some(Answer::Label("已发货".into())));
+    fake.delay(Duration::from_millis(300));
+    app.track(&["OV1", "OV2"]).await;
+    let vendor = Some(haoka_sync::vendors::Vendor::Haoka172);
+    let (a, b) = tokio::join!(app.poller.run_pass(vendor), app.poller.run_pass(vendor));
+    assert!(
+        a.is_some() != b.is_some(),
+        "exactly one of two overlapping passes runs"
+    );
+    assert_eq!(fake.calls().len(), 2);
+}
