@@ -8,7 +8,8 @@
 //!   `HAOKA172_MAX_CALLS_PER_ORDER_PER_DAY`
 //! - `DAMAIJIA_TOKEN`, `DAMAIJIA_OWNER_ID`, `DAMAIJIA_BASE_URL`,
 //!   `DAMAIJIA_APP_ID`, `DAMAIJIA_APP_SECRET`, `DAMAIJIA_REFRESH`,
-//!   `DAMAIJIA_BATCH_SIZE`, `DAMAIJIA_EDITION`
+//!   `DAMAIJIA_BATCH_SIZE`, `DAMAIJIA_EDITION`, `DAMAIJIA_COOLOFF` (default
+//!   30m), `DAMAIJIA_TIMEOUT_SECS` (default 15)
 //! - `HAOKA172_COOLOFF` (default 10m), `HAOKA172_TIMEOUT_SECS` (default 10)
 //! - `TRACKING_HORIZON` (default 60d)
 //! - `POLL_CRON`, `ADMIN_TOKEN`
@@ -217,6 +218,10 @@ pub struct DamaijiaConfig {
     pub refresh: StatusDurations,
     pub batch_size: u32,
     pub edition: Option<String>,
+    /// How long 大麦家 polling pauses after an error that needs a fix or
+    /// repeated failures.
+    pub cooloff: Duration,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -334,6 +339,8 @@ impl Config {
             .map_err(|m| err("DAMAIJIA_REFRESH", m))?,
             batch_size: parse_num("DAMAIJIA_BATCH_SIZE", 20, 1, 100)? as u32,
             edition: var("DAMAIJIA_EDITION"),
+            cooloff: parse_dur("DAMAIJIA_COOLOFF", "30m")?,
+            timeout: Duration::from_secs(parse_num("DAMAIJIA_TIMEOUT_SECS", 15, 1, 300)?),
         };
         let poll_cron = var("POLL_CRON").unwrap_or_else(|| "0 * * * * *".into());
         validate_cron(&poll_cron).map_err(|m| err("POLL_CRON", m))?;

@@ -38,6 +38,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    order_link_overrides (haoka172_order_id, damaijia_order_sn) {
+        haoka172_order_id -> Text,
+        damaijia_order_sn -> Text,
+        note -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     orders (vendor, order_id) {
         vendor -> Text,
         order_id -> Text,
@@ -99,12 +108,24 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    vendor_tokens (vendor) {
+        vendor -> Text,
+        token -> Nullable<Text>,
+        obtained_at -> Nullable<Timestamptz>,
+        login_owner -> Nullable<Text>,
+        login_lease_until -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(inbound_callbacks -> order_events (event_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     inbound_callbacks,
     order_events,
+    order_link_overrides,
     orders,
     vendor_calls,
     vendor_pauses,
+    vendor_tokens,
 );

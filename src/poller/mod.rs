@@ -6,30 +6,27 @@
 //! Must never: query a terminal order, exceed a vendor budget (whatever the
 //! number of processes), or query one order from two processes at once.
 
+mod damaijia;
+mod haoka172;
 pub mod schedule;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::db::{self, DbError, PgPool};
-use crate::store::poll::{self as pstore, CallBudget, PollResult};
-use crate::store::Applied;
-use crate::vendors::haoka172::client::{Haoka172Client, QueryError};
+use crate::store::poll as pstore;
+use crate::vendors::damaijia::client::DamaijiaClient;
+use crate::vendors::haoka172::client::Haoka172Client;
 use crate::vendors::Vendor;
 use schedule::{china_day, next_china_midnight, Schedule};
 
-/// The budget window: the vendor counts per minute; one extra second covers
-/// the time between our reservation and the request reaching it.
-pub const RATE_WINDOW: Duration = Duration::from_secs(61);
 /// How long a claimed order stays ours (well above one call's timeout).
 pub const LEASE: Duration = Duration::from_secs(300);
-/// Calls in flight at once within one pass.
-const CONCURRENCY: usize = 8;
-/// Consecutive transport/HTTP/garbage failures that pause the vendor.
+/// Consecutive transport/HTTP/garbage failures that pause a vendor.
 const FAILURES_BEFORE_PAUSE: u32 = 5;
 
 /// What one pass did, for logs and `poll-once`.
@@ -37,13 +34,15 @@ const FAILURES_BEFORE_PAUSE: u32 = 5;
 pub struct PassSummary {
     pub vendor: Option<Vendor>,
     pub due: i64,
+    /// Orders asked about (for 大麦家: order numbers sent, in `calls` calls).
     pub queried: u32,
+    pub calls: u32,
     pub changed: u32,
     pub not_found: u32,
     pub errors: u32,
     pub skipped_for_limits: u32,
     pub expired: u32,
-    pub paused_until: Option<chrono::DateTime<Utc>>,
+    pub paused_until: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Display for PassSummary {
@@ -54,6 +53,9 @@ impl std::fmt::Display for PassSummary {
             "{vendor}: due {}, queried {}, changed {}, not found {}, errors {}, skipped for limits {}",
             self.due, self.queried, self.changed, self.not_found, self.errors, self.skipped_for_limits
         )?;
+        if self.vendor == Some(Vendor::Damaijia) {
+            write!(f, ", calls {}", self.calls)?;
+        }
         if self.expired > 0 {
             write!(
                 f,
@@ -75,11 +77,19 @@ struct Haoka172Poll {
     cooloff: Duration,
 }
 
+struct DamaijiaPoll {
+    client: DamaijiaClient,
+    env_token: Option<Secret>,
+    batch_size: usize,
+    cooloff: Duration,
+}
+
 /// One per process. Cheap to share behind an `Arc`.
 pub struct Poller {
     pool: PgPool,
     schedule: Arc<Schedule>,
     haoka172: Option<Haoka172Poll>,
+    damaijia: Option<DamaijiaPoll>,
     /// Identifies this process in leases and the call log.
     owner: String,
     /// Held for the length of a pass: overlapping ticks never run two.
@@ -106,11 +116,26 @@ impl Poller {
             }),
             _ => None,
         };
+        let d = &config.damaijia;
+        let app = match (&d.app_id, &d.app_secret) {
+            (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+            _ => None,
+        };
+        let damaijia = match &d.owner_id {
+            Some(owner) if d.token.is_some() || app.is_some() => Some(DamaijiaPoll {
+                client: DamaijiaClient::new(&d.base_url, owner, d.edition.clone(), app, d.timeout)?,
+                env_token: d.token.clone(),
+                batch_size: d.batch_size as usize,
+                cooloff: d.cooloff,
+            }),
+            _ => None,
+        };
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
         Ok(Poller {
             pool,
             schedule,
             haoka172,
+            damaijia,
             owner: format!(
                 "{host}:{}:{:x}",
                 std::process::id(),
@@ -125,6 +150,9 @@ impl Poller {
         let mut v = Vec::new();
         if self.haoka172.is_some() {
             v.push(Vendor::Haoka172);
+        }
+        if self.damaijia.is_some() {
+            v.push(Vendor::Damaijia);
         }
         v
     }
@@ -145,15 +173,15 @@ impl Poller {
             out.push(match v {
                 Vendor::Haoka172 => match &self.haoka172 {
                     Some(p) => self.haoka172_pass(p).await,
+                    None => Err(PollError::Disabled(v, "set HAOKA172_USER_ID and HAOKA172_SECRET")),
+                },
+                Vendor::Damaijia => match &self.damaijia {
+                    Some(p) => self.damaijia_pass(p).await,
                     None => Err(PollError::Disabled(
                         v,
-                        "set HAOKA172_USER_ID and HAOKA172_SECRET",
+                        "set DAMAIJIA_OWNER_ID and DAMAIJIA_TOKEN (or DAMAIJIA_APP_ID and DAMAIJIA_APP_SECRET)",
                     )),
                 },
-                Vendor::Damaijia => Err(PollError::Disabled(
-                    v,
-                    "大麦家 polling is not available yet",
-                )),
             });
         }
         Some(out)
@@ -177,15 +205,24 @@ impl Poller {
         }
     }
 
-    async fn haoka172_pass(&self, p: &Haoka172Poll) -> Result<PassSummary, PollError> {
-        let vendor = Vendor::Haoka172;
+    /// The start of every pass, in one trip to the blocking pool: end a pause
+    /// that ran out (log once), stop if paused, stop tracking silent orders,
+    /// count what is due, defer orders out of daily budget, and lease up to
+    /// `limit(conn)` due orders.
+    async fn prepare<F>(
+        &self,
+        vendor: Vendor,
+        per_day: Option<i32>,
+        limit: F,
+    ) -> Result<Prep, DbError>
+    where
+        F: FnOnce(&mut diesel::PgConnection) -> Result<i64, DbError> + Send + 'static,
+    {
         let now = Utc::now();
         let today = china_day(now);
         let schedule = Arc::clone(&self.schedule);
         let owner = self.owner.clone();
-        let (per_minute, per_day) = (p.per_minute, p.per_day);
-        // Housekeeping and claiming, in one trip to the blocking pool.
-        let prep = db::run(&self.pool, move |conn| {
+        db::run(&self.pool, move |conn| {
             let q = DbError::from_query;
             if let Some(reason) = pstore::clear_expired_pause(conn, vendor, now).map_err(q)? {
                 log::info!("{vendor} polling resumed (was paused: {reason})");
@@ -196,6 +233,7 @@ impl Poller {
             let expired = pstore::expire_silent(conn, vendor, schedule.horizon_cutoff(now), now)
                 .map_err(q)?;
             let due = pstore::count_due(conn, vendor, now).map_err(q)?;
+            let per_day = per_day.unwrap_or(i32::MAX);
             let deferred = pstore::defer_exhausted(
                 conn,
                 vendor,
@@ -205,265 +243,93 @@ impl Poller {
                 next_china_midnight(now),
             )
             .map_err(q)?;
-            let budget =
-                (per_minute - pstore::recent_calls(conn, vendor, RATE_WINDOW).map_err(q)?).max(0);
-            let claimed = if budget > 0 {
-                pstore::claim_due(conn, vendor, now, budget, &owner, LEASE, today, per_day)
+            let limit = limit(conn)?.max(0);
+            let claimed = if limit > 0 {
+                pstore::claim_due(conn, vendor, now, limit, &owner, LEASE, today, per_day)
                     .map_err(q)?
             } else {
                 Vec::new()
             };
-            Ok(Prep::Work {
+            Ok(Prep::Work(Work {
                 expired,
                 due,
                 deferred,
                 claimed,
-            })
+            }))
+        })
+        .await
+    }
+
+    /// Pause a vendor; log it only when it was not paused already.
+    async fn pause(
+        &self,
+        vendor: Vendor,
+        cooloff: Duration,
+        reason: String,
+    ) -> Result<DateTime<Utc>, DbError> {
+        let until = Utc::now() + chrono::Duration::from_std(cooloff).unwrap_or_default();
+        let r = reason.clone();
+        let newly = db::run(&self.pool, move |conn| {
+            pstore::pause(conn, vendor, until, &r, Utc::now()).map_err(DbError::from_query)
         })
         .await?;
-        let (expired, due, deferred, claimed) = match prep {
-            Prep::Paused(until) => {
-                return Ok(PassSummary {
-                    vendor: Some(vendor),
-                    paused_until: Some(until),
-                    ..Default::default()
-                })
-            }
-            Prep::Work {
-                expired,
-                due,
-                deferred,
-                claimed,
-            } => (expired, due, deferred, claimed),
-        };
-        let mut summary = PassSummary {
-            vendor: Some(vendor),
-            due,
-            expired: u32::try_from(expired).unwrap_or(u32::MAX),
-            skipped_for_limits: u32::try_from(deferred).unwrap_or(u32::MAX),
-            ..Default::default()
-        };
-        // Due orders the budget did not let us claim wait for a later pass.
-        let unclaimed = (due - i64::try_from(deferred).unwrap_or(0) - claimed.len() as i64).max(0);
-        let mut state = PassState::default();
-        let mut queue = claimed.into_iter();
-        let mut in_flight = tokio::task::JoinSet::new();
-        loop {
-            while in_flight.len() < CONCURRENCY && !state.stop {
-                let Some(order_id) = queue.next() else { break };
-                in_flight.spawn(poll_one(
-                    self.pool.clone(),
-                    p.client.clone(),
-                    Arc::clone(&self.schedule),
-                    self.owner.clone(),
-                    per_minute,
-                    order_id,
-                ));
-            }
-            let Some(joined) = in_flight.join_next().await else {
-                break;
-            };
-            let outcome = match joined {
-                Ok(Ok(o)) => o,
-                Ok(Err(e)) => {
-                    state.db_error.get_or_insert(e);
-                    state.stop = true;
-                    continue;
-                }
-                Err(e) => {
-                    log::error!("{vendor} poll task failed: {e}");
-                    summary.errors += 1;
-                    continue;
-                }
-            };
-            match outcome {
-                OneOutcome::Skipped => summary.skipped_for_limits += 1,
-                OneOutcome::Observed { changed } => {
-                    summary.queried += 1;
-                    summary.changed += u32::from(changed);
-                    state.consecutive_failures = 0;
-                }
-                OneOutcome::Failed(e) => {
-                    summary.queried += 1;
-                    match &e {
-                        QueryError::NotFound => summary.not_found += 1,
-                        _ => summary.errors += 1,
-                    }
-                    if e.is_vendor_trouble() {
-                        state.consecutive_failures += 1;
-                    } else if !matches!(e, QueryError::Blocked(_)) {
-                        state.consecutive_failures = 0;
-                    }
-                    let reason = match &e {
-                        QueryError::Blocked(m) => Some(format!("blocked by the vendor ({m})")),
-                        _ if state.consecutive_failures >= FAILURES_BEFORE_PAUSE => Some(format!(
-                            "{} consecutive failures, last: {e}",
-                            state.consecutive_failures
-                        )),
-                        _ => None,
-                    };
-                    if let (Some(reason), false) = (reason, state.stop) {
-                        state.stop = true;
-                        let until =
-                            Utc::now() + chrono::Duration::from_std(p.cooloff).unwrap_or_default();
-                        let r = reason.clone();
-                        let newly = db::run(&self.pool, move |conn| {
-                            pstore::pause(conn, vendor, until, &r, Utc::now())
-                                .map_err(DbError::from_query)
-                        })
-                        .await?;
-                        if newly {
-                            log::warn!(
-                                "{vendor} polling paused until {} ({reason})",
-                                until.format("%Y-%m-%d %H:%M:%S UTC")
-                            );
-                        }
-                        summary.paused_until = Some(until);
-                    }
-                }
-            }
+        if newly {
+            log::warn!(
+                "{vendor} polling paused until {} ({reason})",
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            );
         }
-        // Orders claimed but not started (pause or database trouble) go back.
-        let rest: Vec<String> = queue.collect();
-        if !rest.is_empty() {
-            summary.skipped_for_limits += u32::try_from(rest.len()).unwrap_or(u32::MAX);
-            let owner = self.owner.clone();
-            db::run(&self.pool, move |conn| {
-                pstore::release(conn, vendor, &rest, &owner).map_err(DbError::from_query)
-            })
-            .await?;
+        Ok(until)
+    }
+
+    /// Give leased orders back untouched (budget spent, pause).
+    async fn release(&self, vendor: Vendor, ids: Vec<String>) -> Result<(), DbError> {
+        if ids.is_empty() {
+            return Ok(());
         }
-        if let Some(e) = state.db_error {
-            return Err(e.into());
-        }
-        summary.skipped_for_limits += u32::try_from(unclaimed).unwrap_or(u32::MAX);
-        Ok(summary)
+        let owner = self.owner.clone();
+        db::run(&self.pool, move |conn| {
+            pstore::release(conn, vendor, &ids, &owner).map_err(DbError::from_query)
+        })
+        .await
+        .map(|_| ())
     }
 }
 
 enum Prep {
-    Paused(chrono::DateTime<Utc>),
-    Work {
-        expired: usize,
-        due: i64,
-        deferred: usize,
-        claimed: Vec<String>,
-    },
+    Paused(DateTime<Utc>),
+    Work(Work),
 }
 
-#[derive(Default)]
-struct PassState {
-    stop: bool,
-    consecutive_failures: u32,
-    db_error: Option<DbError>,
+struct Work {
+    expired: usize,
+    due: i64,
+    deferred: usize,
+    claimed: Vec<String>,
 }
 
-enum OneOutcome {
-    /// The deployment-wide budget was spent before this order's turn.
-    Skipped,
-    Observed {
-        changed: bool,
-    },
-    Failed(QueryError),
-}
-
-/// Reserve a call, make it, record it and its result. The lease is released
-/// in every case.
-async fn poll_one(
-    pool: PgPool,
-    client: Haoka172Client,
-    schedule: Arc<Schedule>,
-    owner: String,
-    per_minute: i64,
-    order_id: String,
-) -> Result<OneOutcome, DbError> {
-    let vendor = Vendor::Haoka172;
-    let ids = vec![order_id.clone()];
-    let owner2 = owner.clone();
-    let reserved = db::run(&pool, move |conn| {
-        let budget = CallBudget {
-            vendor,
-            api: "GetOrderInfo",
-            per_window: per_minute,
-            window: RATE_WINDOW,
-            caller: &owner2,
-        };
-        let id = pstore::reserve_call(conn, &budget, &ids, china_day(Utc::now()))
-            .map_err(DbError::from_query)?;
-        if id.is_none() {
-            pstore::release(conn, vendor, &ids, &owner2).map_err(DbError::from_query)?;
+impl Work {
+    fn summary(&self, vendor: Vendor) -> PassSummary {
+        PassSummary {
+            vendor: Some(vendor),
+            due: self.due,
+            expired: u32::try_from(self.expired).unwrap_or(u32::MAX),
+            skipped_for_limits: u32::try_from(self.deferred).unwrap_or(u32::MAX),
+            ..Default::default()
         }
-        Ok(id)
-    })
-    .await?;
-    let Some(call_id) = reserved else {
-        return Ok(OneOutcome::Skipped);
-    };
-    let started = Instant::now();
-    let result = client.get_order_info(&order_id).await;
-    let took = started.elapsed();
-    let id = order_id.clone();
-    let recorded = db::run(&pool, move |conn| {
-        let q = DbError::from_query;
-        let now = Utc::now();
-        match &result {
-            Ok(obs) => {
-                pstore::finish_call(conn, call_id, "ok", Some(200), took, None, None).map_err(q)?;
-                let applied = pstore::record_poll(
-                    conn,
-                    vendor,
-                    &id,
-                    &owner,
-                    PollResult::Observed(obs),
-                    &schedule,
-                    now,
-                )
-                .map_err(q)?;
-                Ok(OneOutcome::Observed {
-                    changed: matches!(applied, Some(Applied::Event { changed: true, .. })),
-                })
-            }
-            Err(e) => {
-                let http = match e {
-                    QueryError::Http(s) => Some(i32::from(*s)),
-                    _ => None,
-                };
-                pstore::finish_call(
-                    conn,
-                    call_id,
-                    e.outcome(),
-                    http,
-                    took,
-                    Some(&e.to_string()),
-                    None,
-                )
-                .map_err(q)?;
-                pstore::record_poll(
-                    conn,
-                    vendor,
-                    &id,
-                    &owner,
-                    PollResult::Failed {
-                        outcome: e.outcome(),
-                    },
-                    &schedule,
-                    now,
-                )
-                .map_err(q)?;
-                Ok(OneOutcome::Failed(e.clone()))
-            }
-        }
-    })
-    .await?;
-    match &recorded {
-        OneOutcome::Observed { changed: true } => {
-            log::info!("poll {vendor} order={order_id}: changed")
-        }
-        OneOutcome::Failed(QueryError::NotFound) => {
-            log::info!("poll {vendor} order={order_id}: not found at the vendor")
-        }
-        OneOutcome::Failed(e) => log::warn!("poll {vendor} order={order_id}: {e}"),
-        _ => {}
     }
-    Ok(recorded)
+
+    /// Due orders the limit did not let us claim (they wait for a later pass).
+    fn unclaimed(&self) -> u32 {
+        let n = self.due - i64::try_from(self.deferred).unwrap_or(0) - self.claimed.len() as i64;
+        u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+    }
+}
+
+fn paused_summary(vendor: Vendor, until: DateTime<Utc>) -> PassSummary {
+    PassSummary {
+        vendor: Some(vendor),
+        paused_until: Some(until),
+        ..Default::default()
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod ingest;
 pub mod poll;
+pub mod tokens;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;

@@ -2,6 +2,7 @@
 //! codes. Adding a vendor touches a folder here, one label mapping in
 //! `status`, and configuration. Nothing here touches the database.
 
+pub mod damaijia;
 pub mod haoka172;
 
 use std::fmt;

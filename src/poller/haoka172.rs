@@ -1,0 +1,222 @@
+//! One 172 pass: one `GetOrderInfo` per due order, a few in flight, each
+//! reserved against the deployment-wide per-minute budget before it is sent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::schedule::{china_day, Schedule};
+use super::{
+    paused_summary, Haoka172Poll, PassSummary, PollError, Poller, Prep, FAILURES_BEFORE_PAUSE,
+};
+use crate::db::{self, DbError, PgPool};
+use crate::store::poll::{self as pstore, CallBudget, PollResult};
+use crate::store::Applied;
+use crate::vendors::haoka172::client::{Haoka172Client, QueryError};
+use crate::vendors::Vendor;
+
+/// The budget window: the vendor counts per minute; one extra second covers
+/// the time between our reservation and the request reaching it.
+pub const RATE_WINDOW: Duration = Duration::from_secs(61);
+/// Calls in flight at once within one pass.
+const CONCURRENCY: usize = 8;
+const VENDOR: Vendor = Vendor::Haoka172;
+
+impl Poller {
+    pub(super) async fn haoka172_pass(&self, p: &Haoka172Poll) -> Result<PassSummary, PollError> {
+        let per_minute = p.per_minute;
+        let prep = self
+            .prepare(VENDOR, Some(p.per_day), move |conn| {
+                let used =
+                    pstore::recent_calls(conn, VENDOR, RATE_WINDOW).map_err(DbError::from_query)?;
+                Ok(per_minute - used)
+            })
+            .await?;
+        let work = match prep {
+            Prep::Paused(until) => return Ok(paused_summary(VENDOR, until)),
+            Prep::Work(w) => w,
+        };
+        let mut summary = work.summary(VENDOR);
+        let unclaimed = work.unclaimed();
+        let mut stop = false;
+        let mut consecutive_failures = 0;
+        let mut db_error = None;
+        let mut queue = work.claimed.into_iter();
+        let mut in_flight = tokio::task::JoinSet::new();
+        loop {
+            while in_flight.len() < CONCURRENCY && !stop {
+                let Some(order_id) = queue.next() else { break };
+                in_flight.spawn(poll_one(
+                    self.pool.clone(),
+                    p.client.clone(),
+                    Arc::clone(&self.schedule),
+                    self.owner.clone(),
+                    per_minute,
+                    order_id,
+                ));
+            }
+            let Some(joined) = in_flight.join_next().await else {
+                break;
+            };
+            let outcome = match joined {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
+                    db_error.get_or_insert(e);
+                    stop = true;
+                    continue;
+                }
+                Err(e) => {
+                    log::error!("{VENDOR} poll task failed: {e}");
+                    summary.errors += 1;
+                    continue;
+                }
+            };
+            let e = match outcome {
+                OneOutcome::Skipped => {
+                    summary.skipped_for_limits += 1;
+                    continue;
+                }
+                OneOutcome::Observed { changed } => {
+                    summary.queried += 1;
+                    summary.changed += u32::from(changed);
+                    consecutive_failures = 0;
+                    continue;
+                }
+                OneOutcome::Failed(e) => e,
+            };
+            summary.queried += 1;
+            match &e {
+                QueryError::NotFound => summary.not_found += 1,
+                _ => summary.errors += 1,
+            }
+            if e.is_vendor_trouble() {
+                consecutive_failures += 1;
+            } else if !matches!(e, QueryError::Blocked(_)) {
+                consecutive_failures = 0;
+            }
+            let reason = match &e {
+                QueryError::Blocked(m) => Some(format!("blocked by the vendor ({m})")),
+                _ if consecutive_failures >= FAILURES_BEFORE_PAUSE => Some(format!(
+                    "{consecutive_failures} consecutive failures, last: {e}"
+                )),
+                _ => None,
+            };
+            if let (Some(reason), false) = (reason, stop) {
+                stop = true;
+                summary.paused_until = Some(self.pause(VENDOR, p.cooloff, reason).await?);
+            }
+        }
+        // Orders claimed but not started (pause or database trouble) go back.
+        let rest: Vec<String> = queue.collect();
+        summary.skipped_for_limits += u32::try_from(rest.len()).unwrap_or(u32::MAX);
+        self.release(VENDOR, rest).await?;
+        if let Some(e) = db_error {
+            return Err(e.into());
+        }
+        summary.skipped_for_limits += unclaimed;
+        Ok(summary)
+    }
+}
+
+enum OneOutcome {
+    /// The deployment-wide budget was spent before this order's turn.
+    Skipped,
+    Observed {
+        changed: bool,
+    },
+    Failed(QueryError),
+}
+
+/// Reserve a call, make it, record it and its result. The lease is released
+/// in every case.
+async fn poll_one(
+    pool: PgPool,
+    client: Haoka172Client,
+    schedule: Arc<Schedule>,
+    owner: String,
+    per_minute: i64,
+    order_id: String,
+) -> Result<OneOutcome, DbError> {
+    let ids = vec![order_id.clone()];
+    let owner2 = owner.clone();
+    let reserved = db::run(&pool, move |conn| {
+        let budget = CallBudget {
+            vendor: VENDOR,
+            api: "GetOrderInfo",
+            per_window: per_minute,
+            window: RATE_WINDOW,
+            caller: &owner2,
+        };
+        let id = pstore::reserve_call(conn, &budget, &ids, china_day(Utc::now()))
+            .map_err(DbError::from_query)?;
+        if id.is_none() {
+            pstore::release(conn, VENDOR, &ids, &owner2).map_err(DbError::from_query)?;
+        }
+        Ok(id)
+    })
+    .await?;
+    let Some(call_id) = reserved else {
+        return Ok(OneOutcome::Skipped);
+    };
+    let started = Instant::now();
+    let result = client.get_order_info(&order_id).await;
+    let took = started.elapsed();
+    let id = order_id.clone();
+    let recorded = db::run(&pool, move |conn| {
+        let q = DbError::from_query;
+        let now = Utc::now();
+        match &result {
+            Ok(obs) => {
+                pstore::finish_call(conn, call_id, "ok", Some(200), took, None, None).map_err(q)?;
+                let applied = pstore::record_poll(
+                    conn,
+                    VENDOR,
+                    &id,
+                    &owner,
+                    PollResult::Observed(obs),
+                    &schedule,
+                    now,
+                )
+                .map_err(q)?;
+                Ok(OneOutcome::Observed {
+                    changed: matches!(applied, Some(Applied::Event { changed: true, .. })),
+                })
+            }
+            Err(e) => {
+                let http = match e {
+                    QueryError::Http(s) => Some(i32::from(*s)),
+                    _ => None,
+                };
+                pstore::finish_call(
+                    conn,
+                    call_id,
+                    e.outcome(),
+                    http,
+                    took,
+                    Some(&e.to_string()),
+                    None,
+                )
+                .map_err(q)?;
+                let failed = PollResult::Failed {
+                    outcome: e.outcome(),
+                };
+                pstore::record_poll(conn, VENDOR, &id, &owner, failed, &schedule, now)
+                    .map_err(q)?;
+                Ok(OneOutcome::Failed(e.clone()))
+            }
+        }
+    })
+    .await?;
+    match &recorded {
+        OneOutcome::Observed { changed: true } => {
+            log::info!("poll {VENDOR} order={order_id}: changed")
+        }
+        OneOutcome::Failed(QueryError::NotFound) => {
+            log::info!("poll {VENDOR} order={order_id}: not found at the vendor")
+        }
+        OneOutcome::Failed(e) => log::warn!("poll {VENDOR} order={order_id}: {e}"),
+        _ => {}
+    }
+    Ok(recorded)
+}
