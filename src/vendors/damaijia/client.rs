@@ -318,7 +318,8 @@ mod tests {
     #[test]
     fn every_documented_status_maps_to_its_handling() {
         let req = vec!["A".to_owned()];
-        let cases: Vec<(i64, fn(&DamaijiaError) -> bool)> = vec![
+        type Check = fn(&DamaijiaError) -> bool;
+        let cases: Vec<(i64, Check)> = vec![
             (132, |e| {
                 matches!(e, DamaijiaError::BadRequest { status: 132, .. })
             }),
