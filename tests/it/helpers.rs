@@ -161,13 +161,17 @@ impl TestApp {
 }
 
 impl TestApp {
-    /// Register orders through the admin API.
+    /// Register 172 orders through the admin API.
     pub async fn track(&self, ids: &[&str]) {
+        self.track_for("haoka172", ids).await
+    }
+
+    pub async fn track_for(&self, vendor: &str, ids: &[&str]) {
         let r = self
             .client
             .post(format!("{}/api/orders", self.address))
             .bearer_auth(ADMIN)
-            .json(&json!({"vendor": "haoka172", "order_ids": ids}))
+            .json(&json!({"vendor": vendor, "order_ids": ids}))
             .send()
             .await
             .unwrap();
@@ -176,9 +180,17 @@ impl TestApp {
 
     /// One 172 pass now.
     pub async fn poll(&self) -> haoka_sync::poller::PassSummary {
+        self.poll_vendor(haoka_sync::vendors::Vendor::Haoka172)
+            .await
+    }
+
+    pub async fn poll_vendor(
+        &self,
+        v: haoka_sync::vendors::Vendor,
+    ) -> haoka_sync::poller::PassSummary {
         let mut r = self
             .poller
-            .run_pass(Some(haoka_sync::vendors::Vendor::Haoka172))
+            .run_pass(Some(v))
             .await
             .expect("no pass running");
         r.remove(0).expect("pass succeeds")

@@ -5,7 +5,9 @@
 mod callbacks;
 mod cli;
 mod concurrency;
+mod damaijia;
 mod fake172;
+mod fakedmj;
 mod helpers;
 mod outage;
 mod poller;
