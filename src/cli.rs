@@ -279,7 +279,7 @@ async fn poll_once(config: &Config, vendor: Option<Vendor>) -> CliResult {
     let poller = crate::poller::Poller::new(config, pool, schedule).map_err(CliError::Usage)?;
     if vendor.is_none() && poller.enabled().is_empty() {
         return Err(CliError::Usage(
-            "no vendor has polling credentials (set HAOKA172_USER_ID and HAOKA172_SECRET)".into(),
+            "no vendor has polling credentials (set HAOKA172_USER_ID and HAOKA172_SECRET, or DAMAIJIA_OWNER_ID and DAMAIJIA_TOKEN)".into(),
         ));
     }
     let results = poller
