@@ -42,12 +42,77 @@ enum Command {
         #[arg(long)]
         vendor: Option<Vendor>,
     },
+    /// Run the vendor simulator (fake 172号卡 and 大麦家) until Ctrl-C.
+    Simulate(SimulateArgs),
+    /// Run the service against the simulator on this machine and watch it
+    /// converge (no vendor credentials needed).
+    Demo(DemoArgs),
     /// Print an order's current state and its event history.
     Show {
         /// haoka172 or damaijia
         vendor: Vendor,
         order_id: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SignOver {
+    OrderNo,
+    OrderNo172,
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Fraction of callback pushes lost.
+    #[arg(long, default_value_t = 0.15)]
+    drop: f64,
+    /// Fraction of callback pushes delivered twice.
+    #[arg(long, default_value_t = 0.05)]
+    duplicate: f64,
+    /// Fraction of callback pushes delivered after the next one.
+    #[arg(long, default_value_t = 0.05)]
+    reorder: f64,
+    /// Mean time between two status changes of an order, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    step_ms: u64,
+    #[arg(long, default_value_t = 172)]
+    seed: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    #[arg(long, default_value_t = 200)]
+    orders_172: usize,
+    #[arg(long, default_value_t = 50)]
+    orders_damaijia: usize,
+    /// Push callbacks here (e.g. http://127.0.0.1:8080/callbacks/haoka172).
+    #[arg(long)]
+    callback_url: Option<String>,
+    /// Which order number the callback signature encrypts.
+    #[arg(long, value_enum, default_value = "order-no")]
+    sign_over: SignOver,
+    #[arg(long, default_value = "127.0.0.1:9172")]
+    listen_172: std::net::SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9173")]
+    listen_damaijia: std::net::SocketAddr,
+    /// Write the ground truth (each order's final status) here on exit.
+    #[arg(long)]
+    truth_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    #[arg(long, default_value_t = 300)]
+    orders_172: usize,
+    #[arg(long, default_value_t = 60)]
+    orders_damaijia: usize,
+    /// Give up (exit 1) when not converged after this many seconds.
+    #[arg(long, default_value_t = 110)]
+    timeout_secs: u64,
+    #[command(flatten)]
+    sim: SimArgs,
 }
 
 pub fn main() -> ExitCode {
@@ -57,8 +122,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    // The demo prints its own progress; the service's per-callback lines
+    // would drown it.
+    let default_log = match cli.command {
+        Command::Demo(_) | Command::Simulate(_) => "warn",
+        _ => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -87,6 +158,8 @@ pub fn main() -> ExitCode {
                 file,
             } => track(&config, vendor, order_ids, file).await,
             Command::PollOnce { vendor } => poll_once(&config, vendor).await,
+            Command::Simulate(args) => simulate(&config, args).await,
+            Command::Demo(args) => demo(&config, args).await,
         }
     });
     match result {
@@ -299,4 +372,160 @@ async fn poll_once(config: &Config, vendor: Option<Vendor>) -> CliResult {
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+fn sim_config(
+    config: &Config,
+    a: &SimArgs,
+    orders_172: usize,
+    orders_damaijia: usize,
+) -> Result<crate::sim::SimConfig, CliError> {
+    for (name, v) in [
+        ("--drop", a.drop),
+        ("--duplicate", a.duplicate),
+        ("--reorder", a.reorder),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(CliError::Usage(format!("{name} must be between 0 and 1")));
+        }
+    }
+    let mut c = crate::sim::SimConfig {
+        haoka172_orders: orders_172,
+        damaijia_orders: orders_damaijia,
+        seed: a.seed,
+        step: std::time::Duration::from_millis(a.step_ms.max(50)),
+        drop: a.drop,
+        duplicate: a.duplicate,
+        reorder: a.reorder,
+        ..Default::default()
+    };
+    // Use the configured credentials when there are any, so a service with
+    // the same environment verifies the simulator's signatures.
+    if let Some(u) = &config.haoka172.user_id {
+        c.user_id = u.clone();
+    }
+    if let Some(s) = &config.haoka172.secret {
+        c.secret = s.expose().to_owned();
+    }
+    if let Some(t) = &config.damaijia.token {
+        c.damaijia_token = t.expose().to_owned();
+    }
+    Ok(c)
+}
+
+async fn simulate(config: &Config, args: SimulateArgs) -> CliResult {
+    let mut c = sim_config(config, &args.sim, args.orders_172, args.orders_damaijia)?;
+    c.sign_over_172 = matches!(args.sign_over, SignOver::OrderNo172);
+    c.bind_172 = args.listen_172;
+    c.bind_damaijia = args.listen_damaijia;
+    let sim = crate::sim::Simulator::start(c).await?;
+    let cfg = sim.config();
+    println!(
+        "simulator: 172号卡 at {} , 大麦家 at {}",
+        sim.haoka172_url(),
+        sim.damaijia_url()
+    );
+    println!("configure the service with:");
+    println!(
+        "  HAOKA172_BASE_URL={} HAOKA172_USER_ID={} HAOKA172_SECRET=<the simulator's secret>",
+        sim.haoka172_url(),
+        cfg.user_id
+    );
+    println!(
+        "  DAMAIJIA_BASE_URL={} DAMAIJIA_OWNER_ID=sim-shop DAMAIJIA_TOKEN=<the simulator's token>",
+        sim.damaijia_url()
+    );
+    println!(
+        "truth: GET {}/sim/truth, counters: GET {}/sim/stats",
+        sim.haoka172_url(),
+        sim.haoka172_url()
+    );
+    sim.run(args.callback_url.clone());
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            _ = tick.tick() => {
+                let s = sim.stats();
+                println!(
+                    "pushes {} acknowledged / {} dropped / {} given up; GetOrderInfo {} (blocked {}); 大麦家 calls {}{}",
+                    s.pushes_acknowledged, s.pushes_dropped, s.pushes_given_up, s.get_order_info_calls,
+                    s.get_order_info_blocked, s.damaijia_calls,
+                    if sim.finished() { "; every lifecycle is over" } else { "" }
+                );
+            }
+        }
+    }
+    if let Some(path) = args.truth_file {
+        std::fs::write(&path, serde_json::to_vec_pretty(&sim.truth())?)?;
+        println!("truth written to {}", path.display());
+    }
+    sim.stop().await;
+    Ok(())
+}
+
+async fn demo(config: &Config, args: DemoArgs) -> CliResult {
+    let sim_cfg = sim_config(config, &args.sim, args.orders_172, args.orders_damaijia)?;
+    let name = format!("{}_demo", config.database_url.database_name());
+    let url = config.database_url.with_database(&name);
+    let fresh = url.clone();
+    tokio::task::spawn_blocking(move || recreate_database(&fresh)).await??;
+    println!(
+        "demo: {} 172 orders and {} 大麦家 orders; {:.0}% of callback pushes lost, {:.0}% duplicated, {:.0}% late; database {name} (recreated)",
+        args.orders_172,
+        args.orders_damaijia,
+        args.sim.drop * 100.0,
+        args.sim.duplicate * 100.0,
+        args.sim.reorder * 100.0
+    );
+    let started = std::time::Instant::now();
+    let demo = crate::demo::Demo::start(&url, sim_cfg, &[])
+        .await
+        .map_err(failed)?;
+    println!(
+        "service at {} ; simulator 172 at {} , 大麦家 at {}",
+        demo.service_url,
+        demo.sim.haoka172_url(),
+        demo.sim.damaijia_url()
+    );
+    let deadline = started + std::time::Duration::from_secs(args.timeout_secs);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    let result = loop {
+        tokio::select! {
+            _ = shutdown_signal() => break Err(failed("interrupted".into())),
+            _ = tick.tick() => {}
+        }
+        let p = demo.progress().await?;
+        println!("{}", p.line(started.elapsed()));
+        if p.converged() {
+            let s = &p.sim;
+            println!(
+                "converged in {:.0}s: every order matches the simulator's truth. {} pushes lost, {} GetOrderInfo calls; {} duplicate and {} late pushes absorbed; vendor limits: max {} calls/minute, max {} calls per order per day, {} calls after terminal, {} blocked",
+                started.elapsed().as_secs_f64(), s.pushes_dropped, p.get_order_info_calls, s.pushes_duplicated,
+                s.pushes_reordered, s.max_calls_per_minute, s.max_calls_per_order_day, s.calls_after_terminal, s.get_order_info_blocked
+            );
+            break Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            break Err(failed(format!(
+                "not converged after {}s: {} orders disagree with the truth",
+                args.timeout_secs, p.disagree
+            )));
+        }
+    };
+    demo.stop().await;
+    result
+}
+
+/// Drop and create the demo database, so every demo starts clean.
+fn recreate_database(url: &crate::config::DatabaseUrl) -> Result<(), db::DbError> {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let admin = url.with_database("postgres");
+    let mut conn = diesel::PgConnection::establish(admin.expose())
+        .map_err(|e| db::DbError::Unavailable(format!("cannot connect to {admin}: {e}")))?;
+    let name = url.database_name().replace('"', "\"\"");
+    conn.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .map_err(db::DbError::from_query)?;
+    db::prepare(url).map(|_| ())
 }

@@ -11,7 +11,7 @@
 //!   `DAMAIJIA_BATCH_SIZE`, `DAMAIJIA_EDITION`, `DAMAIJIA_COOLOFF` (default
 //!   30m), `DAMAIJIA_TIMEOUT_SECS` (default 15)
 //! - `HAOKA172_COOLOFF` (default 10m), `HAOKA172_TIMEOUT_SECS` (default 10)
-//! - `TRACKING_HORIZON` (default 60d)
+//! - `TRACKING_HORIZON` (default 60d), `POLL_MIN_RECHECK` (default 1m)
 //! - `POLL_CRON`, `ADMIN_TOKEN`
 //! - `CALLBACK_MAX_BODY_BYTES` (default 65536), `DB_POOL_SIZE` (default 16),
 //!   `DB_TIMEOUT_SECS` (default 3), `INGEST_WRITERS` (default 4),
@@ -233,6 +233,8 @@ pub struct Config {
     pub poll_cron: String,
     /// Orders silent longer than this stop being polled (listed for ops).
     pub tracking_horizon: Duration,
+    /// The shortest re-check interval after a poll.
+    pub poll_min_recheck: Duration,
     pub admin_token: Option<Secret>,
     pub callback_max_body_bytes: usize,
     pub db_pool_size: u32,
@@ -352,6 +354,7 @@ impl Config {
             damaijia,
             poll_cron,
             tracking_horizon: parse_dur("TRACKING_HORIZON", "60d")?,
+            poll_min_recheck: parse_dur("POLL_MIN_RECHECK", "1m")?,
             admin_token: var("ADMIN_TOKEN").map(Secret),
             callback_max_body_bytes: parse_num(
                 "CALLBACK_MAX_BODY_BYTES",

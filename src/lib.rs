@@ -8,10 +8,12 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod error;
 pub mod http;
 pub mod mask;
 pub mod poller;
+pub mod sim;
 pub mod startup;
 pub mod status;
 pub mod store;

@@ -17,7 +17,7 @@ use crate::config::{Config, StatusDurations};
 use crate::status::Status;
 use crate::vendors::Vendor;
 
-/// The shortest re-check after a quiet poll, whatever `overdue` says.
+/// The default shortest re-check after a poll (`POLL_MIN_RECHECK`).
 pub const MIN_RECHECK: Duration = Duration::from_secs(60);
 /// The longest re-check interval.
 pub const MAX_RECHECK: Duration = Duration::from_secs(30 * 86400);
@@ -28,6 +28,8 @@ pub struct Schedule {
     pub damaijia: StatusDurations,
     /// Orders silent for longer than this stop being polled.
     pub horizon: Duration,
+    /// The shortest re-check after a poll, whatever `overdue` says.
+    pub min_recheck: Duration,
 }
 
 impl Schedule {
@@ -36,6 +38,7 @@ impl Schedule {
             haoka172: c.haoka172.overdue.clone(),
             damaijia: c.damaijia.refresh.clone(),
             horizon: c.tracking_horizon,
+            min_recheck: c.poll_min_recheck,
         }
     }
 
@@ -69,7 +72,7 @@ impl Schedule {
         now: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
         self.wait(vendor, status)
-            .map(|w| now + to_chrono(w.max(MIN_RECHECK)))
+            .map(|w| now + to_chrono(w.max(self.min_recheck)))
     }
 
     /// After `quiet` (≥ 1) consecutive polls that brought nothing new.
@@ -82,13 +85,13 @@ impl Schedule {
         quiet: i32,
         jitter: f64,
     ) -> Option<DateTime<Utc>> {
-        let base = self.wait(vendor, status)?.max(MIN_RECHECK);
+        let base = self.wait(vendor, status)?.max(self.min_recheck);
         let factor = 1u32 << quiet.clamp(1, 16).saturating_sub(1);
         let interval = base.saturating_mul(factor).min(MAX_RECHECK);
         let jittered = interval.as_secs_f64() * (1.0 + 0.2 * jitter.clamp(-1.0, 1.0));
         Some(
             now + to_chrono(Duration::from_secs_f64(
-                jittered.max(MIN_RECHECK.as_secs_f64() * 0.8),
+                jittered.max(self.min_recheck.as_secs_f64() * 0.8),
             )),
         )
     }
@@ -142,6 +145,7 @@ mod tests {
             haoka172: StatusDurations::haoka172_default(),
             damaijia: StatusDurations::damaijia_default(),
             horizon: Duration::from_secs(60 * 86400),
+            min_recheck: MIN_RECHECK,
         }
     }
 

@@ -220,3 +220,90 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn demo_converges_on_this_machine_in_under_two_minutes_and_exits_0() {
+    let name = format!("haoka_cli_demo_{}_{}", std::process::id(), rand_suffix());
+    let admin = haoka_sync::config::DatabaseUrl::parse(&admin_url()).unwrap();
+    struct DropDb(String);
+    impl Drop for DropDb {
+        fn drop(&mut self) {
+            use diesel::connection::SimpleConnection;
+            use diesel::Connection;
+            if let Ok(mut c) = diesel::PgConnection::establish(&admin_url()) {
+                let _ = c.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.0
+                ));
+            }
+        }
+    }
+    let _guard = DropDb(format!("{name}_demo"));
+    let started = std::time::Instant::now();
+    let out = cmd()
+        .arg("demo")
+        .env("DATABASE_URL", admin.with_database(&name).expose())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < std::time::Duration::from_secs(120), "{took:?}");
+    assert!(stdout.contains("converged in"), "{stdout}");
+    assert!(stdout.contains("disagree with truth: 0"), "{stdout}");
+    eprintln!(
+        "demo took {took:?}: {}",
+        stdout.lines().last().unwrap_or("")
+    );
+}
+
+#[test]
+fn simulate_serves_both_vendors_and_writes_its_truth_on_sigterm() {
+    let dir = tempdir();
+    let truth = dir.join("truth.json");
+    let mut child = cmd()
+        .args([
+            "simulate",
+            "--orders-172",
+            "5",
+            "--orders-damaijia",
+            "2",
+            "--listen-172",
+            "127.0.0.1:0",
+        ])
+        .args(["--listen-damaijia", "127.0.0.1:0", "--truth-file"])
+        .arg(&truth)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let body: serde_json::Value = rt.block_on(async {
+        reqwest::get(format!("{url}/sim/truth"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(body["haoka172"].as_object().unwrap().len(), 5);
+    assert_eq!(body["damaijia"].as_object().unwrap().len(), 2);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&truth).unwrap()).unwrap();
+    assert_eq!(written, body);
+}

@@ -6,6 +6,7 @@ mod callbacks;
 mod cli;
 mod concurrency;
 mod damaijia;
+mod e2e;
 mod fake172;
 mod fakedmj;
 mod helpers;

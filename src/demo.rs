@@ -1,0 +1,267 @@
+//! `haoka-sync demo`: the service and the vendor simulator wired together on
+//! this machine, so the whole system can be watched without vendor
+//! credentials. Also the harness of the end-to-end convergence tests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use diesel::prelude::*;
+
+use crate::config::{Config, DatabaseUrl};
+use crate::db::{self, DbError, PgPool};
+use crate::poller::schedule::Schedule;
+use crate::sim::{SimConfig, SimStats, Simulator, Truth};
+use crate::startup::Application;
+use crate::vendors::Vendor;
+
+/// The service configuration that fits a simulator run: its URLs and
+/// credentials, a pass every second, and overdue times scaled to the
+/// simulated clock (four status-change steps: longer than any gap between two
+/// on-time callbacks, so on-time orders are never queried).
+pub fn service_env(sim: &Simulator, database_url: &str) -> Vec<(String, String)> {
+    let c = sim.config();
+    let o = format!("{}s", (c.step * 4).as_secs_f64().ceil().max(1.0) as u64);
+    [
+        ("DATABASE_URL", database_url.to_owned()),
+        ("HAOKA_SYNC_BIND", "127.0.0.1:0".to_owned()),
+        ("HAOKA172_BASE_URL", sim.haoka172_url().to_owned()),
+        ("HAOKA172_USER_ID", c.user_id.clone()),
+        ("HAOKA172_SECRET", c.secret.clone()),
+        (
+            "HAOKA172_OVERDUE",
+            format!("new={o},pending={o},submitted={o},shipped={o},completed={o},unknown={o}"),
+        ),
+        ("HAOKA172_MAX_CALLS_PER_MINUTE", "180".to_owned()),
+        ("HAOKA172_COOLOFF", "5s".to_owned()),
+        ("DAMAIJIA_BASE_URL", sim.damaijia_url().to_owned()),
+        ("DAMAIJIA_TOKEN", c.damaijia_token.clone()),
+        ("DAMAIJIA_OWNER_ID", "sim-shop".to_owned()),
+        ("DAMAIJIA_APP_ID", c.damaijia_app_id.clone()),
+        ("DAMAIJIA_APP_SECRET", c.damaijia_app_secret.clone()),
+        (
+            "DAMAIJIA_REFRESH",
+            "new=0,pending=2s,submitted=2s,shipped=2s,completed=10s,unknown=2s".to_owned(),
+        ),
+        ("DAMAIJIA_COOLOFF", "5s".to_owned()),
+        ("POLL_CRON", "* * * * * *".to_owned()),
+        ("POLL_MIN_RECHECK", "2s".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+pub struct Demo {
+    pub sim: Simulator,
+    pub service_url: String,
+    pub pool: PgPool,
+    handle: actix_web::dev::ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Where the run stands, as the service's database sees it next to the
+/// simulator's truth.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub callbacks: BTreeMap<String, i64>,
+    pub get_order_info_calls: i64,
+    pub damaijia_calls: i64,
+    pub statuses: BTreeMap<String, i64>,
+    /// Orders whose status differs from the truth (missing counts too).
+    pub disagree: usize,
+    pub sim_finished: bool,
+    pub sim: SimStats,
+}
+
+impl Progress {
+    pub fn converged(&self) -> bool {
+        self.sim_finished && self.disagree == 0
+    }
+
+    pub fn line(&self, elapsed: Duration) -> String {
+        let cb: Vec<String> = self
+            .callbacks
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let st: Vec<String> = self
+            .statuses
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        format!(
+            "[{:>4.0}s] callbacks: {} | GetOrderInfo calls {} (pushes dropped {}) | 大麦家 calls {} | orders: {} | disagree with truth: {}",
+            elapsed.as_secs_f64(),
+            if cb.is_empty() { "none".into() } else { cb.join(", ") },
+            self.get_order_info_calls,
+            self.sim.pushes_dropped,
+            self.damaijia_calls,
+            st.join(", "),
+            self.disagree
+        )
+    }
+}
+
+impl Demo {
+    /// Migrate `database_url`, start the simulator and the service (with
+    /// `extra` configuration on top), track the shop orders, start the clock.
+    pub async fn start(
+        database_url: &DatabaseUrl,
+        sim_cfg: SimConfig,
+        extra: &[(&str, &str)],
+    ) -> Result<Demo, String> {
+        let url = database_url.clone();
+        tokio::task::spawn_blocking(move || db::prepare(&url))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let sim = Simulator::start(sim_cfg)
+            .await
+            .map_err(|e| format!("simulator: {e}"))?;
+        let env = service_env(&sim, database_url.expose());
+        let mut vars: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        vars.extend_from_slice(extra);
+        let config = Config::with(&vars).map_err(|e| e.to_string())?;
+        let app = Application::build(&config).map_err(|e| e.to_string())?;
+        let service_url = format!("http://127.0.0.1:{}", app.port());
+        let pool = app.pool().clone();
+        let handle = app.handle();
+        let server = tokio::spawn(app.run_until_stopped());
+        sim.run(Some(format!("{service_url}/callbacks/haoka172")));
+        tokio::spawn(track_as_placed(
+            sim.placements(),
+            sim.started_at().unwrap_or_else(std::time::Instant::now),
+            pool.clone(),
+            Schedule::from_config(&config),
+        ));
+        Ok(Demo {
+            sim,
+            service_url,
+            pool,
+            handle,
+            server,
+        })
+    }
+
+    pub async fn progress(&self) -> Result<Progress, DbError> {
+        let truth = self.sim.truth();
+        let sim_finished = self.sim.finished();
+        let stats = self.sim.stats();
+        let mut p = db::run(&self.pool, move |conn| progress_from_db(conn, &truth)).await?;
+        p.sim_finished = sim_finished;
+        p.sim = stats;
+        Ok(p)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.server.await;
+        self.sim.stop().await;
+    }
+}
+
+/// Register each order when the simulated agent places it, as a real agent
+/// would when its order is accepted: an order whose every callback is lost is
+/// still known, and so still reconciled.
+async fn track_as_placed(
+    placements: Vec<(Duration, Vendor, String)>,
+    started: std::time::Instant,
+    pool: PgPool,
+    schedule: Schedule,
+) {
+    let schedule = std::sync::Arc::new(schedule);
+    let mut rest = placements.as_slice();
+    while !rest.is_empty() {
+        let elapsed = started.elapsed();
+        let n = rest.iter().take_while(|(at, _, _)| *at <= elapsed).count();
+        let (now, later) = rest.split_at(n);
+        rest = later;
+        for vendor in Vendor::ALL {
+            let ids: Vec<String> = now
+                .iter()
+                .filter(|p| p.1 == vendor)
+                .map(|p| p.2.clone())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let schedule = std::sync::Arc::clone(&schedule);
+            let r = db::run(&pool, move |conn| {
+                crate::store::poll::register(conn, vendor, &ids, &schedule, chrono::Utc::now())
+                    .map_err(DbError::from_query)
+            })
+            .await;
+            if let Err(e) = r {
+                log::error!("demo: tracking placed orders failed: {e}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(QueryableByName)]
+struct KeyCount {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    key: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct OrderStatus {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    vendor: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    order_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
+}
+
+fn progress_from_db(conn: &mut PgConnection, truth: &Truth) -> Result<Progress, DbError> {
+    let q = DbError::from_query;
+    let pairs = |sql: &str, conn: &mut PgConnection| -> Result<BTreeMap<String, i64>, DbError> {
+        let rows: Vec<KeyCount> = diesel::sql_query(sql).load(conn).map_err(q)?;
+        Ok(rows.into_iter().map(|r| (r.key, r.n)).collect())
+    };
+    let callbacks = pairs(
+        "SELECT outcome AS key, count(*) AS n FROM inbound_callbacks GROUP BY outcome",
+        conn,
+    )?;
+    let calls = pairs(
+        "SELECT vendor AS key, count(*) AS n FROM vendor_calls WHERE outcome <> 'pending' GROUP BY vendor",
+        conn,
+    )?;
+    let statuses = pairs(
+        "SELECT vendor || ':' || status AS key, count(*) AS n FROM orders GROUP BY 1",
+        conn,
+    )?;
+    let rows: Vec<OrderStatus> = diesel::sql_query("SELECT vendor, order_id, status FROM orders")
+        .load(conn)
+        .map_err(q)?;
+    let held: BTreeMap<(String, String), String> = rows
+        .into_iter()
+        .map(|r| ((r.vendor, r.order_id), r.status))
+        .collect();
+    let mut disagree = 0;
+    for (vendor, map) in [("haoka172", &truth.haoka172), ("damaijia", &truth.damaijia)] {
+        for (id, want) in map {
+            if held
+                .get(&(vendor.to_owned(), id.clone()))
+                .map(String::as_str)
+                != Some(*want)
+            {
+                disagree += 1;
+            }
+        }
+    }
+    Ok(Progress {
+        callbacks,
+        get_order_info_calls: calls.get("haoka172").copied().unwrap_or(0),
+        damaijia_calls: calls.get("damaijia").copied().unwrap_or(0),
+        statuses,
+        disagree,
+        sim_finished: false,
+        sim: SimStats::default(),
+    })
+}

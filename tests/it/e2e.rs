@@ -1,0 +1,170 @@
+//! End to end: the service and the vendor simulator in-process, on an
+//! accelerated clock, with lost, duplicated and late callbacks.
+
+use std::time::{Duration, Instant};
+
+use haoka_sync::demo::{Demo, Progress};
+use haoka_sync::sim::SimConfig;
+
+use crate::helpers::*;
+
+async fn run_to_convergence(demo: &Demo, timeout: Duration) -> Progress {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let p = demo.progress().await.expect("progress");
+        if p.converged() {
+            eprintln!("{}", p.line(started.elapsed()));
+            return p;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "not converged: {}",
+            p.line(started.elapsed())
+        );
+    }
+}
+
+fn assert_vendor_limits_held(p: &Progress) {
+    let s = &p.sim;
+    assert_eq!(
+        (s.get_order_info_bad_sign, s.get_order_info_bad_timestamp),
+        (0, 0),
+        "{s:?}"
+    );
+    assert_eq!(s.get_order_info_blocked, 0, "{s:?}");
+    assert!(s.max_calls_per_minute <= 200, "{s:?}");
+    assert!(s.max_calls_per_order_day <= 10, "{s:?}");
+    assert_eq!(
+        s.calls_after_terminal, 0,
+        "a terminal order was queried again: {s:?}"
+    );
+    assert_eq!(s.damaijia_rate_violations, 0, "{s:?}");
+    assert_eq!(
+        s.pushes_given_up, 0,
+        "every delivered push was acknowledged: {s:?}"
+    );
+}
+
+fn no_event_applied_twice(db: &TestDb) {
+    let mut c = db.conn();
+    let events = count(
+        &mut c,
+        "SELECT count(*) AS n FROM order_events WHERE source = 'callback'",
+    );
+    let distinct = count(
+        &mut c,
+        "SELECT count(DISTINCT request_id) AS n FROM inbound_callbacks WHERE outcome IN ('applied', 'duplicate')",
+    );
+    assert_eq!(events, distinct, "one event per RequidId");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM (SELECT request_id FROM order_events WHERE request_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1) x"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_orders_with_lost_duplicated_and_late_callbacks_converge_to_the_truth() {
+    let db = TestDb::new();
+    let cfg = SimConfig {
+        haoka172_orders: 1000,
+        damaijia_orders: 200,
+        drop: 0.15,
+        duplicate: 0.05,
+        reorder: 0.05,
+        seed: 2026,
+        ..SimConfig::default()
+    };
+    let demo = Demo::start(&db.url, cfg, &[]).await.unwrap();
+    let p = run_to_convergence(&demo, Duration::from_secs(240)).await;
+    assert_eq!(p.disagree, 0);
+    assert_vendor_limits_held(&p);
+    no_event_applied_twice(&db);
+    let s = &p.sim;
+    assert!(
+        s.pushes_dropped > 400 && s.pushes_duplicated > 100 && s.pushes_reordered > 100,
+        "{s:?}"
+    );
+    let mut c = db.conn();
+    assert!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM inbound_callbacks WHERE outcome = 'duplicate'"
+        ) >= s.pushes_duplicated as i64
+    );
+    eprintln!(
+        "GetOrderInfo calls: {} for {} dropped pushes ({} planned); 大麦家 calls {} costing {}",
+        p.get_order_info_calls,
+        s.pushes_dropped,
+        s.pushes_planned,
+        s.damaijia_calls,
+        s.damaijia_cost
+    );
+    assert!(
+        p.get_order_info_calls as u64 <= s.pushes_dropped,
+        "more queries ({}) than lost pushes ({})",
+        p.get_order_info_calls,
+        s.pushes_dropped
+    );
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_lost_callbacks_no_order_is_queried() {
+    let db = TestDb::new();
+    let cfg = SimConfig {
+        haoka172_orders: 1000,
+        damaijia_orders: 200,
+        drop: 0.0,
+        duplicate: 0.05,
+        reorder: 0.05,
+        seed: 2027,
+        ..SimConfig::default()
+    };
+    let demo = Demo::start(&db.url, cfg, &[]).await.unwrap();
+    let p = run_to_convergence(&demo, Duration::from_secs(180)).await;
+    // Keep watching a little: nothing on time may look overdue afterwards.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let later = demo.progress().await.unwrap();
+    assert_eq!(
+        later.get_order_info_calls,
+        0,
+        "{}",
+        later.line(Duration::ZERO)
+    );
+    assert_eq!(p.sim.get_order_info_calls, 0);
+    assert_vendor_limits_held(&later);
+    no_event_applied_twice(&db);
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callbacks_signed_over_order_no_172_verify_too() {
+    let db = TestDb::new();
+    let cfg = SimConfig {
+        haoka172_orders: 100,
+        damaijia_orders: 0,
+        drop: 0.0,
+        duplicate: 0.0,
+        reorder: 0.0,
+        sign_over_172: true,
+        ..SimConfig::default()
+    };
+    let demo = Demo::start(&db.url, cfg, &[]).await.unwrap();
+    run_to_convergence(&demo, Duration::from_secs(60)).await;
+    let mut c = db.conn();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM inbound_callbacks WHERE sign_matched <> 'order_no_172'"
+        ),
+        0
+    );
+    assert!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM inbound_callbacks WHERE sign_matched = 'order_no_172'"
+        ) >= 200
+    );
+    demo.stop().await;
+}
