@@ -4,6 +4,7 @@
 
 pub mod damaijia;
 pub mod haoka172;
+pub mod value;
 
 use std::fmt;
 use std::str::FromStr;

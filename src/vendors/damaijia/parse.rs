@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::mask;
 use crate::status::{damaijia_status, Observation, OrderFields, Source};
 use crate::vendors::haoka172::callback::parse_china_time;
+use crate::vendors::value::{int, text};
 use crate::vendors::Vendor;
 
 /// The envelope: `{"status":0,"data":…}` or `{"status":N,"err":"…"}`.
@@ -118,25 +119,6 @@ fn get<'a>(m: &'a Map<String, Value>, snake: &str) -> Option<&'a Value> {
         .filter(|v| !v.is_null())
 }
 
-fn int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn text(v: Option<&Value>) -> Option<String> {
-    let s = match v? {
-        Value::String(s) => s.replace('\0', ""),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        _ => return None,
-    };
-    let s = s.trim();
-    (!s.is_empty()).then(|| s.to_owned())
-}
-
 /// Epoch milliseconds (or seconds), or a China-time string.
 pub fn time(v: Option<&Value>) -> Option<DateTime<Utc>> {
     match v? {
@@ -184,11 +166,6 @@ fn refund_label(s: i64) -> &'static str {
         4 => "退款成功",
         _ => "未知售后状态",
     }
-}
-
-/// The `order_sn` of an order object.
-pub fn order_sn(order: &Value) -> Option<String> {
-    order.as_object().and_then(|m| text(get(m, "order_sn")))
 }
 
 /// One order object → an observation (source `poll`), personal data masked.

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::sign::{verify_callback, CallbackKey, SignError, SignMatch};
 use crate::status::{haoka172_status, Observation, OrderFields, Source};
+use crate::vendors::value::{flag, text};
 use crate::vendors::Vendor;
 
 /// `OrderNo172` and `Remark` of the back office's test push.
@@ -182,34 +183,6 @@ fn get<'a>(m: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {
     m.iter()
         .find(|(k, _)| names.iter().any(|n| k.eq_ignore_ascii_case(n)))
         .map(|(_, v)| v)
-}
-
-/// A value as trimmed text, whatever its JSON type; empty and null are None.
-/// NULs are dropped (PostgreSQL text cannot hold them).
-fn text(v: Option<&Value>) -> Option<String> {
-    let s = match v? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Null | Value::Array(_) | Value::Object(_) => return None,
-    };
-    let s = s.replace('\0', "");
-    let s = s.trim();
-    (!s.is_empty()).then(|| s.to_owned())
-}
-
-/// 0/1 as int, string or bool; anything else is "not said".
-fn flag(v: Option<&Value>) -> Option<bool> {
-    match v? {
-        Value::Bool(b) => Some(*b),
-        Value::Number(n) => n.as_f64().map(|x| x != 0.0),
-        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "是" | "yes" => Some(true),
-            "0" | "false" | "否" | "no" => Some(false),
-            _ => None,
-        },
-        _ => None,
-    }
 }
 
 /// `yyyy-MM-dd HH:mm:ss` in China time (UTC+8), or RFC 3339.

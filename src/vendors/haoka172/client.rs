@@ -12,6 +12,7 @@ use super::callback::parse_china_time;
 use super::sign::user_sign;
 use crate::config::Secret;
 use crate::status::{haoka172_status, Observation, OrderFields, Source};
+use crate::vendors::value::{flag, text};
 use crate::vendors::Vendor;
 
 /// Why a query produced no observation. Each variant is one recorded outcome.
@@ -219,30 +220,6 @@ fn get<'a>(m: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     m.iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v)
-}
-
-fn text(v: Option<&Value>) -> Option<String> {
-    let s = match v? {
-        Value::String(s) => s.replace('\0', ""),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        _ => return None,
-    };
-    let s = s.trim();
-    (!s.is_empty()).then(|| s.to_owned())
-}
-
-fn flag(v: Option<&Value>) -> Option<bool> {
-    match v? {
-        Value::Bool(b) => Some(*b),
-        Value::Number(n) => n.as_f64().map(|x| x != 0.0),
-        Value::String(s) => match s.trim() {
-            "1" | "true" | "是" => Some(true),
-            "0" | "false" | "否" => Some(false),
-            _ => None,
-        },
-        _ => None,
-    }
 }
 
 fn observation(order_id: &str, d: &Map<String, Value>) -> Result<Observation, QueryError> {
