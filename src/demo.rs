@@ -16,11 +16,14 @@ use crate::vendors::Vendor;
 
 /// The service configuration that fits a simulator run: its URLs and
 /// credentials, a pass every second, and overdue times scaled to the
-/// simulated clock (four status-change steps: longer than any gap between two
-/// on-time callbacks, so on-time orders are never queried).
+/// simulated clock: six status-change steps (ten for an order never heard
+/// of), well beyond the longest gap between two on-time callbacks (a late
+/// push lands at most two steps after its time), so on-time orders are never
+/// queried even on a loaded machine.
 pub fn service_env(sim: &Simulator, database_url: &str) -> Vec<(String, String)> {
     let c = sim.config();
-    let o = format!("{}s", (c.step * 4).as_secs_f64().ceil().max(1.0) as u64);
+    let steps = |n: u32| format!("{}s", (c.step * n).as_secs_f64().ceil().max(1.0) as u64);
+    let (o, new) = (steps(6), steps(10));
     [
         ("DATABASE_URL", database_url.to_owned()),
         ("HAOKA_SYNC_BIND", "127.0.0.1:0".to_owned()),
@@ -29,7 +32,7 @@ pub fn service_env(sim: &Simulator, database_url: &str) -> Vec<(String, String)>
         ("HAOKA172_SECRET", c.secret.clone()),
         (
             "HAOKA172_OVERDUE",
-            format!("new={o},pending={o},submitted={o},shipped={o},completed={o},unknown={o}"),
+            format!("new={new},pending={o},submitted={o},shipped={o},completed={o},unknown={o}"),
         ),
         ("HAOKA172_MAX_CALLS_PER_MINUTE", "180".to_owned()),
         ("HAOKA172_COOLOFF", "5s".to_owned()),
@@ -172,16 +175,19 @@ async fn track_as_placed(
 ) {
     let schedule = std::sync::Arc::new(schedule);
     let mut rest = placements.as_slice();
-    while !rest.is_empty() {
+    // Placed but not yet registered (a failed registration is retried).
+    let mut pending: Vec<(Vendor, String)> = Vec::new();
+    while !rest.is_empty() || !pending.is_empty() {
         let elapsed = started.elapsed();
         let n = rest.iter().take_while(|(at, _, _)| *at <= elapsed).count();
         let (now, later) = rest.split_at(n);
         rest = later;
+        pending.extend(now.iter().map(|(_, v, id)| (*v, id.clone())));
         for vendor in Vendor::ALL {
-            let ids: Vec<String> = now
+            let ids: Vec<String> = pending
                 .iter()
-                .filter(|p| p.1 == vendor)
-                .map(|p| p.2.clone())
+                .filter(|p| p.0 == vendor)
+                .map(|p| p.1.clone())
                 .collect();
             if ids.is_empty() {
                 continue;
@@ -192,8 +198,9 @@ async fn track_as_placed(
                     .map_err(DbError::from_query)
             })
             .await;
-            if let Err(e) = r {
-                log::error!("demo: tracking placed orders failed: {e}");
+            match r {
+                Ok(_) => pending.retain(|p| p.0 != vendor),
+                Err(e) => log::warn!("demo: tracking placed orders failed, will retry: {e}"),
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

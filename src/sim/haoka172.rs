@@ -212,7 +212,7 @@ pub(super) fn spawn_pushes(state: Shared, cfg: Arc<SimConfig>, url: String) {
                 cfg.secret.clone(),
             );
             tokio::spawn(async move {
-                deliver(&client, &state, &url, &secret, &p).await;
+                deliver(&client, &state, &url, &secret, &p, started).await;
                 lock(&state).pushes_in_flight -= 1;
                 drop(permit);
             });
@@ -222,7 +222,14 @@ pub(super) fn spawn_pushes(state: Shared, cfg: Arc<SimConfig>, url: String) {
 
 /// Up to 5 tries, 0.5 s, 1 s, 2 s, 4 s apart; acknowledged means a 2xx with
 /// `code` 0.
-async fn deliver(client: &reqwest::Client, state: &Shared, url: &str, secret: &str, p: &Push) {
+async fn deliver(
+    client: &reqwest::Client,
+    state: &Shared,
+    url: &str,
+    secret: &str,
+    p: &Push,
+    started: Instant,
+) {
     let body = json!({"RequidId": p.request_id, "Data": p.data});
     let sign = callback_sign(secret, &p.plaintext_for_sign);
     for attempt in 0..5u32 {
@@ -246,7 +253,11 @@ async fn deliver(client: &reqwest::Client, state: &Shared, url: &str, secret: &s
             _ => false,
         };
         if acked {
-            lock(state).stats.pushes_acknowledged += 1;
+            let late = started.elapsed().saturating_sub(p.due);
+            let mut s = lock(state);
+            s.stats.pushes_acknowledged += 1;
+            let worst = s.lateness.entry(p.order_no.clone()).or_default();
+            *worst = (*worst).max(late);
             return;
         }
     }

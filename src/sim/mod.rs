@@ -130,6 +130,9 @@ struct State {
     answered_terminal: HashSet<String>,
     pushes_in_flight: u64,
     pushes_scheduled: u64,
+    /// Per order: the latest any of its pushes was acknowledged, compared
+    /// with when it was planned.
+    lateness: HashMap<String, Duration>,
     damaijia_tokens: Vec<String>,
     damaijia_recent: VecDeque<Instant>,
     /// (status, how many more calls) to fail 大麦家 calls with.
@@ -199,6 +202,7 @@ impl Simulator {
             answered_terminal: HashSet::new(),
             pushes_in_flight: 0,
             pushes_scheduled: 0,
+            lateness: HashMap::new(),
             damaijia_tokens: vec![cfg.damaijia_token.clone()],
             damaijia_recent: VecDeque::new(),
             damaijia_fail: None,
@@ -284,6 +288,18 @@ impl Simulator {
                 .collect();
         v.sort();
         v
+    }
+
+    /// Orders with a push acknowledged at least `late` after its planned
+    /// time (a loaded machine, retries): for those, silence the service may
+    /// rightly take for a lost callback.
+    pub fn late_orders(&self, late: Duration) -> HashSet<String> {
+        lock(&self.state)
+            .lateness
+            .iter()
+            .filter(|(_, d)| **d >= late)
+            .map(|(o, _)| o.clone())
+            .collect()
     }
 
     /// When the clock started (None before `run`).
