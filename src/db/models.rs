@@ -82,10 +82,14 @@ pub struct NewOrderKey<'a> {
     pub order_id: &'a str,
 }
 
-/// Everything an observation may change on an order row.
-#[derive(Debug, AsChangeset)]
-#[diesel(table_name = orders, treat_none_as_null = true)]
+/// An order row as an observation leaves it: written back for many orders
+/// at once with `INSERT … ON CONFLICT DO UPDATE` (the rows exist and are
+/// locked by then).
+#[derive(Debug, Insertable)]
+#[diesel(table_name = orders)]
 pub struct OrderUpdate<'a> {
+    pub vendor: &'a str,
+    pub order_id: &'a str,
     pub status: &'a str,
     pub vendor_status: Option<&'a str>,
     pub vendor_order_no: Option<&'a str>,
@@ -120,7 +124,7 @@ pub struct NextCheck {
 impl<'a> OrderUpdate<'a> {
     pub fn from_state(
         state: &'a OrderState,
-        before: &Order,
+        before: &'a Order,
         source: &'a str,
         now: DateTime<Utc>,
         changed: bool,
@@ -129,6 +133,8 @@ impl<'a> OrderUpdate<'a> {
         let f = &state.fields;
         let status_moved = state.status.as_str() != before.status;
         OrderUpdate {
+            vendor: &before.vendor,
+            order_id: &before.order_id,
             status: state.status.as_str(),
             vendor_status: state.vendor_status.as_deref(),
             vendor_order_no: f.vendor_order_no.as_deref(),

@@ -15,7 +15,7 @@ use chrono::Utc;
 use diesel::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{apply_observation, insert_inbound, Applied};
+use super::{apply_batch, insert_inbound, Applied, Item};
 use crate::db::models::NewInboundCallback;
 use crate::db::{DbError, PgPool};
 use crate::poller::schedule::Schedule;
@@ -280,59 +280,69 @@ fn is_retryable(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     match e {
         Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+        // Another batch committed the same RequidId first: the retry sees it
+        // as a duplicate.
+        Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            info.constraint_name() == Some("order_events_request_id_key")
+        }
         Error::DatabaseError(_, info) => info.message().contains("deadlock detected"),
         _ => false,
     }
 }
 
-/// Write a batch: observations first, ordered by order key so concurrent
-/// batches lock orders in the same order (no deadlocks); then every raw
-/// request in one insert.
+/// Write a batch: every observation through one `apply_batch` (a fixed
+/// number of statements, orders locked in key order), then every raw request
+/// in one insert.
 fn commit(
     conn: &mut PgConnection,
     reqs: &[InboundRequest],
     schedule: &Schedule,
 ) -> QueryResult<Vec<Receipt>> {
     let now = Utc::now();
-    let mut idx: Vec<usize> = (0..reqs.len()).collect();
-    idx.sort_by(|&a, &b| order_key(&reqs[a]).cmp(&order_key(&reqs[b])));
-    let mut receipts: Vec<Option<Receipt>> = vec![None; reqs.len()];
-    let mut event_ids: Vec<Option<i64>> = vec![None; reqs.len()];
-    for i in idx {
-        receipts[i] = Some(match &reqs[i].disposition {
-            Disposition::Apply {
-                request_id,
-                observation,
-                ..
-            } => match apply_observation(conn, observation, Some(request_id), now, schedule)? {
-                Applied::Event {
-                    event_id,
-                    effect,
-                    status,
-                    ..
-                } => {
-                    event_ids[i] = Some(event_id);
-                    Receipt {
-                        outcome: Outcome::Applied,
-                        effect: Some((effect, status)),
-                    }
-                }
-                Applied::Duplicate => Receipt {
-                    outcome: Outcome::Duplicate,
-                    effect: None,
-                },
-            },
-            Disposition::Test { .. } => Receipt {
-                outcome: Outcome::Test,
-                effect: None,
-            },
-            Disposition::Reject { outcome, .. } => Receipt {
-                outcome: *outcome,
-                effect: None,
-            },
-        });
+    let mut applying = Vec::new();
+    let mut items = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        if let Disposition::Apply {
+            request_id,
+            observation,
+            ..
+        } = &r.disposition
+        {
+            applying.push(i);
+            items.push(Item {
+                obs: observation,
+                request_id: Some(request_id),
+            });
+        }
     }
-    let receipts: Vec<Receipt> = receipts.into_iter().flatten().collect();
+    let applied = apply_batch(conn, &items, now, schedule)?;
+    let mut receipts: Vec<Receipt> = reqs
+        .iter()
+        .map(|r| Receipt {
+            outcome: match &r.disposition {
+                Disposition::Test { .. } => Outcome::Test,
+                Disposition::Reject { outcome, .. } => *outcome,
+                Disposition::Apply { .. } => Outcome::Duplicate,
+            },
+            effect: None,
+        })
+        .collect();
+    let mut event_ids: Vec<Option<i64>> = vec![None; reqs.len()];
+    for (i, a) in applying.into_iter().zip(applied) {
+        if let Applied::Event {
+            event_id,
+            effect,
+            status,
+            ..
+        } = a
+        {
+            event_ids[i] = Some(event_id);
+            receipts[i] = Receipt {
+                outcome: Outcome::Applied,
+                effect: Some((effect, status)),
+            };
+        }
+    }
     let rows: Vec<NewInboundCallback<'_>> = reqs
         .iter()
         .zip(&receipts)
@@ -341,15 +351,6 @@ fn commit(
         .collect();
     insert_inbound(conn, &rows)?;
     Ok(receipts)
-}
-
-fn order_key(r: &InboundRequest) -> Option<(&'static str, &str)> {
-    match &r.disposition {
-        Disposition::Apply { observation, .. } => {
-            Some((observation.vendor.as_str(), observation.order_id.as_str()))
-        }
-        _ => None,
-    }
 }
 
 fn inbound_row<'a>(

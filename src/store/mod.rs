@@ -34,12 +34,14 @@ pub enum Applied {
     Duplicate,
 }
 
-/// Apply one observation inside the caller's transaction: lock (or create)
-/// the order, merge by the status rules, append the event, update the order.
-/// `request_id` is the dedup key (callback `RequidId`); a seen key changes
-/// nothing. The next poll is rescheduled in the same transaction: news (a
-/// callback, or a poll that changed something) waits the overdue time, a
-/// quiet poll backs off.
+/// One observation to apply, with its dedup key (callback `RequidId`).
+#[derive(Debug, Clone, Copy)]
+pub struct Item<'a> {
+    pub obs: &'a Observation,
+    pub request_id: Option<&'a str>,
+}
+
+/// Apply one observation inside the caller's transaction; see `apply_batch`.
 pub fn apply_observation(
     conn: &mut PgConnection,
     obs: &Observation,
@@ -47,87 +49,198 @@ pub fn apply_observation(
     now: DateTime<Utc>,
     schedule: &Schedule,
 ) -> QueryResult<Applied> {
-    let vendor = obs.vendor.as_str();
-    if let Some(rid) = request_id {
-        let seen: bool = diesel::select(diesel::dsl::exists(
-            order_events::table
-                .filter(order_events::vendor.eq(vendor))
-                .filter(order_events::request_id.eq(rid)),
-        ))
-        .get_result(conn)?;
-        if seen {
-            return Ok(Applied::Duplicate);
-        }
-    }
-    // Upsert that also takes the row lock, so concurrent observations of one
-    // order merge one after the other.
-    let before: Order = diesel::insert_into(orders::table)
-        .values(NewOrderKey {
-            vendor,
-            order_id: &obs.order_id,
+    let mut r = apply_batch(conn, &[Item { obs, request_id }], now, schedule)?;
+    Ok(r.pop().unwrap_or(Applied::Duplicate))
+}
+
+/// An order while a batch is merged into it.
+struct Working {
+    before: Order,
+    state: status::OrderState,
+    next: NextCheck,
+    changed: bool,
+    source: &'static str,
+}
+
+/// Apply many observations inside the caller's transaction, in a fixed number
+/// of statements whatever their count: look up which dedup keys were seen,
+/// lock (or create) every order touched in key order, merge in Rust by the
+/// status rules (several observations of one order in arrival order), append
+/// the events, write the orders back. A seen key, or a key repeated within
+/// the batch, changes nothing. The next poll is rescheduled with the merge:
+/// news (a callback, or a poll that changed something) waits the overdue
+/// time, a quiet poll backs off. Results are in `items` order.
+///
+/// A concurrent transaction inserting the same key makes the event insert
+/// fail with a unique violation; the caller retries and then sees the key.
+pub fn apply_batch(
+    conn: &mut PgConnection,
+    items: &[Item<'_>],
+    now: DateTime<Utc>,
+    schedule: &Schedule,
+) -> QueryResult<Vec<Applied>> {
+    use std::collections::{BTreeMap, HashSet};
+    let keys_wanted: Vec<&str> = items.iter().filter_map(|i| i.request_id).collect();
+    let mut seen: HashSet<(String, String)> = if keys_wanted.is_empty() {
+        HashSet::new()
+    } else {
+        order_events::table
+            .filter(order_events::request_id.eq_any(&keys_wanted))
+            .select((
+                order_events::vendor,
+                order_events::request_id.assume_not_null(),
+            ))
+            .load::<(String, String)>(conn)?
+            .into_iter()
+            .collect()
+    };
+    let fresh: Vec<bool> = items
+        .iter()
+        .map(|i| match i.request_id {
+            Some(rid) => seen.insert((i.obs.vendor.as_str().to_owned(), rid.to_owned())),
+            None => true,
         })
+        .collect();
+    // Lock every order touched, in key order (concurrent batches lock in the
+    // same order, so they cannot deadlock); create the missing ones.
+    let keys: Vec<(&str, &str)> = items
+        .iter()
+        .zip(&fresh)
+        .filter(|(_, f)| **f)
+        .map(|(i, _)| (i.obs.vendor.as_str(), i.obs.order_id.as_str()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if keys.is_empty() {
+        return Ok(vec![Applied::Duplicate; items.len()]);
+    }
+    let rows: Vec<NewOrderKey<'_>> = keys
+        .iter()
+        .map(|(vendor, order_id)| NewOrderKey { vendor, order_id })
+        .collect();
+    let locked: Vec<Order> = diesel::insert_into(orders::table)
+        .values(&rows)
         .on_conflict((orders::vendor, orders::order_id))
         .do_update()
         .set(orders::vendor.eq(excluded(orders::vendor)))
         .returning(Order::as_returning())
-        .get_result(conn)?;
-    let merged = status::merge(&before.state(), obs);
-    let event_id: Option<i64> = diesel::insert_into(order_events::table)
-        .values(NewOrderEvent {
-            vendor,
+        .get_results(conn)?;
+    let mut work: BTreeMap<(String, String), Working> = locked
+        .into_iter()
+        .map(|o| {
+            let next = NextCheck {
+                at: o.next_check_at,
+                quiet_polls: o.quiet_polls,
+            };
+            (
+                (o.vendor.clone(), o.order_id.clone()),
+                Working {
+                    state: o.state(),
+                    before: o,
+                    next,
+                    changed: false,
+                    source: "callback",
+                },
+            )
+        })
+        .collect();
+    // Merge in arrival order.
+    let mut events = Vec::new();
+    let mut outcomes: Vec<Option<(Effect, bool, Status)>> = Vec::with_capacity(items.len());
+    for (item, fresh) in items.iter().zip(&fresh) {
+        let obs = item.obs;
+        let key = (obs.vendor.as_str().to_owned(), obs.order_id.clone());
+        let Some(w) = work.get_mut(&key).filter(|_| *fresh) else {
+            outcomes.push(None);
+            continue;
+        };
+        let merged = status::merge(&w.state, obs);
+        let st = merged.state.status;
+        w.next = if obs.source != Source::Poll {
+            NextCheck {
+                at: schedule.after_news(obs.vendor, st, now),
+                quiet_polls: 0,
+            }
+        } else if merged.changed {
+            NextCheck {
+                at: schedule.after_poll_news(obs.vendor, st, now),
+                quiet_polls: 0,
+            }
+        } else {
+            let quiet = w.next.quiet_polls.saturating_add(1);
+            NextCheck {
+                at: schedule.after_quiet(obs.vendor, st, now, quiet, jitter(&obs.order_id, now)),
+                quiet_polls: quiet,
+            }
+        };
+        w.changed |= merged.changed;
+        w.source = obs.source.as_str();
+        w.state = merged.state;
+        events.push(NewOrderEvent {
+            vendor: obs.vendor.as_str(),
             order_id: &obs.order_id,
             source: obs.source.as_str(),
             status: obs.status.as_str(),
             vendor_status: obs.vendor_status.as_deref(),
             applied: merged.changed,
             effect: merged.effect.as_str(),
-            request_id,
+            request_id: item.request_id,
             observed: serde_json::to_value(&obs.fields).unwrap_or_default(),
             received_at: now,
-        })
-        .on_conflict((order_events::vendor, order_events::request_id))
-        .do_nothing()
+        });
+        outcomes.push(Some((merged.effect, merged.changed, st)));
+    }
+    // Rows come back in VALUES order.
+    let ids: Vec<i64> = diesel::insert_into(order_events::table)
+        .values(&events)
         .returning(order_events::id)
-        .get_result(conn)
-        .optional()?;
-    let Some(event_id) = event_id else {
-        // Lost a race with a concurrent delivery of the same key.
-        return Ok(Applied::Duplicate);
-    };
-    let status = merged.state.status;
-    let next = if obs.source != Source::Poll {
-        NextCheck {
-            at: schedule.after_news(obs.vendor, status, now),
-            quiet_polls: 0,
-        }
-    } else if merged.changed {
-        NextCheck {
-            at: schedule.after_poll_news(obs.vendor, status, now),
-            quiet_polls: 0,
-        }
-    } else {
-        let quiet = before.quiet_polls.saturating_add(1);
-        NextCheck {
-            at: schedule.after_quiet(obs.vendor, status, now, quiet, jitter(&obs.order_id, now)),
-            quiet_polls: quiet,
-        }
-    };
-    diesel::update(orders::table.find((vendor, &obs.order_id)))
-        .set(OrderUpdate::from_state(
-            &merged.state,
-            &before,
-            obs.source.as_str(),
-            now,
-            merged.changed,
-            next,
+        .get_results(conn)?;
+    let updates: Vec<OrderUpdate<'_>> = work
+        .values()
+        .map(|w| OrderUpdate::from_state(&w.state, &w.before, w.source, now, w.changed, w.next))
+        .collect();
+    diesel::insert_into(orders::table)
+        .values(&updates)
+        .on_conflict((orders::vendor, orders::order_id))
+        .do_update()
+        .set((
+            orders::status.eq(excluded(orders::status)),
+            orders::vendor_status.eq(excluded(orders::vendor_status)),
+            orders::vendor_order_no.eq(excluded(orders::vendor_order_no)),
+            orders::express_name.eq(excluded(orders::express_name)),
+            orders::express_code.eq(excluded(orders::express_code)),
+            orders::third_phone.eq(excluded(orders::third_phone)),
+            orders::iccid.eq(excluded(orders::iccid)),
+            orders::card_status.eq(excluded(orders::card_status)),
+            orders::activated_at.eq(excluded(orders::activated_at)),
+            orders::first_charge.eq(excluded(orders::first_charge)),
+            orders::first_charge_amount.eq(excluded(orders::first_charge_amount)),
+            orders::remark.eq(excluded(orders::remark)),
+            orders::details.eq(excluded(orders::details)),
+            orders::conflict.eq(excluded(orders::conflict)),
+            orders::unknown_vendor_status.eq(excluded(orders::unknown_vendor_status)),
+            orders::last_source.eq(excluded(orders::last_source)),
+            orders::last_heard_at.eq(excluded(orders::last_heard_at)),
+            orders::status_changed_at.eq(excluded(orders::status_changed_at)),
+            orders::updated_at.eq(excluded(orders::updated_at)),
+            orders::next_check_at.eq(excluded(orders::next_check_at)),
+            orders::quiet_polls.eq(excluded(orders::quiet_polls)),
+            orders::tracking_expired_at.eq(excluded(orders::tracking_expired_at)),
         ))
         .execute(conn)?;
-    Ok(Applied::Event {
-        event_id,
-        effect: merged.effect,
-        changed: merged.changed,
-        status: merged.state.status,
-    })
+    let mut ids = ids.into_iter();
+    Ok(outcomes
+        .into_iter()
+        .map(|o| match o {
+            Some((effect, changed, status)) => Applied::Event {
+                event_id: ids.next().unwrap_or_default(),
+                effect,
+                changed,
+                status,
+            },
+            None => Applied::Duplicate,
+        })
+        .collect())
 }
 
 /// Append raw inbound requests (one multi-row insert).

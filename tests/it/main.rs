@@ -12,3 +12,4 @@ mod fakedmj;
 mod helpers;
 mod outage;
 mod poller;
+mod store;

@@ -1,0 +1,81 @@
+//! `store::apply_batch` directly: the batch semantics the ingest relies on.
+
+use haoka_sync::config::Config;
+use haoka_sync::poller::schedule::Schedule;
+use haoka_sync::status::{Observation, OrderFields, Source, Status};
+use haoka_sync::store::{apply_batch, Applied, Item};
+use haoka_sync::vendors::Vendor;
+
+use crate::helpers::*;
+
+fn obs(order: &str, status: Status, label: &str) -> Observation {
+    Observation {
+        vendor: Vendor::Haoka172,
+        order_id: order.into(),
+        source: Source::Callback,
+        vendor_status: Some(label.into()),
+        status,
+        fields: OrderFields::default(),
+    }
+}
+
+#[test]
+fn one_batch_merges_in_arrival_order_and_a_repeated_key_applies_once() {
+    let db = TestDb::new();
+    let mut c = db.conn();
+    let schedule = Schedule::from_config(&Config::with(&[]).unwrap());
+    let (a1, a2, a3, b1) = (
+        obs("A", Status::Shipped, "已发货"),
+        obs("A", Status::Submitted, "已提运营商"),
+        obs("A", Status::Settled, "已结算"),
+        obs("B", Status::Pending, "待处理"),
+    );
+    let items = [
+        Item {
+            obs: &a1,
+            request_id: Some("k1"),
+        },
+        Item {
+            obs: &b1,
+            request_id: Some("k2"),
+        },
+        Item {
+            obs: &a2,
+            request_id: Some("k3"),
+        },
+        Item {
+            obs: &a3,
+            request_id: Some("k1"),
+        },
+        Item {
+            obs: &a3,
+            request_id: Some("k4"),
+        },
+    ];
+    let r = apply_batch(&mut c, &items, chrono::Utc::now(), &schedule).unwrap();
+    let effects: Vec<String> = r
+        .iter()
+        .map(|a| match a {
+            Applied::Event { effect, status, .. } => format!("{}:{status}", effect.as_str()),
+            Applied::Duplicate => "duplicate".into(),
+        })
+        .collect();
+    assert_eq!(
+        effects,
+        [
+            "advanced:shipped",
+            "advanced:pending",
+            "stale:shipped",
+            "duplicate",
+            "advanced:settled"
+        ]
+    );
+    assert_eq!(order(&mut c, "A").unwrap().status, "settled");
+    assert_eq!(order(&mut c, "B").unwrap().status, "pending");
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM order_events"), 4);
+
+    // A later batch sees the keys as seen.
+    let again = apply_batch(&mut c, &items[..2], chrono::Utc::now(), &schedule).unwrap();
+    assert_eq!(again, [Applied::Duplicate, Applied::Duplicate]);
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM order_events"), 4);
+}
