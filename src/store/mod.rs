@@ -80,20 +80,25 @@ pub fn apply_batch(
     schedule: &Schedule,
 ) -> QueryResult<Vec<Applied>> {
     use std::collections::{BTreeMap, HashSet};
-    let keys_wanted: Vec<&str> = items.iter().filter_map(|i| i.request_id).collect();
-    let mut seen: HashSet<(String, String)> = if keys_wanted.is_empty() {
-        HashSet::new()
-    } else {
-        order_events::table
-            .filter(order_events::request_id.eq_any(&keys_wanted))
-            .select((
-                order_events::vendor,
-                order_events::request_id.assume_not_null(),
-            ))
-            .load::<(String, String)>(conn)?
-            .into_iter()
-            .collect()
-    };
+    // Which keys were seen: one index lookup per vendor (the unique index
+    // leads with vendor; without it every batch would scan all events).
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for vendor in Vendor::ALL {
+        let wanted: Vec<&str> = items
+            .iter()
+            .filter(|i| i.obs.vendor == vendor)
+            .filter_map(|i| i.request_id)
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let found: Vec<String> = order_events::table
+            .filter(order_events::vendor.eq(vendor.as_str()))
+            .filter(order_events::request_id.eq_any(&wanted))
+            .select(order_events::request_id.assume_not_null())
+            .load(conn)?;
+        seen.extend(found.into_iter().map(|r| (vendor.as_str().to_owned(), r)));
+    }
     let fresh: Vec<bool> = items
         .iter()
         .map(|i| match i.request_id {
