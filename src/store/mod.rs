@@ -9,6 +9,7 @@ pub mod tokens;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Text};
 use diesel::upsert::excluded;
 
 use crate::db::models::{
@@ -79,26 +80,8 @@ pub fn apply_batch(
     now: DateTime<Utc>,
     schedule: &Schedule,
 ) -> QueryResult<Vec<Applied>> {
-    use std::collections::{BTreeMap, HashSet};
-    // Which keys were seen: one index lookup per vendor (the unique index
-    // leads with vendor; without it every batch would scan all events).
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    for vendor in Vendor::ALL {
-        let wanted: Vec<&str> = items
-            .iter()
-            .filter(|i| i.obs.vendor == vendor)
-            .filter_map(|i| i.request_id)
-            .collect();
-        if wanted.is_empty() {
-            continue;
-        }
-        let found: Vec<String> = order_events::table
-            .filter(order_events::vendor.eq(vendor.as_str()))
-            .filter(order_events::request_id.eq_any(&wanted))
-            .select(order_events::request_id.assume_not_null())
-            .load(conn)?;
-        seen.extend(found.into_iter().map(|r| (vendor.as_str().to_owned(), r)));
-    }
+    use std::collections::BTreeMap;
+    let mut seen = seen_request_ids(conn, items)?;
     let fresh: Vec<bool> = items
         .iter()
         .map(|i| match i.request_id {
@@ -245,6 +228,44 @@ pub fn apply_batch(
             },
             None => Applied::Duplicate,
         })
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct SeenKey {
+    #[diesel(sql_type = Text)]
+    vendor: String,
+    #[diesel(sql_type = Text)]
+    request_id: String,
+}
+
+/// Which of the items' dedup keys are already in `order_events`: one
+/// statement, one unique-index probe per key. The keys are joined from
+/// arrays so that the only index matching both columns is the unique one;
+/// a plain `vendor = $1 AND request_id = ANY($2)` can get a cached generic
+/// plan that walks every event of the vendor (planned while the table was
+/// empty), which made each batch slower as the table grew.
+fn seen_request_ids(
+    conn: &mut PgConnection,
+    items: &[Item<'_>],
+) -> QueryResult<std::collections::HashSet<(String, String)>> {
+    let (vendors, rids): (Vec<&str>, Vec<&str>) = items
+        .iter()
+        .filter_map(|i| Some((i.obs.vendor.as_str(), i.request_id?)))
+        .unzip();
+    if rids.is_empty() {
+        return Ok(Default::default());
+    }
+    let found: Vec<SeenKey> = diesel::sql_query(
+        "SELECT e.vendor, e.request_id FROM unnest($1::text[], $2::text[]) AS k(vendor, request_id) \
+         JOIN order_events e ON e.vendor = k.vendor AND e.request_id = k.request_id",
+    )
+    .bind::<Array<Text>, _>(&vendors)
+    .bind::<Array<Text>, _>(&rids)
+    .load(conn)?;
+    Ok(found
+        .into_iter()
+        .map(|k| (k.vendor, k.request_id))
         .collect())
 }
 
