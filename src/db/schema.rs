@@ -118,8 +118,6 @@ diesel::table! {
     }
 }
 
-diesel::joinable!(inbound_callbacks -> order_events (event_id));
-
 diesel::allow_tables_to_appear_in_same_query!(
     inbound_callbacks,
     order_events,
