@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{apply_batch, insert_inbound, Applied, Item};
 use crate::db::models::NewInboundCallback;
-use crate::db::{DbError, PgPool};
+use crate::db::{DbError, PgConn, PgPool};
 use crate::poller::schedule::Schedule;
 use crate::status::{Effect, Observation, Status};
 
@@ -182,6 +182,9 @@ fn writer_loop(
     max_batch: usize,
     schedule: &Schedule,
 ) {
+    // Each writer keeps its connection between batches: a checkout from the
+    // pool costs a round trip (the pool tests every connection it hands out).
+    let mut conn = None;
     loop {
         let mut batch = Vec::new();
         {
@@ -197,27 +200,63 @@ fn writer_loop(
                 }
             }
         }
-        write_batch(pool, batch, schedule);
+        conn = write_batch(pool, conn, batch, schedule);
     }
 }
 
-fn write_batch(pool: &PgPool, batch: Vec<Job>, schedule: &Schedule) {
+/// Commit a batch and answer each request; returns the connection to keep
+/// for the next batch (none after a failure, so the next one is checked out
+/// and tested). A connection kept from an earlier batch may have died since
+/// (database restart, idle cut): then the batch is tried once more on a
+/// fresh one before anyone is told the database is unavailable.
+fn write_batch(
+    pool: &PgPool,
+    kept: Option<PgConn>,
+    batch: Vec<Job>,
+    schedule: &Schedule,
+) -> Option<PgConn> {
     let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.req, j.reply)).unzip();
-    let results = match pool.get() {
-        Err(e) => {
-            let e = DbError::from(e);
-            log::error!("ingest: {} callback(s) not stored: {e}", reqs.len());
-            reqs.iter()
-                .map(|_| Err(DbError::Unavailable(e.to_string())))
-                .collect()
+    let was_kept = kept.is_some();
+    let mut conn = kept;
+    let mut results = Vec::new();
+    for attempt in 0..2 {
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => match pool.get() {
+                Ok(c) => c,
+                Err(e) => {
+                    let e = DbError::from(e);
+                    log::error!("ingest: {} callback(s) not stored: {e}", reqs.len());
+                    results = reqs
+                        .iter()
+                        .map(|_| Err(DbError::Unavailable(e.to_string())))
+                        .collect();
+                    break;
+                }
+            },
+        };
+        results = commit_with_fallback(&mut c, &reqs, schedule, attempt == 0 && was_kept);
+        if results.iter().all(Result::is_ok) {
+            conn = Some(c);
+            break;
         }
-        Ok(mut conn) => commit_with_fallback(&mut conn, &reqs, schedule),
-    };
+        // Only when nothing was stored: the whole batch failed on the
+        // connection.
+        let retry = attempt == 0
+            && was_kept
+            && results
+                .iter()
+                .all(|r| matches!(r, Err(e) if e.is_unavailable()));
+        if !retry {
+            break;
+        }
+    }
     for (reply, result) in replies.into_iter().zip(results) {
         // The handler may have gone away (client disconnected); the rows are
         // committed either way.
         let _ = reply.send(result);
     }
+    conn
 }
 
 /// One transaction for the batch; if it fails for a reason other than the
@@ -227,11 +266,16 @@ fn commit_with_fallback(
     conn: &mut PgConnection,
     reqs: &[InboundRequest],
     schedule: &Schedule,
+    will_retry_unavailable: bool,
 ) -> Vec<Result<Receipt, DbError>> {
     match commit_retrying(conn, reqs, schedule) {
         Ok(receipts) => receipts.into_iter().map(Ok).collect(),
         Err(e) if e.is_unavailable() => {
-            log::error!("ingest: {} callback(s) not stored: {e}", reqs.len());
+            if will_retry_unavailable {
+                log::info!("ingest: connection lost ({e}); retrying on a new one");
+            } else {
+                log::error!("ingest: {} callback(s) not stored: {e}", reqs.len());
+            }
             let msg = e.to_string();
             reqs.iter()
                 .map(|_| Err(DbError::Unavailable(msg.clone())))

@@ -50,3 +50,37 @@ async fn with_the_database_unreachable_callbacks_get_503_and_recover_when_it_ret
     );
     assert_eq!(count(&mut c, "SELECT count(*) AS n FROM inbound_callbacks WHERE request_id = 'R-o2' AND outcome = 'applied'"), 1);
 }
+
+/// Ingest writers keep their connection between batches. When the server
+/// drops it while idle (restart, idle cut, an admin's pg_terminate_backend),
+/// the next batch is retried on a fresh connection instead of answering 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_writer_connection_that_died_is_replaced_without_a_503() {
+    let app = TestApp::spawn().await;
+    for i in 0..6 {
+        let (status, body) = app.send(&format!("R-k{i}"), "KEPT100", "待处理").await;
+        assert_eq!((status, body.as_str()), (200, SUCCESS));
+    }
+    let mut c = app.db.conn();
+    let killed = count(
+        &mut c,
+        &format!(
+            "SELECT count(*) AS n FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{}' AND pid <> pg_backend_pid()) t",
+            app.db.name
+        ),
+    );
+    assert!(killed >= 1, "the writers held connections");
+    for i in 0..6 {
+        let (status, body) = app.send(&format!("R-a{i}"), "KEPT100", "已发货").await;
+        assert_eq!((status, body.as_str()), (200, SUCCESS), "callback {i}");
+    }
+    assert_eq!(order(&mut c, "KEPT100").unwrap().status, "shipped");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM inbound_callbacks WHERE request_id LIKE 'R-a%' AND outcome = 'applied'"
+        ),
+        6
+    );
+}
