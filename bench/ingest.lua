@@ -1,9 +1,9 @@
 -- wrk script for bench/ingest: each request is a distinct pre-generated,
--- signed callback (file given after `--`); counts acknowledged answers
--- (HTTP 200 with "code":0). Threads take interleaved lines, so no body is
--- sent twice unless the file runs out (reported as `wrapped`).
+-- signed callback; thread i reads only its own file `<base>.<i>.tsv` (base
+-- given after `--`), one `sign<TAB>body` a line. Counts acknowledged answers
+-- (HTTP 200 with "code":0). No body is sent twice unless a file runs out
+-- (reported as `wrapped`).
 local threads = {}
-local counter = 1
 
 function setup(thread)
   thread:set("id", #threads)
@@ -11,16 +11,14 @@ function setup(thread)
 end
 
 function init(args)
-  requests_file = args[1]
-  nthreads = tonumber(args[2]) or 1
   signs, bodies = {}, {}
-  for line in io.lines(requests_file) do
+  for line in io.lines(args[1] .. "." .. id .. ".tsv") do
     local tab = line:find("\t", 1, true)
     signs[#signs + 1] = line:sub(1, tab - 1)
     bodies[#bodies + 1] = line:sub(tab + 1)
   end
   acked, failed, wrapped = 0, 0, 0
-  counter = id + 1
+  counter = 1
 end
 
 function request()
@@ -29,7 +27,7 @@ function request()
     wrapped = wrapped + 1
     i = ((i - 1) % #bodies) + 1
   end
-  counter = counter + nthreads
+  counter = counter + 1
   return wrk.format("POST", nil, {["Content-Type"] = "application/json", ["sign"] = signs[i]}, bodies[i])
 end
 
