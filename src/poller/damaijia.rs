@@ -8,12 +8,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::schedule::china_day;
-use super::{
-    paused_summary, DamaijiaPoll, PassSummary, PollError, Poller, Prep, FAILURES_BEFORE_PAUSE,
-};
+use super::{paused_summary, DamaijiaPoll, PassSummary, PollError, Poller, FAILURES_BEFORE_PAUSE};
 use crate::config::Secret;
 use crate::db::{self, DbError};
-use crate::store::poll::{self as pstore, CallBudget, PollResult};
+use crate::store::poll::{self as pstore, CallBudget, PassStart, PollResult};
 use crate::store::{tokens, Applied};
 use crate::vendors::damaijia::client::{Batch, DamaijiaError};
 use crate::vendors::Vendor;
@@ -33,8 +31,8 @@ impl Poller {
         let limit = MAX_CALLS_PER_PASS * p.batch_size as i64;
         let prep = self.prepare(VENDOR, None, move |_| Ok(limit)).await?;
         let work = match prep {
-            Prep::Paused(until) => return Ok(paused_summary(VENDOR, until)),
-            Prep::Work(w) => w,
+            PassStart::Paused(until) => return Ok(paused_summary(VENDOR, until)),
+            PassStart::Work(w) => w,
         };
         let mut summary = work.summary(VENDOR);
         summary.skipped_for_limits += work.unclaimed();

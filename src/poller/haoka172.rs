@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::schedule::{china_day, Schedule};
-use super::{
-    paused_summary, Haoka172Poll, PassSummary, PollError, Poller, Prep, FAILURES_BEFORE_PAUSE,
-};
+use super::{paused_summary, Haoka172Poll, PassSummary, PollError, Poller, FAILURES_BEFORE_PAUSE};
 use crate::db::{self, DbError, PgPool};
-use crate::store::poll::{self as pstore, CallBudget, PollResult};
+use crate::store::poll::{self as pstore, CallBudget, PassStart, PollResult};
 use crate::store::Applied;
 use crate::vendors::haoka172::client::{Haoka172Client, QueryError};
 use crate::vendors::Vendor;
@@ -28,14 +26,12 @@ impl Poller {
         let per_minute = p.per_minute;
         let prep = self
             .prepare(VENDOR, Some(p.per_day), move |conn| {
-                let used =
-                    pstore::recent_calls(conn, VENDOR, RATE_WINDOW).map_err(DbError::from_query)?;
-                Ok(per_minute - used)
+                Ok(per_minute - pstore::recent_calls(conn, VENDOR, RATE_WINDOW)?)
             })
             .await?;
         let work = match prep {
-            Prep::Paused(until) => return Ok(paused_summary(VENDOR, until)),
-            Prep::Work(w) => w,
+            PassStart::Paused(until) => return Ok(paused_summary(VENDOR, until)),
+            PassStart::Work(w) => w,
         };
         let mut summary = work.summary(VENDOR);
         let unclaimed = work.unclaimed();

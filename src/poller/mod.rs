@@ -18,11 +18,11 @@ use tokio::sync::Mutex;
 
 use crate::config::{Config, Secret};
 use crate::db::{self, DbError, PgPool};
-use crate::store::poll as pstore;
+use crate::store::poll::{self as pstore, PassStart, PassWork};
 use crate::vendors::damaijia::client::DamaijiaClient;
 use crate::vendors::haoka172::client::Haoka172Client;
 use crate::vendors::Vendor;
-use schedule::{china_day, next_china_midnight, Schedule};
+use schedule::Schedule;
 
 /// How long a claimed order stays ours (well above one call's timeout).
 pub const LEASE: Duration = Duration::from_secs(300);
@@ -205,59 +205,41 @@ impl Poller {
         }
     }
 
-    /// The start of every pass, in one trip to the blocking pool: end a pause
-    /// that ran out (log once), stop if paused, stop tracking silent orders,
-    /// count what is due, defer orders out of daily budget, and lease up to
-    /// `limit(conn)` due orders.
+    /// The start of every pass (`store::poll::start_pass`), in one trip to
+    /// the blocking pool; logs a pause that ended.
     async fn prepare<F>(
         &self,
         vendor: Vendor,
         per_day: Option<i32>,
         limit: F,
-    ) -> Result<Prep, DbError>
+    ) -> Result<PassStart, DbError>
     where
-        F: FnOnce(&mut diesel::PgConnection) -> Result<i64, DbError> + Send + 'static,
+        F: FnOnce(&mut diesel::PgConnection) -> diesel::QueryResult<i64> + Send + 'static,
     {
-        let now = Utc::now();
-        let today = china_day(now);
         let schedule = Arc::clone(&self.schedule);
         let owner = self.owner.clone();
-        db::run(&self.pool, move |conn| {
-            let q = DbError::from_query;
-            if let Some(reason) = pstore::clear_expired_pause(conn, vendor, now).map_err(q)? {
-                log::info!("{vendor} polling resumed (was paused: {reason})");
-            }
-            if let Some((until, _)) = pstore::active_pause(conn, vendor, now).map_err(q)? {
-                return Ok(Prep::Paused(until));
-            }
-            let expired = pstore::expire_silent(conn, vendor, schedule.horizon_cutoff(now), now)
-                .map_err(q)?;
-            let due = pstore::count_due(conn, vendor, now).map_err(q)?;
-            let per_day = per_day.unwrap_or(i32::MAX);
-            let deferred = pstore::defer_exhausted(
+        let start = db::run(&self.pool, move |conn| {
+            pstore::start_pass(
                 conn,
                 vendor,
-                now,
-                today,
+                Utc::now(),
+                &schedule,
                 per_day,
-                next_china_midnight(now),
+                &owner,
+                LEASE,
+                limit,
             )
-            .map_err(q)?;
-            let limit = limit(conn)?.max(0);
-            let claimed = if limit > 0 {
-                pstore::claim_due(conn, vendor, now, limit, &owner, LEASE, today, per_day)
-                    .map_err(q)?
-            } else {
-                Vec::new()
-            };
-            Ok(Prep::Work(Work {
-                expired,
-                due,
-                deferred,
-                claimed,
-            }))
+            .map_err(DbError::from_query)
         })
-        .await
+        .await?;
+        if let PassStart::Work(PassWork {
+            resumed: Some(reason),
+            ..
+        }) = &start
+        {
+            log::info!("{vendor} polling resumed (was paused: {reason})");
+        }
+        Ok(start)
     }
 
     /// Pause a vendor; log it only when it was not paused already.
@@ -296,19 +278,7 @@ impl Poller {
     }
 }
 
-enum Prep {
-    Paused(DateTime<Utc>),
-    Work(Work),
-}
-
-struct Work {
-    expired: usize,
-    due: i64,
-    deferred: usize,
-    claimed: Vec<String>,
-}
-
-impl Work {
+impl PassWork {
     fn summary(&self, vendor: Vendor) -> PassSummary {
         PassSummary {
             vendor: Some(vendor),

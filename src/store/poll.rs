@@ -14,7 +14,7 @@ use diesel::sql_types::{Array, BigInt, Date, Integer, Nullable, Text, Timestampt
 
 use super::{apply_observation, Applied};
 use crate::db::schema::{orders, vendor_calls, vendor_pauses};
-use crate::poller::schedule::{jitter, Schedule};
+use crate::poller::schedule::{china_day, jitter, next_china_midnight, Schedule};
 use crate::status::{Observation, Status};
 use crate::vendors::Vendor;
 
@@ -144,33 +144,43 @@ pub fn pause(
     })
 }
 
-/// Stop polling non-terminal orders silent since before `cutoff`; they are
-/// listed in the `expired_orders` view. Returns how many stopped.
+/// Stop polling due orders silent since before `cutoff`; they are listed in
+/// the `expired_orders` view. Returns how many stopped.
+///
+/// Only orders that are due are looked at, so a pass costs O(due), not
+/// O(tracked): an order silent past the horizon comes due within the longest
+/// re-check interval and is stopped then, before it is ever queried.
 pub fn expire_silent(
     conn: &mut PgConnection,
     vendor: Vendor,
     cutoff: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> QueryResult<usize> {
-    diesel::sql_query(
-        "UPDATE orders SET next_check_at = NULL, tracking_expired_at = $3 \
-         WHERE vendor = $1 AND next_check_at IS NOT NULL \
-           AND GREATEST(last_heard_at, tracked_at) < $2",
-    )
-    .bind::<Text, _>(vendor.as_str())
-    .bind::<Timestamptz, _>(cutoff)
-    .bind::<Timestamptz, _>(now)
-    .execute(conn)
+    diesel::sql_query(EXPIRE_SILENT_SQL)
+        .bind::<Text, _>(vendor.as_str())
+        .bind::<Timestamptz, _>(cutoff)
+        .bind::<Timestamptz, _>(now)
+        .execute(conn)
 }
+
+/// `expire_silent` ($1 vendor, $2 cutoff, $3 now).
+pub const EXPIRE_SILENT_SQL: &str =
+    "UPDATE orders SET next_check_at = NULL, tracking_expired_at = $3 \
+     WHERE vendor = $1 AND next_check_at <= $3 \
+       AND GREATEST(last_heard_at, tracked_at) < $2";
 
 /// Orders due now.
 pub fn count_due(conn: &mut PgConnection, vendor: Vendor, now: DateTime<Utc>) -> QueryResult<i64> {
-    orders::table
-        .filter(orders::vendor.eq(vendor.as_str()))
-        .filter(orders::next_check_at.le(now))
-        .count()
-        .get_result(conn)
+    let r: Count = diesel::sql_query(COUNT_DUE_SQL)
+        .bind::<Text, _>(vendor.as_str())
+        .bind::<Timestamptz, _>(now)
+        .get_result(conn)?;
+    Ok(r.n)
 }
+
+/// `count_due` ($1 vendor, $2 now).
+pub const COUNT_DUE_SQL: &str =
+    "SELECT count(*) AS n FROM orders WHERE vendor = $1 AND next_check_at <= $2";
 
 /// Due orders that already used today's per-order budget wait for the next
 /// China-time day. Returns how many were deferred.
@@ -182,16 +192,19 @@ pub fn defer_exhausted(
     max_per_day: i32,
     tomorrow: DateTime<Utc>,
 ) -> QueryResult<usize> {
-    diesel::update(
-        orders::table
-            .filter(orders::vendor.eq(vendor.as_str()))
-            .filter(orders::next_check_at.le(now))
-            .filter(orders::calls_day.eq(today))
-            .filter(orders::calls_today.ge(max_per_day)),
-    )
-    .set(orders::next_check_at.eq(tomorrow))
-    .execute(conn)
+    diesel::sql_query(DEFER_EXHAUSTED_SQL)
+        .bind::<Text, _>(vendor.as_str())
+        .bind::<Timestamptz, _>(now)
+        .bind::<Date, _>(today)
+        .bind::<Integer, _>(max_per_day)
+        .bind::<Timestamptz, _>(tomorrow)
+        .execute(conn)
 }
+
+/// `defer_exhausted` ($1 vendor, $2 now, $3 China day, $4 per-order daily
+/// budget, $5 next China midnight).
+pub const DEFER_EXHAUSTED_SQL: &str = "UPDATE orders SET next_check_at = $5 \
+     WHERE vendor = $1 AND next_check_at <= $2 AND calls_day = $3 AND calls_today >= $4";
 
 #[derive(QueryableByName)]
 struct Claimed {
@@ -214,27 +227,90 @@ pub fn claim_due(
 ) -> QueryResult<Vec<String>> {
     let lease_until =
         now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5));
-    let rows: Vec<Claimed> = diesel::sql_query(
-        "UPDATE orders o SET lease_owner = $3, lease_until = $4 \
-         FROM (SELECT vendor, order_id FROM orders \
-               WHERE vendor = $1 AND next_check_at <= $2 AND NOT is_terminal \
-                 AND (lease_until IS NULL OR lease_until < $2) \
-                 AND (calls_day IS DISTINCT FROM $5 OR calls_today < $6) \
-               ORDER BY next_check_at \
-               LIMIT $7 \
-               FOR UPDATE SKIP LOCKED) due \
-         WHERE o.vendor = due.vendor AND o.order_id = due.order_id \
-         RETURNING o.order_id",
-    )
-    .bind::<Text, _>(vendor.as_str())
-    .bind::<Timestamptz, _>(now)
-    .bind::<Text, _>(owner)
-    .bind::<Timestamptz, _>(lease_until)
-    .bind::<Date, _>(today)
-    .bind::<Integer, _>(max_per_day)
-    .bind::<BigInt, _>(limit)
-    .load(conn)?;
+    let rows: Vec<Claimed> = diesel::sql_query(CLAIM_DUE_SQL)
+        .bind::<Text, _>(vendor.as_str())
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(owner)
+        .bind::<Timestamptz, _>(lease_until)
+        .bind::<Date, _>(today)
+        .bind::<Integer, _>(max_per_day)
+        .bind::<BigInt, _>(limit)
+        .load(conn)?;
     Ok(rows.into_iter().map(|r| r.order_id).collect())
+}
+
+/// `claim_due` ($1 vendor, $2 now, $3 owner, $4 lease until, $5 China day,
+/// $6 per-order daily budget, $7 limit): walks `orders_due_idx` in
+/// `next_check_at` order and stops after `limit` rows.
+pub const CLAIM_DUE_SQL: &str = "UPDATE orders o SET lease_owner = $3, lease_until = $4 \
+     FROM (SELECT vendor, order_id FROM orders \
+           WHERE vendor = $1 AND next_check_at <= $2 AND NOT is_terminal \
+             AND (lease_until IS NULL OR lease_until < $2) \
+             AND (calls_day IS DISTINCT FROM $5 OR calls_today < $6) \
+           ORDER BY next_check_at \
+           LIMIT $7 \
+           FOR UPDATE SKIP LOCKED) due \
+     WHERE o.vendor = due.vendor AND o.order_id = due.order_id \
+     RETURNING o.order_id";
+
+/// What the start of a pass found.
+#[derive(Debug)]
+pub enum PassStart {
+    /// Polling of the vendor is paused until then.
+    Paused(DateTime<Utc>),
+    Work(PassWork),
+}
+
+#[derive(Debug, Default)]
+pub struct PassWork {
+    /// The reason of a pause that ran out and was lifted (log "resumed").
+    pub resumed: Option<String>,
+    /// Orders that stopped being tracked (silent past the horizon).
+    pub expired: usize,
+    pub due: i64,
+    /// Due orders out of today's per-order budget, moved to the next day.
+    pub deferred: usize,
+    /// Orders leased to this pass, oldest due first.
+    pub claimed: Vec<String>,
+}
+
+/// How a pass starts, in one place for every vendor: lift a pause that ran
+/// out, stop if paused, stop tracking silent orders, count what is due, defer
+/// orders out of daily budget, and lease up to `limit(conn)` due orders.
+/// Every statement costs O(due), whatever the number of orders tracked.
+#[allow(clippy::too_many_arguments)]
+pub fn start_pass(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    now: DateTime<Utc>,
+    schedule: &Schedule,
+    per_day: Option<i32>,
+    owner: &str,
+    lease: Duration,
+    limit: impl FnOnce(&mut PgConnection) -> QueryResult<i64>,
+) -> QueryResult<PassStart> {
+    let today = china_day(now);
+    let resumed = clear_expired_pause(conn, vendor, now)?;
+    if let Some((until, _)) = active_pause(conn, vendor, now)? {
+        return Ok(PassStart::Paused(until));
+    }
+    let expired = expire_silent(conn, vendor, schedule.horizon_cutoff(now), now)?;
+    let due = count_due(conn, vendor, now)?;
+    let per_day = per_day.unwrap_or(i32::MAX);
+    let deferred = defer_exhausted(conn, vendor, now, today, per_day, next_china_midnight(now))?;
+    let limit = limit(conn)?.max(0);
+    let claimed = if limit > 0 {
+        claim_due(conn, vendor, now, limit, owner, lease, today, per_day)?
+    } else {
+        Vec::new()
+    };
+    Ok(PassStart::Work(PassWork {
+        resumed,
+        expired,
+        due,
+        deferred,
+        claimed,
+    }))
 }
 
 /// Give leased orders back without touching their schedule.
@@ -309,22 +385,35 @@ pub fn reserve_call(
             .values((
                 vendor_calls::vendor.eq(budget.vendor.as_str()),
                 vendor_calls::api.eq(budget.api),
-                vendor_calls::order_ids.eq(order_ids.iter().map(|s| Some(s.as_str())).collect::<Vec<_>>()),
+                vendor_calls::order_ids.eq(order_ids
+                    .iter()
+                    .map(|s| Some(s.as_str()))
+                    .collect::<Vec<_>>()),
                 vendor_calls::caller.eq(budget.caller),
             ))
             .returning(vendor_calls::id)
             .get_result(conn)?;
-        diesel::sql_query(
-            "UPDATE orders SET calls_today = CASE WHEN calls_day = $3 THEN calls_today + 1 ELSE 1 END, \
-                               calls_day = $3 \
-             WHERE vendor = $1 AND order_id = ANY($2)",
-        )
-        .bind::<Text, _>(budget.vendor.as_str())
-        .bind::<Array<Text>, _>(order_ids)
-        .bind::<Date, _>(today)
-        .execute(conn)?;
+        count_order_calls(conn, budget.vendor, order_ids, today)?;
         Ok(Some(id))
     })
+}
+
+/// Count one call against each order's budget for `today` (China time).
+pub fn count_order_calls(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_ids: &[String],
+    today: NaiveDate,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE orders SET calls_today = CASE WHEN calls_day = $3 THEN calls_today + 1 ELSE 1 END, \
+                           calls_day = $3 \
+         WHERE vendor = $1 AND order_id = ANY($2)",
+    )
+    .bind::<Text, _>(vendor.as_str())
+    .bind::<Array<Text>, _>(order_ids)
+    .bind::<Date, _>(today)
+    .execute(conn)
 }
 
 /// Record how a reserved call went.
