@@ -51,8 +51,22 @@ pub struct Lifecycle172 {
     pub truth: &'static str,
 }
 
-/// Draw a lifecycle: every path of seed 000 §2.5, ending terminal.
+/// Draw a lifecycle: every path of seed 000 §2.5, ending terminal, with gaps
+/// of 0.5–1.5 `step` between status changes.
 pub fn haoka172(rng: &mut Rng, order_no: String, start: Duration, step: Duration) -> Lifecycle172 {
+    haoka172_with_gaps(rng, order_no, start, |rng, _, _| {
+        step.mul_f64(0.5 + rng.unit())
+    })
+}
+
+/// Like `haoka172`, with the time between two labels chosen by `gap(rng,
+/// from, to)` (the poller benchmark draws days-long, status-dependent gaps).
+pub fn haoka172_with_gaps(
+    rng: &mut Rng,
+    order_no: String,
+    start: Duration,
+    mut gap: impl FnMut(&mut Rng, &'static str, &'static str) -> Duration,
+) -> Lifecycle172 {
     let r = rng.unit();
     let (labels, truth): (Vec<&'static str>, &'static str) = if r < 0.30 {
         (vec!["待处理", "已提运营商", "已发货", "已结算"], "settled")
@@ -84,8 +98,7 @@ pub fn haoka172(rng: &mut Rng, order_no: String, start: Duration, step: Duration
     let mut steps = Vec::with_capacity(labels.len());
     for (i, label) in labels.iter().enumerate() {
         if i > 0 {
-            // Gaps of 0.5–1.5 steps.
-            at += step.mul_f64(0.5 + rng.unit());
+            at += gap(rng, labels[i - 1], label);
         }
         shipped |= *label == "已发货";
         activated |= shipped && matches!(*label, "已完成" | "已结算") && rng.chance(0.8);
