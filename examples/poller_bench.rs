@@ -8,8 +8,8 @@
 //!   and CPU time of the server backend and of this process.
 //! - `converge`: live realistic 172 order lifecycles (days between status
 //!   changes) on a virtual clock with a callback outage, while polling with
-//!   haoka-sync's overdue schedule (`start_pass` + `record_poll`, one pass a
-//!   minute) or a naive policy (every non-terminal order each sweep). Prints
+//!   haoka-sync's poller (callback-gap check, `start_pass` + `record_poll`,
+//!   one pass a minute) or a naive policy (every non-terminal order each sweep). Prints
 //!   GetOrderInfo calls per day before the outage, calls from the outage start
 //!   until every order matches the vendor again, and how long that took.
 //!
@@ -23,13 +23,14 @@ use chrono::{DateTime, TimeZone, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Date, Integer, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Date, Integer, Text, Timestamptz};
 
 use haoka_sync::config::Config;
 use haoka_sync::poller::schedule::{china_day, next_china_midnight, Schedule};
 use haoka_sync::poller::LEASE;
 use haoka_sync::sim::lifecycle::{haoka172_with_gaps, Lifecycle172, Rng};
 use haoka_sync::status::{haoka172_status, Observation, OrderFields, Source, Status};
+use haoka_sync::store::gaps as gstore;
 use haoka_sync::store::poll::{self as pstore, PassStart, PollResult};
 use haoka_sync::store::{apply_batch, Applied, Item};
 use haoka_sync::vendors::Vendor;
@@ -80,6 +81,10 @@ enum Cmd {
         /// haoka-sync policy: HAOKA172_OVERDUE (empty: the defaults).
         #[arg(long, default_value = "")]
         overdue: String,
+        /// haoka-sync policy: HAOKA172_CALLBACK_GAP (empty: the defaults;
+        /// `off`: no recovery sweep after a callback gap).
+        #[arg(long, default_value = "")]
+        callback_gap: String,
         #[arg(long, default_value_t = 150)]
         per_minute: i64,
         #[arg(long, default_value_t = 10)]
@@ -118,6 +123,7 @@ fn main() {
             outage_hours,
             naive_every,
             overdue,
+            callback_gap,
             per_minute,
             per_day,
             seed,
@@ -131,6 +137,7 @@ fn main() {
             outage_hours,
             naive_every,
             overdue,
+            callback_gap,
             per_minute,
             per_day,
             seed,
@@ -145,10 +152,13 @@ fn main() {
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn schedule(overdue: &str) -> Res<Schedule> {
+fn schedule(overdue: &str, callback_gap: &str) -> Res<Schedule> {
     let mut vars = vec![];
     if !overdue.is_empty() {
         vars.push(("HAOKA172_OVERDUE", overdue));
+    }
+    if !callback_gap.is_empty() {
+        vars.push(("HAOKA172_CALLBACK_GAP", callback_gap));
     }
     Ok(Schedule::from_config(&Config::with(&vars)?))
 }
@@ -201,7 +211,7 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
     conn.batch_execute("VACUUM ANALYZE orders")?;
     let fill_s = fill_started.elapsed().as_secs_f64();
 
-    let sched = schedule("")?;
+    let sched = schedule("", "")?;
     let now = Utc::now();
     let today = china_day(now);
     let cutoff = sched.horizon_cutoff(now);
@@ -342,6 +352,7 @@ struct Scenario {
     outage_hours: u64,
     naive_every: i64,
     overdue: String,
+    callback_gap: String,
     per_minute: i64,
     per_day: i32,
     seed: u64,
@@ -436,7 +447,7 @@ fn converge(sc: &Scenario) -> Res<()> {
     let mut conn = PgConnection::establish(&sc.db)?;
     // A simulation: durability of each commit does not matter here.
     conn.batch_execute("SET synchronous_commit = off")?;
-    let sched = schedule(&sc.overdue)?;
+    let sched = schedule(&sc.overdue, &sc.callback_gap)?;
     let t0: DateTime<Utc> = Utc
         .with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
         .single()
@@ -560,7 +571,22 @@ fn converge(sc: &Scenario) -> Res<()> {
                     request_id: Some(rid),
                 })
                 .collect();
-            let applied = conn.transaction(|c| apply_batch(c, &items, later, &sched))?;
+            let applied = conn.transaction(|c| {
+                let applied = apply_batch(c, &items, later, &sched)?;
+                // The inbox rows the service writes with them (the callback
+                // gap check reads them).
+                let rids: Vec<&str> = pushed.iter().map(|(rid, _)| rid.as_str()).collect();
+                let oids: Vec<&str> = pushed.iter().map(|(_, o)| o.order_id.as_str()).collect();
+                diesel::sql_query(
+                    "INSERT INTO inbound_callbacks (vendor, received_at, outcome, request_id, order_id, headers, body, body_size) \
+                     SELECT 'haoka172', $1, 'applied', r, o, '{}', '', 0 FROM unnest($2::text[], $3::text[]) AS u(r, o)",
+                )
+                .bind::<Timestamptz, _>(later)
+                .bind::<Array<Text>, _>(&rids)
+                .bind::<Array<Text>, _>(&oids)
+                .execute(c)?;
+                diesel::QueryResult::Ok(applied)
+            })?;
             for ((_, obs), a) in pushed.iter().zip(applied) {
                 if let Applied::Event { status, .. } = a {
                     let i = sim.index[&obs.order_id];
@@ -629,6 +655,7 @@ fn converge(sc: &Scenario) -> Res<()> {
         .count();
 
     let policy = match sc.policy {
+        Policy::HaokaSync if sched.callback_gap.is_none() => "haoka-sync/no-gap-sweep".to_owned(),
         Policy::HaokaSync => "haoka-sync".to_owned(),
         Policy::Naive => format!("naive/{}min", sc.naive_every),
     };
@@ -756,6 +783,9 @@ fn haoka_sync_pass(
     now: DateTime<Utc>,
     at: Duration,
 ) -> Res<i64> {
+    if let Some(policy) = &sched.callback_gap {
+        gstore::check(conn, V, now, policy)?;
+    }
     let per_minute = sc.per_minute;
     let start = pstore::start_pass(conn, V, now, sched, Some(sc.per_day), OWNER, LEASE, |_| {
         Ok(per_minute)

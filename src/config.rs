@@ -10,7 +10,8 @@
 //!   `DAMAIJIA_APP_ID`, `DAMAIJIA_APP_SECRET`, `DAMAIJIA_REFRESH`,
 //!   `DAMAIJIA_BATCH_SIZE`, `DAMAIJIA_EDITION`, `DAMAIJIA_COOLOFF` (default
 //!   30m), `DAMAIJIA_TIMEOUT_SECS` (default 15)
-//! - `HAOKA172_COOLOFF` (default 10m), `HAOKA172_TIMEOUT_SECS` (default 10)
+//! - `HAOKA172_COOLOFF` (default 10m), `HAOKA172_TIMEOUT_SECS` (default 10),
+//!   `HAOKA172_CALLBACK_GAP` (default `silence=1h,expected=20,settle=15m,resweep=1d`)
 //! - `TRACKING_HORIZON` (default 60d), `POLL_MIN_RECHECK` (default 1m)
 //! - `POLL_CRON`, `ADMIN_TOKEN`
 //! - `CALLBACK_MAX_BODY_BYTES` (default 65536), `DB_POOL_SIZE` (default 16),
@@ -24,6 +25,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::poller::gaps::GapPolicy;
 use crate::status::Status;
 
 /// A value that must never be printed.
@@ -206,6 +208,9 @@ pub struct Haoka172Config {
     pub cooloff: Duration,
     /// Connect + read timeout of one GetOrderInfo call.
     pub timeout: Duration,
+    /// When a deployment-wide silence of callbacks triggers a recovery
+    /// sweep; `None` when off.
+    pub callback_gap: Option<GapPolicy>,
 }
 
 #[derive(Debug, Clone)]
@@ -326,6 +331,10 @@ impl Config {
                 1000,
             )? as u32,
             cooloff: parse_dur("HAOKA172_COOLOFF", "10m")?,
+            callback_gap: GapPolicy::parse(
+                &var("HAOKA172_CALLBACK_GAP").unwrap_or_else(|| GapPolicy::DEFAULT_SPEC.into()),
+            )
+            .map_err(|m| err("HAOKA172_CALLBACK_GAP", m))?,
             timeout: Duration::from_secs(parse_num("HAOKA172_TIMEOUT_SECS", 10, 1, 300)?),
         };
         let damaijia = DamaijiaConfig {
@@ -446,6 +455,18 @@ mod tests {
     }
 
     #[test]
+    fn callback_gap_recovery_is_on_by_default_and_can_be_tuned_or_turned_off() {
+        let c = Config::with(&[]).unwrap();
+        assert_eq!(c.haoka172.callback_gap, Some(GapPolicy::default()));
+        let c = Config::with(&[("HAOKA172_CALLBACK_GAP", "settle=0")]).unwrap();
+        let p = c.haoka172.callback_gap.unwrap();
+        assert_eq!(p.settle, Duration::ZERO);
+        assert_eq!(p.silence, GapPolicy::default().silence);
+        let c = Config::with(&[("HAOKA172_CALLBACK_GAP", "off")]).unwrap();
+        assert_eq!(c.haoka172.callback_gap, None);
+    }
+
+    #[test]
     fn invalid_values_name_the_variable_and_the_problem() {
         let cases = [
             ("HAOKA172_MAX_CALLS_PER_MINUTE", "201", "above 200"),
@@ -468,6 +489,8 @@ mod tests {
             ("POLL_CRON", "* * * * *", "six"),
             ("POLL_CRON", "x y z a b c", "not a valid schedule"),
             ("DAMAIJIA_BATCH_SIZE", "0", "out of range"),
+            ("HAOKA172_CALLBACK_GAP", "silence=1h,quiet=2h", "not one of"),
+            ("HAOKA172_CALLBACK_GAP", "expected=0", "at least 1"),
         ];
         for (k, v, want) in cases {
             let e = Config::with(&[(k, v)]).unwrap_err();

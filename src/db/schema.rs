@@ -1,6 +1,28 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    callback_gaps (id) {
+        id -> Int8,
+        vendor -> Text,
+        silent_since -> Timestamptz,
+        resumed_at -> Nullable<Timestamptz>,
+        detected_at -> Timestamptz,
+        expected_callbacks -> Int4,
+        swept_at -> Nullable<Timestamptz>,
+        swept_orders -> Int8,
+        closed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    callback_watch (vendor) {
+        vendor -> Text,
+        heard_until -> Timestamptz,
+        checked_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     inbound_callbacks (id) {
         id -> Int8,
         vendor -> Text,
@@ -119,6 +141,8 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(
+    callback_gaps,
+    callback_watch,
     inbound_callbacks,
     order_events,
     order_link_overrides,

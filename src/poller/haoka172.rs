@@ -23,6 +23,7 @@ const VENDOR: Vendor = Vendor::Haoka172;
 
 impl Poller {
     pub(super) async fn haoka172_pass(&self, p: &Haoka172Poll) -> Result<PassSummary, PollError> {
+        self.callback_gaps(VENDOR).await;
         let per_minute = p.per_minute;
         let prep = self
             .prepare(VENDOR, Some(p.per_day), move |conn| {

@@ -7,6 +7,7 @@
 //! number of processes), or query one order from two processes at once.
 
 mod damaijia;
+pub mod gaps;
 mod haoka172;
 pub mod schedule;
 
@@ -18,6 +19,7 @@ use tokio::sync::Mutex;
 
 use crate::config::{Config, Secret};
 use crate::db::{self, DbError, PgPool};
+use crate::store::gaps::{self as gstore, GapEvent};
 use crate::store::poll::{self as pstore, PassStart, PassWork};
 use crate::vendors::damaijia::client::DamaijiaClient;
 use crate::vendors::haoka172::client::Haoka172Client;
@@ -242,6 +244,23 @@ impl Poller {
         Ok(start)
     }
 
+    /// Look for a deployment-wide silence of the vendor's callbacks and make
+    /// the orders it may have hidden due (`gaps`). Logs what it found; a
+    /// failure is logged and the pass goes on without it.
+    async fn callback_gaps(&self, vendor: Vendor) {
+        let Some(policy) = self.schedule.callback_gap.clone() else {
+            return;
+        };
+        let found = db::run(&self.pool, move |conn| {
+            gstore::check(conn, vendor, Utc::now(), &policy).map_err(DbError::from_query)
+        })
+        .await;
+        match found {
+            Ok(events) => events.iter().for_each(|e| log_gap(vendor, e)),
+            Err(e) => log::error!("{vendor} callback gap check failed: {e}"),
+        }
+    }
+
     /// Pause a vendor; log it only when it was not paused already.
     async fn pause(
         &self,
@@ -293,6 +312,37 @@ impl PassWork {
     fn unclaimed(&self) -> u32 {
         let n = self.due - i64::try_from(self.deferred).unwrap_or(0) - self.claimed.len() as i64;
         u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+    }
+}
+
+fn log_gap(vendor: Vendor, e: &GapEvent) {
+    let t = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    match e {
+        GapEvent::Silent {
+            since,
+            expected_per_day,
+        } => log::warn!(
+            "no {vendor} callbacks heard since {} (those hours usually bring {expected_per_day}): callbacks are being lost; once they resume, every tracked order not heard from since will be queried",
+            t(since)
+        ),
+        GapEvent::Resumed {
+            since,
+            resumed_at,
+            expected_per_day,
+        } => log::warn!(
+            "{vendor} callbacks were silent from {} to {} (those hours usually bring {expected_per_day}): the orders not heard from since will be queried",
+            t(since),
+            t(resumed_at)
+        ),
+        GapEvent::Swept {
+            since,
+            orders,
+            closing,
+        } => log::info!(
+            "{vendor} callback gap since {}: {orders} tracked orders made due for a query{}",
+            t(since),
+            if *closing { " (recovery done)" } else { " (still silent)" }
+        ),
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
 
+use super::gaps::GapPolicy;
 use crate::config::{Config, StatusDurations};
 use crate::status::Status;
 use crate::vendors::Vendor;
@@ -30,6 +31,8 @@ pub struct Schedule {
     pub horizon: Duration,
     /// The shortest re-check after a poll, whatever `overdue` says.
     pub min_recheck: Duration,
+    /// Recovery from a deployment-wide silence of 172 callbacks (`gaps`).
+    pub callback_gap: Option<GapPolicy>,
 }
 
 impl Schedule {
@@ -39,6 +42,7 @@ impl Schedule {
             damaijia: c.damaijia.refresh.clone(),
             horizon: c.tracking_horizon,
             min_recheck: c.poll_min_recheck,
+            callback_gap: c.haoka172.callback_gap.clone(),
         }
     }
 
@@ -146,6 +150,7 @@ mod tests {
             damaijia: StatusDurations::damaijia_default(),
             horizon: Duration::from_secs(60 * 86400),
             min_recheck: MIN_RECHECK,
+            callback_gap: None,
         }
     }
 

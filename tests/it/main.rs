@@ -9,6 +9,7 @@ mod damaijia;
 mod e2e;
 mod fake172;
 mod fakedmj;
+mod gaps;
 mod helpers;
 mod outage;
 mod poller;

@@ -1,0 +1,2 @@
+DROP TABLE callback_watch;
+DROP TABLE callback_gaps;

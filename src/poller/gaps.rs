@@ -1,0 +1,243 @@
+//! Callback gaps: when the whole deployment stops hearing a vendor's
+//! callbacks (our outage, the vendor's, a broken secret, a lost callback
+//! registration), every order may have missed news, and waiting for each
+//! order's own overdue time (days for a shipped order) repairs them slowly.
+//! Pure: the store gathers the facts, these rules decide.
+//!
+//! - A silence is a **gap** when it lasts (or lasted: a restart after our
+//!   own downtime finds it between two callbacks) at least `silence` and the
+//!   same clock hours brought at least `expected` callbacks on an average day
+//!   of the past week (so a quiet night, or a small deployment, is not a gap).
+//! - While a gap is open, once every `resweep`, every tracked order not heard
+//!   from since is made due (the poller then queries it within every budget).
+//! - When callbacks come back, after `settle` (the vendor redelivers failed
+//!   pushes first), every tracked order not heard from since the resumption
+//!   is made due once, and the gap closes.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::parse_duration;
+
+/// `HAOKA172_CALLBACK_GAP`; `None` when set to `off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapPolicy {
+    /// The shortest silence that can be a gap.
+    pub silence: Duration,
+    /// Callbacks the same hours must usually bring for the silence to count.
+    pub expected: u32,
+    /// Wait after callbacks resume before the recovery sweep.
+    pub settle: Duration,
+    /// Sweep again this often while the silence lasts.
+    pub resweep: Duration,
+}
+
+impl Default for GapPolicy {
+    fn default() -> Self {
+        GapPolicy {
+            silence: Duration::from_secs(3600),
+            expected: 20,
+            settle: Duration::from_secs(15 * 60),
+            resweep: Duration::from_secs(86400),
+        }
+    }
+}
+
+/// Days of history the expectation averages over.
+pub const HISTORY_DAYS: u32 = 7;
+impl GapPolicy {
+    pub const DEFAULT_SPEC: &'static str = "silence=1h,expected=20,settle=15m,resweep=1d";
+
+    /// `off`, or `key=value,...` over the defaults (keys `silence`,
+    /// `expected`, `settle`, `resweep`).
+    pub fn parse(spec: &str) -> Result<Option<GapPolicy>, String> {
+        let spec = spec.trim();
+        if spec.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let mut p = GapPolicy::default();
+        for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not key=value"))?;
+            let v = v.trim();
+            match k.trim() {
+                "silence" => p.silence = parse_duration(v)?,
+                "expected" => {
+                    p.expected = v
+                        .parse()
+                        .map_err(|_| format!("expected=`{v}` is not a whole number"))?
+                }
+                "settle" => p.settle = parse_duration(v)?,
+                "resweep" => p.resweep = parse_duration(v)?,
+                other => {
+                    return Err(format!(
+                        "`{other}` is not one of silence, expected, settle, resweep (or say off)"
+                    ))
+                }
+            }
+        }
+        if p.silence < Duration::from_secs(60) {
+            return Err("silence must be at least 1m".into());
+        }
+        if p.expected == 0 {
+            return Err("expected must be at least 1".into());
+        }
+        if p.resweep < Duration::from_secs(3600) {
+            return Err("resweep must be at least 1h".into());
+        }
+        Ok(Some(p))
+    }
+
+    /// Callbacks to count over the history before the silence is surely a
+    /// gap; counting stops there, so the look-up stays cheap.
+    pub fn count_cap(&self) -> i64 {
+        i64::from(self.expected) * i64::from(HISTORY_DAYS) * 10
+    }
+
+    /// Worth asking how many callbacks these hours usually bring?
+    pub fn long_enough(&self, last_heard: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        (now - last_heard).to_std().is_ok_and(|d| d >= self.silence)
+    }
+
+    /// `history` callbacks were heard over the past `HISTORY_DAYS` days in
+    /// the same clock hours as the silence: is it a gap?
+    pub fn is_gap(&self, history: i64) -> bool {
+        history >= i64::from(self.expected) * i64::from(HISTORY_DAYS)
+    }
+}
+
+/// Callbacks an average day of the history brought in the silent hours.
+pub fn expected_per_day(history: i64) -> i64 {
+    history / i64::from(HISTORY_DAYS)
+}
+
+/// A gap that still needs recovery (`closed_at` is null), as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenGap {
+    pub id: i64,
+    pub silent_since: DateTime<Utc>,
+    pub resumed_at: Option<DateTime<Utc>>,
+    pub detected_at: DateTime<Utc>,
+    pub swept_at: Option<DateTime<Utc>>,
+}
+
+/// What to do with an open gap at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapStep {
+    /// Nothing yet (silent, swept recently; or resumed and redeliveries may
+    /// still be arriving).
+    Wait,
+    /// Still silent for another `resweep`: make the orders not heard from
+    /// since `since` due again.
+    Resweep { since: DateTime<Utc> },
+    /// Resumed and settled: make the orders not heard from since the
+    /// resumption due, then close.
+    Recover { since: DateTime<Utc> },
+}
+
+impl OpenGap {
+    pub fn step(&self, policy: &GapPolicy, now: DateTime<Utc>) -> GapStep {
+        match self.resumed_at {
+            Some(resumed) if elapsed(resumed, now) >= policy.settle => {
+                GapStep::Recover { since: resumed }
+            }
+            Some(_) => GapStep::Wait,
+            None if elapsed(self.swept_at.unwrap_or(self.detected_at), now) >= policy.resweep => {
+                GapStep::Resweep {
+                    since: now - chrono::Duration::from_std(policy.resweep).unwrap_or_default(),
+                }
+            }
+            None => GapStep::Wait,
+        }
+    }
+}
+
+fn elapsed(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
+    (to - from).to_std().unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(h: i64, m: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap()
+            + chrono::Duration::hours(h)
+            + chrono::Duration::minutes(m)
+    }
+
+    #[test]
+    fn parses_the_default_off_and_partial_specs() {
+        assert_eq!(
+            GapPolicy::parse(GapPolicy::DEFAULT_SPEC).unwrap(),
+            Some(GapPolicy::default())
+        );
+        assert_eq!(GapPolicy::parse(" OFF ").unwrap(), None);
+        let p = GapPolicy::parse("silence=30m, expected=5")
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.silence, Duration::from_secs(1800));
+        assert_eq!(p.expected, 5);
+        assert_eq!(p.settle, GapPolicy::default().settle);
+        assert_eq!(p.resweep, GapPolicy::default().resweep);
+        assert_eq!(GapPolicy::parse("").unwrap(), Some(GapPolicy::default()));
+    }
+
+    #[test]
+    fn refuses_bad_specs_with_the_reason() {
+        for (spec, why) in [
+            ("silence", "key=value"),
+            ("quiet=1h", "not one of"),
+            ("expected=lots", "whole number"),
+            ("expected=0", "at least 1"),
+            ("silence=10s", "at least 1m"),
+            ("resweep=30m", "at least 1h"),
+            ("settle=5", "no unit"),
+        ] {
+            let e = GapPolicy::parse(spec).unwrap_err();
+            assert!(e.contains(why), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_silence_is_a_gap_only_when_long_and_unusual() {
+        let p = GapPolicy::default();
+        assert!(!p.long_enough(t(10, 0), t(10, 59)));
+        assert!(p.long_enough(t(10, 0), t(11, 0)));
+        // A clock step backwards is no silence.
+        assert!(!p.long_enough(t(11, 0), t(10, 0)));
+        // 20 a day on average over 7 days: 140 in the history.
+        assert!(!p.is_gap(139));
+        assert!(p.is_gap(140));
+        assert_eq!(expected_per_day(140), 20);
+        assert!(p.count_cap() >= 140);
+    }
+
+    #[test]
+    fn an_open_gap_resweeps_daily_then_settles_then_recovers() {
+        let p = GapPolicy::default();
+        let mut g = OpenGap {
+            id: 1,
+            silent_since: t(0, 0),
+            resumed_at: None,
+            detected_at: t(1, 0),
+            swept_at: None,
+        };
+        assert_eq!(g.step(&p, t(2, 0)), GapStep::Wait);
+        // A day after detection, and a day after each sweep: sweep the
+        // orders not heard from during that day.
+        assert_eq!(g.step(&p, t(25, 0)), GapStep::Resweep { since: t(1, 0) });
+        g.swept_at = Some(t(25, 0));
+        assert_eq!(g.step(&p, t(48, 59)), GapStep::Wait);
+        assert_eq!(g.step(&p, t(49, 0)), GapStep::Resweep { since: t(25, 0) });
+        g.resumed_at = Some(t(30, 0));
+        assert_eq!(g.step(&p, t(30, 14)), GapStep::Wait);
+        assert_eq!(g.step(&p, t(30, 15)), GapStep::Recover { since: t(30, 0) });
+        // A clock step backwards waits.
+        g.resumed_at = Some(t(40, 0));
+        assert_eq!(g.step(&p, t(39, 0)), GapStep::Wait);
+    }
+}

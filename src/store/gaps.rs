@@ -1,0 +1,330 @@
+//! SQL for callback gaps (`poller::gaps` holds the rules): find silences in
+//! the callbacks heard since the last look, record them in `callback_gaps`,
+//! and make the orders they may have hidden due for a query. The poller's
+//! claim then queries them within every budget.
+//!
+//! Each look costs O(callbacks heard since the previous one): the inbox is
+//! read through `inbound_callbacks_received_at_idx` from `callback_watch`'s
+//! mark on. One process at a time, under an advisory lock per vendor.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Interval, Nullable, Text, Timestamptz};
+
+use crate::poller::gaps::{expected_per_day, GapPolicy, GapStep, OpenGap, HISTORY_DAYS};
+use crate::vendors::Vendor;
+
+/// What a look found or did, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GapEvent {
+    /// Silent since then, longer than those hours allow: callbacks are being
+    /// lost now.
+    Silent {
+        since: DateTime<Utc>,
+        expected_per_day: i64,
+    },
+    /// A silence between two callbacks (found after it ended, e.g. after
+    /// our own downtime, or the end of one seen while it lasted).
+    Resumed {
+        since: DateTime<Utc>,
+        resumed_at: DateTime<Utc>,
+        expected_per_day: i64,
+    },
+    /// Orders made due because of the gap that began at `since`;
+    /// `closing`: the recovery after callbacks resumed (else a resweep).
+    Swept {
+        since: DateTime<Utc>,
+        orders: usize,
+        closing: bool,
+    },
+}
+
+/// The latest callback heard (applied or duplicate) after `after`.
+pub const LAST_HEARD_SQL: &str = "SELECT max(received_at) AS at FROM inbound_callbacks \
+     WHERE vendor = $1 AND outcome IN ('applied', 'duplicate') AND received_at > $2";
+
+/// Silences of at least $3 between callbacks heard after $2 ($2 counts as
+/// the one before the first).
+pub const HOLES_SQL: &str = "SELECT prev AS since, at AS resumed_at FROM ( \
+       SELECT received_at AS at, lag(received_at, 1, $2) OVER (ORDER BY received_at) AS prev \
+       FROM inbound_callbacks \
+       WHERE vendor = $1 AND outcome IN ('applied', 'duplicate') AND received_at > $2) s \
+     WHERE at - prev >= $3 ORDER BY at";
+
+/// Callbacks heard in the same clock hours ($2 to $3) on each of the $4
+/// previous days, counted up to $5.
+pub const HISTORY_SQL: &str = "SELECT count(*) AS n FROM ( \
+       SELECT 1 FROM generate_series(1, $4) AS k \
+       CROSS JOIN LATERAL ( \
+         SELECT 1 FROM inbound_callbacks \
+         WHERE vendor = $1 AND outcome IN ('applied', 'duplicate') \
+           AND received_at > $2 - k * interval '1 day' AND received_at <= $3 - k * interval '1 day' \
+         LIMIT $5) c \
+       LIMIT $5) s";
+
+/// Make due ($3 = now) the tracked orders not heard from since $2, the
+/// earlier statuses a moment first (they change soonest). Walks
+/// `orders_due_idx` over the tracked orders: once per gap, not per pass.
+pub const SWEEP_SQL: &str = "UPDATE orders SET next_check_at = $3 + CASE status \
+         WHEN 'submitted' THEN interval '1 second' WHEN 'shipped' THEN interval '2 seconds' \
+         WHEN 'completed' THEN interval '3 seconds' ELSE interval '0' END \
+     WHERE vendor = $1 AND next_check_at > $3 AND COALESCE(last_heard_at, tracked_at) < $2";
+
+#[derive(QueryableByName)]
+struct At {
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    at: Option<DateTime<Utc>>,
+}
+
+#[derive(QueryableByName)]
+struct Hole {
+    #[diesel(sql_type = Timestamptz)]
+    since: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    resumed_at: DateTime<Utc>,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct GapRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    silent_since: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    resumed_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Timestamptz)]
+    detected_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    swept_at: Option<DateTime<Utc>>,
+}
+
+/// One look at `vendor`'s callbacks at `now` (a poll pass does one before it
+/// claims): record new silences, then sweep for the gaps that need it.
+pub fn check(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    now: DateTime<Utc>,
+    policy: &GapPolicy,
+) -> QueryResult<Vec<GapEvent>> {
+    conn.transaction(|conn| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(7217200200 + $1)")
+            .bind::<Integer, _>(match vendor {
+                Vendor::Haoka172 => 1,
+                Vendor::Damaijia => 2,
+            })
+            .execute(conn)?;
+        let mut events = Vec::new();
+        find_silences(conn, vendor, now, policy, &mut events)?;
+        for gap in open_gaps(conn, vendor)? {
+            let (since, closing) = match gap.step(policy, now) {
+                GapStep::Wait => continue,
+                GapStep::Resweep { since } => (since, false),
+                GapStep::Recover { since } => (since, true),
+            };
+            let orders = sweep(conn, vendor, since, now)?;
+            diesel::sql_query(
+                "UPDATE callback_gaps SET swept_at = $2, swept_orders = swept_orders + $3, \
+                 closed_at = CASE WHEN $4 THEN $2 END WHERE id = $1",
+            )
+            .bind::<BigInt, _>(gap.id)
+            .bind::<Timestamptz, _>(now)
+            .bind::<BigInt, _>(orders as i64)
+            .bind::<diesel::sql_types::Bool, _>(closing)
+            .execute(conn)?;
+            events.push(GapEvent::Swept {
+                since: gap.silent_since,
+                orders,
+                closing,
+            });
+        }
+        Ok(events)
+    })
+}
+
+/// Silences among the callbacks heard since the watch mark, and the one
+/// going on now; moves the mark.
+fn find_silences(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    now: DateTime<Utc>,
+    policy: &GapPolicy,
+    events: &mut Vec<GapEvent>,
+) -> QueryResult<()> {
+    let mark: Option<At> =
+        diesel::sql_query("SELECT heard_until AS at FROM callback_watch WHERE vendor = $1")
+            .bind::<Text, _>(vendor.as_str())
+            .get_result(conn)
+            .optional()?;
+    let latest = match mark.and_then(|m| m.at) {
+        Some(mark) => {
+            silences_since(conn, vendor, mark, now, policy, events)?;
+            last_heard(conn, vendor, mark)?.unwrap_or(mark)
+        }
+        // First look: from the latest callback, if any was ever heard.
+        None => match last_heard(conn, vendor, DateTime::<Utc>::UNIX_EPOCH)? {
+            Some(latest) => latest,
+            None => return Ok(()),
+        },
+    };
+    set_mark(conn, vendor, latest, now)?;
+    if policy.long_enough(latest, now) {
+        let known: Option<Count> = diesel::sql_query(
+            "SELECT 1::bigint AS n FROM callback_gaps WHERE vendor = $1 AND silent_since = $2",
+        )
+        .bind::<Text, _>(vendor.as_str())
+        .bind::<Timestamptz, _>(latest)
+        .get_result(conn)
+        .optional()?;
+        if known.is_none() {
+            let history = history(conn, vendor, latest, now, policy)?;
+            if policy.is_gap(history) {
+                diesel::sql_query(
+                    "INSERT INTO callback_gaps (vendor, silent_since, detected_at, expected_callbacks) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (vendor, silent_since) DO NOTHING",
+                )
+                .bind::<Text, _>(vendor.as_str())
+                .bind::<Timestamptz, _>(latest)
+                .bind::<Timestamptz, _>(now)
+                .bind::<Integer, _>(i32::try_from(expected_per_day(history)).unwrap_or(i32::MAX))
+                .execute(conn)?;
+                events.push(GapEvent::Silent {
+                    since: latest,
+                    expected_per_day: expected_per_day(history),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ended silences among the callbacks heard after `mark`.
+fn silences_since(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    mark: DateTime<Utc>,
+    now: DateTime<Utc>,
+    policy: &GapPolicy,
+    events: &mut Vec<GapEvent>,
+) -> QueryResult<()> {
+    let silence = chrono::Duration::from_std(policy.silence).unwrap_or_default();
+    let holes: Vec<Hole> = diesel::sql_query(HOLES_SQL)
+        .bind::<Text, _>(vendor.as_str())
+        .bind::<Timestamptz, _>(mark)
+        .bind::<Interval, _>(to_interval(silence))
+        .load(conn)?;
+    for h in holes {
+        let history = history(conn, vendor, h.since, h.resumed_at, policy)?;
+        if !policy.is_gap(history) {
+            continue;
+        }
+        // Seen while it lasted: now it ended. Otherwise a new, ended gap.
+        let n = diesel::sql_query(
+            "INSERT INTO callback_gaps (vendor, silent_since, resumed_at, detected_at, expected_callbacks) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (vendor, silent_since) DO UPDATE SET resumed_at = excluded.resumed_at \
+             WHERE callback_gaps.resumed_at IS NULL",
+        )
+        .bind::<Text, _>(vendor.as_str())
+        .bind::<Timestamptz, _>(h.since)
+        .bind::<Timestamptz, _>(h.resumed_at)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Integer, _>(i32::try_from(expected_per_day(history)).unwrap_or(i32::MAX))
+        .execute(conn)?;
+        if n > 0 {
+            events.push(GapEvent::Resumed {
+                since: h.since,
+                resumed_at: h.resumed_at,
+                expected_per_day: expected_per_day(history),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn last_heard(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    after: DateTime<Utc>,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    let r: At = diesel::sql_query(LAST_HEARD_SQL)
+        .bind::<Text, _>(vendor.as_str())
+        .bind::<Timestamptz, _>(after)
+        .get_result(conn)?;
+    Ok(r.at)
+}
+
+fn set_mark(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    heard_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "INSERT INTO callback_watch (vendor, heard_until, checked_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (vendor) DO UPDATE SET heard_until = excluded.heard_until, checked_at = excluded.checked_at",
+    )
+    .bind::<Text, _>(vendor.as_str())
+    .bind::<Timestamptz, _>(heard_until)
+    .bind::<Timestamptz, _>(now)
+    .execute(conn)
+}
+
+fn history(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    policy: &GapPolicy,
+) -> QueryResult<i64> {
+    let r: Count = diesel::sql_query(HISTORY_SQL)
+        .bind::<Text, _>(vendor.as_str())
+        .bind::<Timestamptz, _>(from)
+        .bind::<Timestamptz, _>(to)
+        .bind::<Integer, _>(HISTORY_DAYS as i32)
+        .bind::<BigInt, _>(policy.count_cap())
+        .get_result(conn)?;
+    Ok(r.n)
+}
+
+fn open_gaps(conn: &mut PgConnection, vendor: Vendor) -> QueryResult<Vec<OpenGap>> {
+    let rows: Vec<GapRow> = diesel::sql_query(
+        "SELECT id, silent_since, resumed_at, detected_at, swept_at FROM callback_gaps \
+         WHERE vendor = $1 AND closed_at IS NULL ORDER BY silent_since",
+    )
+    .bind::<Text, _>(vendor.as_str())
+    .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| OpenGap {
+            id: r.id,
+            silent_since: r.silent_since,
+            resumed_at: r.resumed_at,
+            detected_at: r.detected_at,
+            swept_at: r.swept_at,
+        })
+        .collect())
+}
+
+/// Make the tracked orders not heard from since `since` due now.
+pub fn sweep(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::sql_query(SWEEP_SQL)
+        .bind::<Text, _>(vendor.as_str())
+        .bind::<Timestamptz, _>(since)
+        .bind::<Timestamptz, _>(now)
+        .execute(conn)
+}
+
+fn to_interval(d: chrono::Duration) -> diesel::pg::data_types::PgInterval {
+    diesel::pg::data_types::PgInterval::from_microseconds(d.num_microseconds().unwrap_or(i64::MAX))
+}
