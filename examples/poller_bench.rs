@@ -22,10 +22,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use diesel::connection::SimpleConnection;
+use diesel::pg::data_types::PgInterval;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Date, Integer, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Date, Integer, Interval, Text, Timestamptz};
 
 use haoka_sync::config::Config;
+use haoka_sync::poller::gaps::HISTORY_DAYS;
 use haoka_sync::poller::schedule::{china_day, next_china_midnight, Schedule};
 use haoka_sync::poller::LEASE;
 use haoka_sync::sim::lifecycle::{haoka172_with_gaps, Lifecycle172, Rng};
@@ -172,6 +174,12 @@ struct PlanLine {
 }
 
 #[derive(QueryableByName)]
+struct OrderId {
+    #[diesel(sql_type = Text)]
+    order_id: String,
+}
+
+#[derive(QueryableByName)]
 struct Pid {
     #[diesel(sql_type = Integer)]
     pid: i32,
@@ -206,9 +214,24 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
     .bind::<BigInt, _>(orders)
     .bind::<BigInt, _>(due)
     .execute(&mut conn)?;
+    // The inbox of the last 8 days (the callback-gap check reads it), at the
+    // rate such a table implies: orders placed over a year, 5 callbacks each,
+    // spread evenly up to now. Bodies of a realistic size.
+    let inbox = (orders * 5 * 8 / 365).max(1);
+    diesel::sql_query(
+        "INSERT INTO inbound_callbacks (vendor, received_at, outcome, request_id, order_id, headers, body, body_size) \
+         SELECT 'haoka172', now() - (g * 8 * 86400 / $1) * interval '1 second', 'applied', \
+                'R' || g, 'BP' || lpad((g * 7 % $2 + 1)::text, 9, '0'), \
+                '{\"content-type\": \"application/json\"}', repeat('x', 420), 420 \
+         FROM generate_series(0, $1 - 1) g",
+    )
+    .bind::<BigInt, _>(inbox)
+    .bind::<BigInt, _>(orders)
+    .execute(&mut conn)?;
     // The service relies on autovacuum for statistics; this machine may have
     // it off, so analyze explicitly.
     conn.batch_execute("VACUUM ANALYZE orders")?;
+    conn.batch_execute("VACUUM ANALYZE inbound_callbacks")?;
     let fill_s = fill_started.elapsed().as_secs_f64();
 
     let sched = schedule("", "")?;
@@ -217,6 +240,22 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
     let cutoff = sched.horizon_cutoff(now);
     let tomorrow = next_china_midnight(now);
     let lease_until = now + chrono::Duration::minutes(5);
+    let gap_policy = sched
+        .callback_gap
+        .clone()
+        .ok_or("callback-gap recovery is off")?;
+    // The orders the first chunk of a sweep of everything would update.
+    let first_chunk: Vec<String> = diesel::sql_query(
+        "SELECT order_id FROM orders WHERE vendor = $1 AND next_check_at > $2 \
+         ORDER BY next_check_at, order_id LIMIT $3",
+    )
+    .bind::<Text, _>(V.as_str())
+    .bind::<Timestamptz, _>(now)
+    .bind::<BigInt, _>(gstore::SWEEP_CHUNK)
+    .load::<OrderId>(&mut conn)?
+    .into_iter()
+    .map(|o| o.order_id)
+    .collect();
     let explain = |conn: &mut PgConnection, sql: &str| -> Res<(f64, String, bool)> {
         let q = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
         let q = diesel::sql_query(q.as_str());
@@ -248,6 +287,32 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
                 .bind::<Integer, _>(10)
                 .bind::<BigInt, _>(150)
                 .load(conn),
+            s if s == gstore::HOLES_SQL => q
+                .bind::<Text, _>(V.as_str())
+                .bind::<Timestamptz, _>(now - chrono::Duration::minutes(1))
+                .bind::<Interval, _>(PgInterval::from_microseconds(3_600_000_000))
+                .load(conn),
+            s if s == gstore::HISTORY_SQL => q
+                .bind::<Text, _>(V.as_str())
+                .bind::<Timestamptz, _>(now - chrono::Duration::hours(2))
+                .bind::<Timestamptz, _>(now - chrono::Duration::hours(1))
+                .bind::<Integer, _>(HISTORY_DAYS as i32)
+                .bind::<BigInt, _>(gap_policy.count_cap())
+                .load(conn),
+            s if s == gstore::SWEEP_WALK_SQL => q
+                .bind::<Text, _>(V.as_str())
+                .bind::<Timestamptz, _>(now)
+                .bind::<Timestamptz, _>(now)
+                .bind::<Timestamptz, _>(now)
+                .bind::<Text, _>("")
+                .bind::<BigInt, _>(gstore::SWEEP_CHUNK)
+                .load(conn),
+            s if s == gstore::SWEEP_SQL => q
+                .bind::<Text, _>(V.as_str())
+                .bind::<Timestamptz, _>(now)
+                .bind::<Timestamptz, _>(now)
+                .bind::<Array<Text>, _>(&first_chunk)
+                .load(conn),
             _ => q.bind::<Text, _>(V.as_str()).load(conn),
         };
         conn.batch_execute("ROLLBACK")?;
@@ -269,7 +334,9 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
         Ok((ms, paths.join("; "), seq))
     };
 
-    println!("orders {orders}, due {due}, filled and analyzed in {fill_s:.1} s");
+    println!(
+        "orders {orders}, due {due}, {inbox} inbox rows over 8 days; filled and analyzed in {fill_s:.1} s"
+    );
     println!("  {:<16} {:>9}  plan", "statement", "exec ms");
     let naive_sql = "SELECT order_id FROM orders WHERE vendor = $1 AND NOT is_terminal";
     let statements = [
@@ -277,6 +344,10 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
         ("count_due", pstore::COUNT_DUE_SQL),
         ("defer_exhausted", pstore::DEFER_EXHAUSTED_SQL),
         ("claim_due", pstore::CLAIM_DUE_SQL),
+        ("gap holes", gstore::HOLES_SQL),
+        ("gap history", gstore::HISTORY_SQL),
+        ("sweep walk", gstore::SWEEP_WALK_SQL),
+        ("sweep update", gstore::SWEEP_SQL),
         ("naive selection", naive_sql),
     ];
     let mut scans = Vec::new();
@@ -328,8 +399,72 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
         server_ms,
         client_ms
     );
+
+    // The callback-gap check each 172 pass makes first (each rolled back):
+    // with callbacks flowing (the mark a minute old), and with none for
+    // 90 minutes (the silence is measured against the past week's same
+    // hours and recorded). Then the one-off sweep when a gap ends, with
+    // every tracked order not heard from since.
+    conn.batch_execute(
+        "INSERT INTO callback_watch (vendor, heard_until, checked_at) \
+         VALUES ('haoka172', now() - interval '1 minute', now())",
+    )?;
+    let rolled_back = |conn: &mut PgConnection,
+                       before: &str,
+                       f: &dyn Fn(&mut PgConnection) -> QueryResult<usize>|
+     -> Res<(f64, usize)> {
+        let mut out = (0.0, 0);
+        let r = conn.transaction::<(), diesel::result::Error, _>(|c| {
+            if !before.is_empty() {
+                c.batch_execute(before)?;
+            }
+            let started = Instant::now();
+            let n = f(c)?;
+            out = (started.elapsed().as_secs_f64() * 1000.0, n);
+            Err(diesel::result::Error::RollbackTransaction)
+        });
+        match r {
+            Err(diesel::result::Error::RollbackTransaction) => Ok(out),
+            Err(e) => Err(e.into()),
+            Ok(()) => unreachable!(),
+        }
+    };
+    let median = |before: &str,
+                  f: &dyn Fn(&mut PgConnection) -> QueryResult<usize>,
+                  conn: &mut PgConnection|
+     -> Res<(f64, usize)> {
+        let mut ms = Vec::new();
+        let mut n = 0;
+        for _ in 0..11 {
+            let (t, k) = rolled_back(conn, before, f)?;
+            ms.push(t);
+            n = k;
+        }
+        ms.sort_by(f64::total_cmp);
+        Ok((ms[5], n))
+    };
+    let check = |c: &mut PgConnection| gstore::check(c, V, now, &gap_policy).map(|e| e.len());
+    let (flowing_ms, _) = median("", &check, &mut conn)?;
+    let (silent_ms, silent_events) = median(
+        "DELETE FROM inbound_callbacks WHERE received_at > now() - interval '90 minutes'; \
+         UPDATE callback_watch SET heard_until = (SELECT max(received_at) FROM inbound_callbacks)",
+        &check,
+        &mut conn,
+    )?;
+    // Last, as it runs (committing each chunk): everything tracked is swept.
+    let started = Instant::now();
+    let swept = gstore::sweep(&mut conn, V, now, now, gstore::SWEEP_CHUNK)?;
+    let sweep_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let chunk_ms = sweep_ms / swept.chunks as f64;
+    let swept = swept.orders;
     println!(
-        "RESULT orders={orders} claim_plan={} start_pass_p50_ms={:.2} server_cpu_ms={server_ms:.2} client_cpu_ms={client_ms:.2} seq_scans={}",
+        "  gap check: callbacks flowing {flowing_ms:.2} ms; silent 90 min {silent_ms:.2} ms ({silent_events} event); \
+         sweep when a gap ends (once per gap) {sweep_ms:.0} ms for {swept} orders, {chunk_ms:.0} ms per chunk of {}",
+        gstore::SWEEP_CHUNK
+    );
+    println!(
+        "RESULT orders={orders} claim_plan={} start_pass_p50_ms={:.2} server_cpu_ms={server_ms:.2} client_cpu_ms={client_ms:.2} \
+         gap_check_ms={flowing_ms:.2} gap_silent_ms={silent_ms:.2} sweep_ms={sweep_ms:.0} swept={swept} chunk_ms={chunk_ms:.0} seq_scans={}",
         if scans.is_empty() { "index" } else { "SCAN" },
         p(0.5),
         if scans.is_empty() {

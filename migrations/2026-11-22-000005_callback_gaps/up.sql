@@ -11,6 +11,7 @@ CREATE TABLE callback_gaps (
     swept_at timestamptz,
     swept_orders bigint NOT NULL DEFAULT 0,
     closed_at timestamptz,
+    sweep_started_at timestamptz,
     UNIQUE (vendor, silent_since)
 );
 
@@ -22,6 +23,7 @@ COMMENT ON COLUMN callback_gaps.expected_callbacks IS 'Callbacks the same clock 
 COMMENT ON COLUMN callback_gaps.swept_at IS 'The last time the orders not heard from since were made due for a query.';
 COMMENT ON COLUMN callback_gaps.swept_orders IS 'Orders made due by all sweeps of this gap.';
 COMMENT ON COLUMN callback_gaps.closed_at IS 'When the recovery sweep after the resumption was done.';
+COMMENT ON COLUMN callback_gaps.sweep_started_at IS 'A sweep in progress since then (it commits in chunks); one left by a process that died is taken over after 10 minutes.';
 
 -- How far each vendor's callbacks have been searched for silences. The
 -- searches read inbound_callbacks_received_at_idx, from here on: nothing new

@@ -11,6 +11,7 @@ diesel::table! {
         swept_at -> Nullable<Timestamptz>,
         swept_orders -> Int8,
         closed_at -> Nullable<Timestamptz>,
+        sweep_started_at -> Nullable<Timestamptz>,
     }
 }
 

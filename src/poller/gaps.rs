@@ -121,7 +121,13 @@ pub struct OpenGap {
     pub resumed_at: Option<DateTime<Utc>>,
     pub detected_at: DateTime<Utc>,
     pub swept_at: Option<DateTime<Utc>>,
+    /// A sweep of it in progress (possibly by a process that died) since.
+    pub sweep_started_at: Option<DateTime<Utc>>,
 }
+
+/// A sweep in progress for longer than this was left by a process that
+/// died; another takes it over.
+pub const SWEEP_LEASE: Duration = Duration::from_secs(600);
 
 /// What to do with an open gap at `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +145,12 @@ pub enum GapStep {
 
 impl OpenGap {
     pub fn step(&self, policy: &GapPolicy, now: DateTime<Utc>) -> GapStep {
+        if self
+            .sweep_started_at
+            .is_some_and(|started| elapsed(started, now) < SWEEP_LEASE)
+        {
+            return GapStep::Wait;
+        }
         match self.resumed_at {
             Some(resumed) if elapsed(resumed, now) >= policy.settle => {
                 GapStep::Recover { since: resumed }
@@ -225,6 +237,7 @@ mod tests {
             resumed_at: None,
             detected_at: t(1, 0),
             swept_at: None,
+            sweep_started_at: None,
         };
         assert_eq!(g.step(&p, t(2, 0)), GapStep::Wait);
         // A day after detection, and a day after each sweep: sweep the
@@ -239,5 +252,31 @@ mod tests {
         // A clock step backwards waits.
         g.resumed_at = Some(t(40, 0));
         assert_eq!(g.step(&p, t(39, 0)), GapStep::Wait);
+    }
+
+    #[test]
+    fn a_sweep_in_progress_is_left_alone_until_its_lease_runs_out() {
+        let p = GapPolicy::default();
+        let g = OpenGap {
+            id: 1,
+            silent_since: t(0, 0),
+            resumed_at: Some(t(2, 0)),
+            detected_at: t(1, 0),
+            swept_at: None,
+            sweep_started_at: Some(t(3, 0)),
+        };
+        assert_eq!(g.step(&p, t(3, 9)), GapStep::Wait);
+        assert_eq!(g.step(&p, t(3, 10)), GapStep::Recover { since: t(2, 0) });
+        // Still silent, its daily resweep begun at 25:00 by a process that died.
+        let silent = OpenGap {
+            resumed_at: None,
+            sweep_started_at: Some(t(25, 0)),
+            ..g
+        };
+        assert_eq!(silent.step(&p, t(25, 5)), GapStep::Wait);
+        assert_eq!(
+            silent.step(&p, t(25, 10)),
+            GapStep::Resweep { since: t(1, 10) }
+        );
     }
 }

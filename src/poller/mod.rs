@@ -343,6 +343,11 @@ fn log_gap(vendor: Vendor, e: &GapEvent) {
             t(since),
             if *closing { " (recovery done)" } else { " (still silent)" }
         ),
+        GapEvent::SweepFailed { since, error } => log::error!(
+            "{vendor} callback gap since {}: the sweep failed part way ({error}); retried in {} minutes",
+            t(since),
+            crate::poller::gaps::SWEEP_LEASE.as_secs() / 60
+        ),
     }
 }
 

@@ -37,6 +37,8 @@ pub enum GapEvent {
         orders: usize,
         closing: bool,
     },
+    /// A sweep failed part way; it is retried after `SWEEP_LEASE`.
+    SweepFailed { since: DateTime<Utc>, error: String },
 }
 
 /// The latest callback heard (applied or duplicate) after `after`.
@@ -62,13 +64,37 @@ pub const HISTORY_SQL: &str = "SELECT count(*) AS n FROM ( \
          LIMIT $5) c \
        LIMIT $5) s";
 
-/// Make due ($3 = now) the tracked orders not heard from since $2, the
-/// earlier statuses a moment first (they change soonest). Walks
-/// `orders_due_idx` over the tracked orders: once per gap, not per pass.
-pub const SWEEP_SQL: &str = "UPDATE orders SET next_check_at = $3 + CASE status \
-         WHEN 'submitted' THEN interval '1 second' WHEN 'shipped' THEN interval '2 seconds' \
-         WHEN 'completed' THEN interval '3 seconds' ELSE interval '0' END \
-     WHERE vendor = $1 AND next_check_at > $3 AND COALESCE(last_heard_at, tracked_at) < $2";
+/// One chunk of a sweep, first the walk: the next $6 tracked orders after
+/// the cursor ($4, $5) in `orders_due_idx` order; of those, the ones due
+/// later than $3 (now) and not heard from since $2. Returns how many it
+/// walked, those orders, and the new cursor.
+pub const SWEEP_WALK_SQL: &str = "WITH c AS ( \
+       SELECT order_id, next_check_at, \
+              next_check_at > $3 AND COALESCE(last_heard_at, tracked_at) < $2 AS stale \
+       FROM orders \
+       WHERE vendor = $1 AND next_check_at >= $4 AND (next_check_at, order_id) > ($4, $5) \
+       ORDER BY next_check_at, order_id LIMIT $6) \
+     SELECT count(*) AS walked, \
+            COALESCE(array_agg(order_id) FILTER (WHERE stale), '{}') AS stale, \
+            (array_agg(next_check_at ORDER BY next_check_at DESC, order_id DESC))[1] AS at, \
+            (array_agg(order_id ORDER BY next_check_at DESC, order_id DESC))[1] AS id \
+     FROM c";
+
+/// Then the update of the orders the walk found ($4), their conditions
+/// checked again (a callback may have come in between): due at $3 (now), the
+/// earlier statuses a moment first (they change soonest). Swept orders end
+/// up at or before $3, out of the range later chunks (and a sweep taken
+/// over) walk.
+pub const SWEEP_SQL: &str = "UPDATE orders SET next_check_at = $3 - CASE status \
+         WHEN 'submitted' THEN interval '2 seconds' WHEN 'shipped' THEN interval '1 second' \
+         WHEN 'completed' THEN interval '0' ELSE interval '3 seconds' END \
+     WHERE vendor = $1 AND order_id = ANY($4) \
+       AND next_check_at > $3 AND COALESCE(last_heard_at, tracked_at) < $2";
+
+/// Orders a sweep chunk walks (and at most updates, in one transaction: the
+/// row locks it holds, which callbacks for those orders wait on, last a few
+/// tens of milliseconds).
+pub const SWEEP_CHUNK: i64 = 2000;
 
 #[derive(QueryableByName)]
 struct At {
@@ -91,6 +117,18 @@ struct Count {
 }
 
 #[derive(QueryableByName)]
+struct Walk {
+    #[diesel(sql_type = BigInt)]
+    walked: i64,
+    #[diesel(sql_type = diesel::sql_types::Array<Text>)]
+    stale: Vec<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    id: Option<String>,
+}
+
+#[derive(QueryableByName)]
 struct GapRow {
     #[diesel(sql_type = BigInt)]
     id: i64,
@@ -102,17 +140,24 @@ struct GapRow {
     detected_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     swept_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    sweep_started_at: Option<DateTime<Utc>>,
 }
 
 /// One look at `vendor`'s callbacks at `now` (a poll pass does one before it
 /// claims): record new silences, then sweep for the gaps that need it.
+///
+/// The look and the choice of sweeps are one transaction under an advisory
+/// lock; each sweep then commits in chunks (`SWEEP_CHUNK`), its gap marked
+/// as being swept so that another process leaves it alone, or takes it over
+/// if this one dies (`SWEEP_LEASE`).
 pub fn check(
     conn: &mut PgConnection,
     vendor: Vendor,
     now: DateTime<Utc>,
     policy: &GapPolicy,
 ) -> QueryResult<Vec<GapEvent>> {
-    conn.transaction(|conn| {
+    let (mut events, sweeps) = conn.transaction(|conn| {
         diesel::sql_query("SELECT pg_advisory_xact_lock(7217200200 + $1)")
             .bind::<Integer, _>(match vendor {
                 Vendor::Haoka172 => 1,
@@ -121,30 +166,49 @@ pub fn check(
             .execute(conn)?;
         let mut events = Vec::new();
         find_silences(conn, vendor, now, policy, &mut events)?;
+        let mut sweeps = Vec::new();
         for gap in open_gaps(conn, vendor)? {
             let (since, closing) = match gap.step(policy, now) {
                 GapStep::Wait => continue,
                 GapStep::Resweep { since } => (since, false),
                 GapStep::Recover { since } => (since, true),
             };
-            let orders = sweep(conn, vendor, since, now)?;
+            diesel::sql_query("UPDATE callback_gaps SET sweep_started_at = $2 WHERE id = $1")
+                .bind::<BigInt, _>(gap.id)
+                .bind::<Timestamptz, _>(now)
+                .execute(conn)?;
+            sweeps.push((gap, since, closing));
+        }
+        QueryResult::Ok((events, sweeps))
+    })?;
+    for (gap, since, closing) in sweeps {
+        let swept = sweep(conn, vendor, since, now, SWEEP_CHUNK).and_then(|s| {
+            // Only while it is still ours (not taken over).
             diesel::sql_query(
                 "UPDATE callback_gaps SET swept_at = $2, swept_orders = swept_orders + $3, \
-                 closed_at = CASE WHEN $4 THEN $2 END WHERE id = $1",
+                 closed_at = CASE WHEN $4 THEN $2 END, sweep_started_at = NULL \
+                 WHERE id = $1 AND sweep_started_at = $2",
             )
             .bind::<BigInt, _>(gap.id)
             .bind::<Timestamptz, _>(now)
-            .bind::<BigInt, _>(orders as i64)
+            .bind::<BigInt, _>(s.orders as i64)
             .bind::<diesel::sql_types::Bool, _>(closing)
             .execute(conn)?;
-            events.push(GapEvent::Swept {
+            Ok(s)
+        });
+        events.push(match swept {
+            Ok(s) => GapEvent::Swept {
                 since: gap.silent_since,
-                orders,
+                orders: s.orders,
                 closing,
-            });
-        }
-        Ok(events)
-    })
+            },
+            Err(e) => GapEvent::SweepFailed {
+                since: gap.silent_since,
+                error: e.to_string(),
+            },
+        });
+    }
+    Ok(events)
 }
 
 /// Silences among the callbacks heard since the watch mark, and the one
@@ -294,7 +358,7 @@ fn history(
 
 fn open_gaps(conn: &mut PgConnection, vendor: Vendor) -> QueryResult<Vec<OpenGap>> {
     let rows: Vec<GapRow> = diesel::sql_query(
-        "SELECT id, silent_since, resumed_at, detected_at, swept_at FROM callback_gaps \
+        "SELECT id, silent_since, resumed_at, detected_at, swept_at, sweep_started_at FROM callback_gaps \
          WHERE vendor = $1 AND closed_at IS NULL ORDER BY silent_since",
     )
     .bind::<Text, _>(vendor.as_str())
@@ -307,22 +371,58 @@ fn open_gaps(conn: &mut PgConnection, vendor: Vendor) -> QueryResult<Vec<OpenGap
             resumed_at: r.resumed_at,
             detected_at: r.detected_at,
             swept_at: r.swept_at,
+            sweep_started_at: r.sweep_started_at,
         })
         .collect())
 }
 
-/// Make the tracked orders not heard from since `since` due now.
+/// What a sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Orders made due.
+    pub orders: usize,
+    /// Chunks it walked (each a walk and at most one update).
+    pub chunks: usize,
+}
+
+/// Make the tracked orders not heard from since `since` due now, `chunk`
+/// orders walked per transaction. Safe to repeat or to run after a sweep
+/// that died half way: swept orders are due, out of its range.
 pub fn sweep(
     conn: &mut PgConnection,
     vendor: Vendor,
     since: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> QueryResult<usize> {
-    diesel::sql_query(SWEEP_SQL)
-        .bind::<Text, _>(vendor.as_str())
-        .bind::<Timestamptz, _>(since)
-        .bind::<Timestamptz, _>(now)
-        .execute(conn)
+    chunk: i64,
+) -> QueryResult<Swept> {
+    let mut cursor = (now, String::new());
+    let mut done = Swept {
+        orders: 0,
+        chunks: 0,
+    };
+    loop {
+        let w: Walk = diesel::sql_query(SWEEP_WALK_SQL)
+            .bind::<Text, _>(vendor.as_str())
+            .bind::<Timestamptz, _>(since)
+            .bind::<Timestamptz, _>(now)
+            .bind::<Timestamptz, _>(cursor.0)
+            .bind::<Text, _>(&cursor.1)
+            .bind::<BigInt, _>(chunk)
+            .get_result(conn)?;
+        if !w.stale.is_empty() {
+            done.orders += diesel::sql_query(SWEEP_SQL)
+                .bind::<Text, _>(vendor.as_str())
+                .bind::<Timestamptz, _>(since)
+                .bind::<Timestamptz, _>(now)
+                .bind::<diesel::sql_types::Array<Text>, _>(&w.stale)
+                .execute(conn)?;
+        }
+        done.chunks += 1;
+        match (w.at, w.id) {
+            (Some(at), Some(id)) if w.walked >= chunk => cursor = (at, id),
+            _ => return Ok(done),
+        }
+    }
 }
 
 fn to_interval(d: chrono::Duration) -> diesel::pg::data_types::PgInterval {

@@ -9,7 +9,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Nullable, Text, Timestamptz};
 use haoka_sync::poller::gaps::GapPolicy;
-use haoka_sync::store::gaps::{check, GapEvent};
+use haoka_sync::store::gaps::{check, sweep, GapEvent};
 use haoka_sync::vendors::Vendor;
 
 use crate::fake172::{Answer, Fake172};
@@ -192,11 +192,14 @@ fn a_silence_found_after_a_restart_sweeps_the_orders_not_heard_since_once() {
         ]
     );
     // Due now, earlier statuses first; the others untouched.
-    assert_eq!(next_check(c, "PENDING-SILENT"), Some(t));
-    assert_eq!(next_check(c, "NEVER-HEARD"), Some(t));
+    assert_eq!(
+        next_check(c, "PENDING-SILENT"),
+        Some(t - Duration::seconds(3))
+    );
+    assert_eq!(next_check(c, "NEVER-HEARD"), Some(t - Duration::seconds(3)));
     assert_eq!(
         next_check(c, "SHIPPED-SILENT"),
-        Some(t + Duration::seconds(2))
+        Some(t - Duration::seconds(1))
     );
     assert_eq!(next_check(c, "HEARD-SINCE"), far);
     assert_eq!(next_check(c, "ALREADY-DUE"), Some(t - Duration::minutes(1)));
@@ -270,7 +273,7 @@ fn an_ongoing_silence_is_reported_once_resweeps_daily_and_recovers_after_it_sett
     );
     assert_eq!(
         next_check(c, "QUIET"),
-        Some(day_later + Duration::seconds(1))
+        Some(day_later - Duration::seconds(2))
     );
     // The poller queried it (heard now); callbacks come back an hour later.
     c.batch_execute("UPDATE orders SET next_check_at = now() + interval '20 days'")
@@ -300,7 +303,7 @@ fn an_ongoing_silence_is_reported_once_resweeps_daily_and_recovers_after_it_sett
             closing: true,
         }]
     );
-    assert_eq!(next_check(c, "QUIET"), Some(settled + Duration::seconds(1)));
+    assert_eq!(next_check(c, "QUIET"), Some(settled - Duration::seconds(2)));
     assert_eq!(
         gaps(c),
         vec![GapRow {
@@ -358,6 +361,132 @@ fn a_quiet_night_or_a_small_deployment_is_no_gap() {
         check(c, V, t, &p).unwrap().as_slice(),
         [GapEvent::Silent { .. }]
     ));
+}
+
+/// `n` tracked orders (and every tenth terminal): next checks in 7 groups of
+/// equal times (ties across chunk boundaries), last heard before `since` for
+/// odd numbers, after it for even ones.
+fn many_orders(c: &mut PgConnection, n: i64, since: DateTime<Utc>, t: DateTime<Utc>) {
+    diesel::sql_query(
+        "INSERT INTO orders (vendor, order_id, status, last_heard_at, next_check_at, created_at, tracked_at) \
+         SELECT 'haoka172', 'M' || g, CASE WHEN g % 10 = 0 THEN 'settled' WHEN g % 3 = 0 THEN 'shipped' ELSE 'submitted' END, \
+                CASE WHEN g % 2 = 1 THEN $2 - interval '1 hour' ELSE $2 + interval '1 hour' END, \
+                CASE WHEN g % 10 = 0 THEN NULL ELSE $3 + (g % 7 + 1) * interval '1 day' END, \
+                $2 - interval '9 days', $2 - interval '9 days' \
+         FROM generate_series(1, $1) g",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(n)
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(t)
+    .execute(c)
+    .unwrap();
+}
+
+#[test]
+fn a_large_sweep_commits_in_chunks_and_misses_no_order() {
+    let db = TestDb::new();
+    let c = &mut db.conn();
+    let t = base();
+    let since = t - Duration::hours(5);
+    many_orders(c, 2345, since, t);
+    let silent_tracked = count(
+        c,
+        "SELECT count(*) AS n FROM orders WHERE next_check_at IS NOT NULL AND order_id::text ~ '[13579]$'",
+    );
+    let heard_tracked = count(
+        c,
+        "SELECT count(*) AS n FROM orders WHERE next_check_at IS NOT NULL AND order_id::text ~ '[02468]$'",
+    );
+    assert_eq!((silent_tracked, heard_tracked), (1173, 938));
+
+    let done = sweep(c, V, since, t, 100).unwrap();
+    assert_eq!(done.orders as i64, silent_tracked);
+    // Every tracked order walked once, 100 per transaction.
+    assert_eq!(
+        done.chunks as i64,
+        (silent_tracked + heard_tracked) / 100 + 1
+    );
+    assert_eq!(
+        count(
+            c,
+            "SELECT count(*) AS n FROM orders WHERE next_check_at IS NOT NULL AND order_id ~ '[13579]$' \
+             AND next_check_at <= now()"
+        ),
+        silent_tracked
+    );
+    assert_eq!(
+        count(
+            c,
+            "SELECT count(*) AS n FROM orders WHERE order_id ~ '[02468]$' AND next_check_at > now() + interval '23 hours'"
+        ),
+        heard_tracked
+    );
+    assert_eq!(
+        count(
+            c,
+            "SELECT count(*) AS n FROM orders WHERE status = 'settled' AND next_check_at IS NULL"
+        ),
+        234
+    );
+    // Submitted before shipped.
+    assert_eq!(
+        count(
+            c,
+            "SELECT count(DISTINCT next_check_at) AS n FROM orders WHERE order_id ~ '[13579]$' AND status = 'submitted'"
+        ),
+        1
+    );
+    assert!(
+        count(
+            c,
+            "SELECT count(*) AS n FROM orders s, orders h WHERE s.status = 'submitted' AND h.status = 'shipped' \
+             AND s.order_id ~ '[13579]$' AND h.order_id ~ '[13579]$' AND s.next_check_at >= h.next_check_at"
+        ) == 0
+    );
+    // Repeating it (a sweep taken over after a crash) finds nothing more.
+    let again = sweep(c, V, since, t, 100).unwrap();
+    assert_eq!(again.orders, 0);
+}
+
+#[test]
+fn a_sweep_left_by_a_process_that_died_is_taken_over_after_its_lease() {
+    let db = TestDb::new();
+    let c = &mut db.conn();
+    let p = GapPolicy::default();
+    let t = base();
+    let since = t - Duration::hours(5);
+    many_orders(c, 50, since, t);
+    // A gap that resumed and settled; another process began its recovery
+    // sweep 5 minutes ago and died half way.
+    diesel::sql_query(
+        "INSERT INTO callback_gaps (vendor, silent_since, resumed_at, detected_at, expected_callbacks, sweep_started_at) \
+         VALUES ('haoka172', $1, $2, $2, 150, $3)",
+    )
+    .bind::<Timestamptz, _>(since - Duration::hours(1))
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(t - Duration::minutes(5))
+    .execute(c)
+    .unwrap();
+    assert_eq!(check(c, V, t, &p).unwrap(), vec![]);
+    assert_eq!(gaps(c)[0].closed_at, None);
+    let later = t + Duration::minutes(5);
+    assert_eq!(
+        check(c, V, later, &p).unwrap(),
+        vec![GapEvent::Swept {
+            since: since - Duration::hours(1),
+            orders: 25,
+            closing: true,
+        }]
+    );
+    let g = gaps(c);
+    assert_eq!((g[0].swept_orders, g[0].closed_at), (25, Some(later)));
+    assert_eq!(
+        count(
+            c,
+            "SELECT count(*) AS n FROM callback_gaps WHERE sweep_started_at IS NULL"
+        ),
+        1
+    );
 }
 
 #[tokio::test]
