@@ -919,7 +919,12 @@ fn haoka_sync_pass(
     at: Duration,
 ) -> Res<i64> {
     if let Some(policy) = &sched.callback_gap {
-        gstore::check(conn, V, now, policy)?;
+        for e in gstore::check(conn, V, now, policy)? {
+            if let gstore::GapEvent::SweepFailed { error, .. } = &e {
+                return Err(format!("gap sweep failed: {error}").into());
+            }
+            println!("  day {:.2}: {e:?}", at.as_secs_f64() / DAY as f64);
+        }
     }
     let per_minute = sc.per_minute;
     let start = pstore::start_pass(conn, V, now, sched, Some(sc.per_day), OWNER, LEASE, |_| {
