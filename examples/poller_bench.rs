@@ -22,9 +22,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use diesel::connection::SimpleConnection;
-use diesel::pg::data_types::PgInterval;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Date, Integer, Interval, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Date, Integer, Text, Timestamptz};
 
 use haoka_sync::config::Config;
 use haoka_sync::poller::gaps::HISTORY_DAYS;
@@ -290,7 +289,7 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
             s if s == gstore::HOLES_SQL => q
                 .bind::<Text, _>(V.as_str())
                 .bind::<Timestamptz, _>(now - chrono::Duration::minutes(1))
-                .bind::<Interval, _>(PgInterval::from_microseconds(3_600_000_000))
+                .bind::<diesel::sql_types::Double, _>(3600.0)
                 .load(conn),
             s if s == gstore::HISTORY_SQL => q
                 .bind::<Text, _>(V.as_str())

@@ -346,7 +346,7 @@ fn log_gap(vendor: Vendor, e: &GapEvent) {
         GapEvent::SweepFailed { since, error } => log::error!(
             "{vendor} callback gap since {}: the sweep failed part way ({error}); retried in {} minutes",
             t(since),
-            crate::poller::gaps::SWEEP_LEASE.as_secs() / 60
+            gaps::SWEEP_LEASE.as_secs() / 60
         ),
     }
 }

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer, Interval, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Timestamptz};
 
 use crate::poller::gaps::{expected_per_day, GapPolicy, GapStep, OpenGap, HISTORY_DAYS};
 use crate::vendors::Vendor;
@@ -45,13 +45,13 @@ pub enum GapEvent {
 pub const LAST_HEARD_SQL: &str = "SELECT max(received_at) AS at FROM inbound_callbacks \
      WHERE vendor = $1 AND outcome IN ('applied', 'duplicate') AND received_at > $2";
 
-/// Silences of at least $3 between callbacks heard after $2 ($2 counts as
-/// the one before the first).
+/// Silences of at least $3 seconds between callbacks heard after $2 ($2
+/// counts as the one before the first).
 pub const HOLES_SQL: &str = "SELECT prev AS since, at AS resumed_at FROM ( \
        SELECT received_at AS at, lag(received_at, 1, $2) OVER (ORDER BY received_at) AS prev \
        FROM inbound_callbacks \
        WHERE vendor = $1 AND outcome IN ('applied', 'duplicate') AND received_at > $2) s \
-     WHERE at - prev >= $3 ORDER BY at";
+     WHERE at - prev >= make_interval(secs => $3) ORDER BY at";
 
 /// Callbacks heard in the same clock hours ($2 to $3) on each of the $4
 /// previous days, counted up to $5.
@@ -158,12 +158,7 @@ pub fn check(
     policy: &GapPolicy,
 ) -> QueryResult<Vec<GapEvent>> {
     let (mut events, sweeps) = conn.transaction(|conn| {
-        diesel::sql_query("SELECT pg_advisory_xact_lock(7217200200 + $1)")
-            .bind::<Integer, _>(match vendor {
-                Vendor::Haoka172 => 1,
-                Vendor::Damaijia => 2,
-            })
-            .execute(conn)?;
+        super::lock_vendor(conn, 7217200200, vendor)?;
         let mut events = Vec::new();
         find_silences(conn, vendor, now, policy, &mut events)?;
         let mut sweeps = Vec::new();
@@ -276,11 +271,10 @@ fn silences_since(
     policy: &GapPolicy,
     events: &mut Vec<GapEvent>,
 ) -> QueryResult<()> {
-    let silence = chrono::Duration::from_std(policy.silence).unwrap_or_default();
     let holes: Vec<Hole> = diesel::sql_query(HOLES_SQL)
         .bind::<Text, _>(vendor.as_str())
         .bind::<Timestamptz, _>(mark)
-        .bind::<Interval, _>(to_interval(silence))
+        .bind::<Double, _>(policy.silence.as_secs_f64())
         .load(conn)?;
     for h in holes {
         let history = history(conn, vendor, h.since, h.resumed_at, policy)?;
@@ -423,8 +417,4 @@ pub fn sweep(
             _ => return Ok(done),
         }
     }
-}
-
-fn to_interval(d: chrono::Duration) -> diesel::pg::data_types::PgInterval {
-    diesel::pg::data_types::PgInterval::from_microseconds(d.num_microseconds().unwrap_or(i64::MAX))
 }

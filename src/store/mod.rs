@@ -21,6 +21,20 @@ use crate::poller::schedule::{jitter, Schedule};
 use crate::status::{self, Effect, Observation, Source, Status};
 use crate::vendors::Vendor;
 
+/// Take a transaction-scoped advisory lock on `vendor` within the lock
+/// family `base` (one family per concern: call budgets, gap looks), so that
+/// only one process at a time does that work for that vendor.
+pub fn lock_vendor(conn: &mut PgConnection, base: i64, vendor: Vendor) -> QueryResult<()> {
+    let n: i64 = match vendor {
+        Vendor::Haoka172 => 1,
+        Vendor::Damaijia => 2,
+    };
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(base + n)
+        .execute(conn)?;
+    Ok(())
+}
+
 /// What applying one observation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {

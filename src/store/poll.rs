@@ -372,12 +372,7 @@ pub fn reserve_call(
     today: NaiveDate,
 ) -> QueryResult<Option<i64>> {
     conn.transaction(|conn| {
-        diesel::sql_query("SELECT pg_advisory_xact_lock(7217200100 + $1)")
-            .bind::<Integer, _>(match budget.vendor {
-                Vendor::Haoka172 => 1,
-                Vendor::Damaijia => 2,
-            })
-            .execute(conn)?;
+        super::lock_vendor(conn, 7217200100, budget.vendor)?;
         if recent_calls(conn, budget.vendor, budget.window)? >= budget.per_window {
             return Ok(None);
         }
