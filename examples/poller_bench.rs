@@ -30,7 +30,7 @@ use haoka_sync::poller::gaps::HISTORY_DAYS;
 use haoka_sync::poller::schedule::{china_day, next_china_midnight, Schedule};
 use haoka_sync::poller::LEASE;
 use haoka_sync::sim::lifecycle::{haoka172_with_gaps, Lifecycle172, Rng};
-use haoka_sync::status::{haoka172_status, Observation, OrderFields, Source, Status};
+use haoka_sync::status::{haoka172_status, Observation, OrderFields, SignedOver, Source, Status};
 use haoka_sync::store::gaps as gstore;
 use haoka_sync::store::poll::{self as pstore, PassStart, PollResult};
 use haoka_sync::store::{apply_batch, Applied, Item};
@@ -703,6 +703,7 @@ fn converge(sc: &Scenario) -> Res<()> {
                 .map(|(rid, obs)| Item {
                     obs,
                     request_id: Some(rid),
+                    signed_over: Some(SignedOver::OrderId),
                 })
                 .collect();
             let applied = conn.transaction(|c| {
@@ -899,7 +900,7 @@ fn poll_one(
         },
     };
     if let Some(Applied::Event { status, .. }) =
-        pstore::record_poll(conn, V, order_id, OWNER, result, sched, now)?
+        pstore::record_poll(conn, V, order_id, OWNER, result, sched, now, now, &[])?.applied
     {
         sim.set_held(i, status);
     }

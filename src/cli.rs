@@ -109,7 +109,7 @@ struct DemoArgs {
     #[arg(long, default_value_t = 60)]
     orders_damaijia: usize,
     /// Give up (exit 1) when not converged after this many seconds.
-    #[arg(long, default_value_t = 110)]
+    #[arg(long, default_value_t = 180)]
     timeout_secs: u64,
     #[command(flatten)]
     sim: SimArgs,
@@ -219,6 +219,17 @@ async fn serve(config: Config) -> CliResult {
             "HAOKA172_SECRET is not set: 172 callbacks cannot be verified (they are stored and answered 503) and the 172 poller is off"
         );
     }
+    match (config.haoka172.confirm_terminal, config.haoka172.can_poll()) {
+        (true, true) => log::info!(
+            "a 172 callback that would make its order terminal is held until GetOrderInfo confirms it (HAOKA172_CONFIRM_TERMINAL=off applies it at once)"
+        ),
+        (true, false) => log::warn!(
+            "HAOKA172_USER_ID is not set, so nothing can confirm a callback's terminal status: such callbacks apply at once, and a replayed signature can make an order terminal; callbacks signed over an OrderNo172 we cannot corroborate stay unverified"
+        ),
+        (false, _) => log::warn!(
+            "HAOKA172_CONFIRM_TERMINAL=off: a callback's terminal status applies at once; the vendor's signature covers only the order number, so a replayed signature can make an order terminal"
+        ),
+    }
     if config.damaijia.token.is_none() || config.damaijia.owner_id.is_none() {
         log::info!("DAMAIJIA_TOKEN / DAMAIJIA_OWNER_ID not set: the 大麦家 poller is off");
     }
@@ -249,10 +260,12 @@ async fn show(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
         let order = crate::store::find_order(conn, vendor, &id).map_err(db::DbError::from_query)?;
         let history =
             crate::store::order_history(conn, vendor, &id).map_err(db::DbError::from_query)?;
-        Ok(order.map(|o| (o, history)))
+        let confirmations = crate::store::order_confirmations(conn, vendor, &id)
+            .map_err(db::DbError::from_query)?;
+        Ok(order.map(|o| (o, history, confirmations)))
     })
     .await?;
-    let Some((o, history)) = found else {
+    let Some((o, history, confirmations)) = found else {
         return Err(failed(format!("no {vendor} order {order_id}")));
     };
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
@@ -298,6 +311,32 @@ async fn show(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
             .unwrap_or_else(|| "never".into()),
         opt(&o.last_source)
     );
+    for c in &confirmations {
+        let what = match c.reason.as_str() {
+            "terminal" => format!("claimed {}", c.claimed_status),
+            _ => "was signed over an OrderNo172 nobody vouched for".to_owned(),
+        };
+        match (&c.result, &c.vendor_status) {
+            (Some(result), answer) => println!(
+                "  callback {} {what}: {result} by GetOrderInfo{}",
+                c.request_id,
+                answer
+                    .as_deref()
+                    .map(|a| format!(" (answered {a})"))
+                    .unwrap_or_default()
+            ),
+            (None, _) => println!(
+                "  callback {} {what}: awaiting GetOrderInfo since {}{}",
+                c.request_id,
+                c.requested_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                if c.expedited {
+                    " (asked at once)"
+                } else {
+                    " (at its next scheduled check)"
+                }
+            ),
+        }
+    }
     println!("  history ({} events):", history.len());
     for e in history {
         println!(

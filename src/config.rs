@@ -11,7 +11,8 @@
 //!   `DAMAIJIA_BATCH_SIZE`, `DAMAIJIA_EDITION`, `DAMAIJIA_COOLOFF` (default
 //!   30m), `DAMAIJIA_TIMEOUT_SECS` (default 15)
 //! - `HAOKA172_COOLOFF` (default 10m), `HAOKA172_TIMEOUT_SECS` (default 10),
-//!   `HAOKA172_CALLBACK_GAP` (default `silence=1h,expected=20,settle=15m,resweep=1d`)
+//!   `HAOKA172_CALLBACK_GAP` (default `silence=1h,expected=20,settle=15m,resweep=1d`),
+//!   `HAOKA172_CONFIRM_TERMINAL` (default on)
 //! - `TRACKING_HORIZON` (default 60d), `POLL_MIN_RECHECK` (default 1m)
 //! - `POLL_CRON`, `ADMIN_TOKEN`
 //! - `CALLBACK_MAX_BODY_BYTES` (default 65536), `DB_POOL_SIZE` (default 16),
@@ -211,6 +212,16 @@ pub struct Haoka172Config {
     /// When a deployment-wide silence of callbacks triggers a recovery
     /// sweep; `None` when off.
     pub callback_gap: Option<GapPolicy>,
+    /// Hold callbacks that would make an order terminal until GetOrderInfo
+    /// confirms them (`HAOKA172_CONFIRM_TERMINAL`, on by default).
+    pub confirm_terminal: bool,
+}
+
+impl Haoka172Config {
+    /// The 172 poller (GetOrderInfo) has what it needs.
+    pub fn can_poll(&self) -> bool {
+        self.user_id.is_some() && self.secret.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +297,16 @@ impl Config {
         let parse_dur = |k: &'static str, default: &str| -> Result<Duration, ConfigError> {
             parse_duration(&var(k).unwrap_or_else(|| default.to_owned())).map_err(|m| err(k, m))
         };
+        let parse_switch = |k: &'static str, default: bool| -> Result<bool, ConfigError> {
+            match var(k).map(|v| v.to_ascii_lowercase()) {
+                None => Ok(default),
+                Some(v) => match v.as_str() {
+                    "on" | "true" | "1" | "yes" => Ok(true),
+                    "off" | "false" | "0" | "no" => Ok(false),
+                    _ => Err(err(k, format!("`{v}` is not on or off"))),
+                },
+            }
+        };
         let parse_url = |k: &'static str, default: &str| -> Result<url::Url, ConfigError> {
             let v = var(k).unwrap_or_else(|| default.to_owned());
             let u = url::Url::parse(&v).map_err(|e| err(k, format!("`{v}` is not a URL ({e})")))?;
@@ -336,6 +357,7 @@ impl Config {
             )
             .map_err(|m| err("HAOKA172_CALLBACK_GAP", m))?,
             timeout: Duration::from_secs(parse_num("HAOKA172_TIMEOUT_SECS", 10, 1, 300)?),
+            confirm_terminal: parse_switch("HAOKA172_CONFIRM_TERMINAL", true)?,
         };
         let damaijia = DamaijiaConfig {
             token: var("DAMAIJIA_TOKEN").map(Secret),

@@ -70,6 +70,9 @@ pub struct Progress {
     pub get_order_info_calls: i64,
     pub damaijia_calls: i64,
     pub statuses: BTreeMap<String, i64>,
+    /// Callbacks that awaited the vendor's word, by result (`pending` while
+    /// they still do).
+    pub confirmations: BTreeMap<String, i64>,
     /// Orders whose status differs from the truth (missing counts too).
     pub disagree: usize,
     pub sim_finished: bool,
@@ -92,10 +95,16 @@ impl Progress {
             .iter()
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
+        let conf: Vec<String> = self
+            .confirmations
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         format!(
-            "[{:>4.0}s] callbacks: {} | GetOrderInfo calls {} (pushes dropped {}) | 大麦家 calls {} | orders: {} | disagree with truth: {}",
+            "[{:>4.0}s] callbacks: {} | confirmations: {} | GetOrderInfo calls {} (pushes dropped {}) | 大麦家 calls {} | orders: {} | disagree with truth: {}",
             elapsed.as_secs_f64(),
             if cb.is_empty() { "none".into() } else { cb.join(", ") },
+            if conf.is_empty() { "none".into() } else { conf.join(", ") },
             self.get_order_info_calls,
             self.sim.pushes_dropped,
             self.damaijia_calls,
@@ -243,6 +252,10 @@ fn progress_from_db(conn: &mut PgConnection, truth: &Truth) -> Result<Progress, 
         "SELECT vendor || ':' || status AS key, count(*) AS n FROM orders GROUP BY 1",
         conn,
     )?;
+    let confirmations = pairs(
+        "SELECT COALESCE(result, 'pending') AS key, count(*) AS n FROM callback_confirmations GROUP BY 1",
+        conn,
+    )?;
     let rows: Vec<OrderStatus> = diesel::sql_query("SELECT vendor, order_id, status FROM orders")
         .load(conn)
         .map_err(q)?;
@@ -267,6 +280,7 @@ fn progress_from_db(conn: &mut PgConnection, truth: &Truth) -> Result<Progress, 
         get_order_info_calls: calls.get("haoka172").copied().unwrap_or(0),
         damaijia_calls: calls.get("damaijia").copied().unwrap_or(0),
         statuses,
+        confirmations,
         disagree,
         sim_finished: false,
         sim: SimStats::default(),

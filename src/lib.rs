@@ -11,6 +11,7 @@ pub mod db;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod ids;
 pub mod mask;
 pub mod poller;
 pub mod sim;

@@ -244,6 +244,9 @@ pub enum Effect {
     Conflict,
     /// A label we cannot map; the status is not touched (unless it was `new`).
     UnknownStatus,
+    /// Not merged: a callback that would have made the order terminal, held
+    /// until the vendor confirms it (see [`needs_confirmation`]).
+    Unconfirmed,
 }
 
 impl Effect {
@@ -254,6 +257,7 @@ impl Effect {
             Effect::Stale => "stale",
             Effect::Conflict => "conflict",
             Effect::UnknownStatus => "unknown_status",
+            Effect::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -316,7 +320,7 @@ pub fn merge(held: &OrderState, obs: &Observation) -> Merged {
             }
         }
         Effect::Conflict => state.conflict = true,
-        Effect::Stale => {}
+        Effect::Stale | Effect::Unconfirmed => {}
         Effect::UnknownStatus => {
             if matches!(held.status, Status::New | Status::Unknown) {
                 state.status = Status::Unknown;
@@ -326,7 +330,7 @@ pub fn merge(held: &OrderState, obs: &Observation) -> Merged {
         }
     }
     let current = matches!(effect, Effect::Advanced | Effect::Same);
-    merge_fields(&mut state.fields, &obs.fields, current);
+    merge_fields(&mut state.fields, &obs.fields, current, obs.source);
     let changed = state != *held;
     Merged {
         state,
@@ -335,7 +339,66 @@ pub fn merge(held: &OrderState, obs: &Observation) -> Merged {
     }
 }
 
-fn merge_fields(held: &mut OrderFields, seen: &OrderFields, current: bool) {
+/// What a callback's signature vouches for. The vendor signs one order
+/// number and nothing else, so the signature proves neither the status nor
+/// the other fields: see [`corroborate`] and [`needs_confirmation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedOver {
+    /// Our order id (172: `OrderNo`): the callback is about this order.
+    OrderId,
+    /// The vendor's order number as the body states it (172: `OrderNo172`):
+    /// it proves the sender holds a sign for that number, not that the
+    /// number belongs to this order.
+    VendorOrderNo,
+}
+
+impl SignedOver {
+    /// The `inbound_callbacks.sign_matched` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignedOver::OrderId => "order_no",
+            SignedOver::VendorOrderNo => "order_no_172",
+        }
+    }
+}
+
+/// How a vendor number a signature vouches for compares with the one we hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corroboration {
+    /// It is the number we hold from an authenticated source: the callback
+    /// is about this order.
+    Matches,
+    /// We hold another number: the sign was made for another order.
+    Differs,
+    /// We hold none yet: only the vendor can tell (one query).
+    Unknown,
+}
+
+/// A sign over the vendor's order number counts only when that number is
+/// the one we already hold for the order. What we hold came only from
+/// authenticated observations (a query answer, or a callback signed over our
+/// order id), never from a body that vouches for itself.
+pub fn corroborate(held: &OrderState, claimed: Option<&str>) -> Corroboration {
+    let claimed = claimed.map(str::trim).filter(|c| !c.is_empty());
+    match (held.fields.vendor_order_no.as_deref(), claimed) {
+        (None, _) => Corroboration::Unknown,
+        (Some(h), Some(c)) if h == c => Corroboration::Matches,
+        (Some(_), _) => Corroboration::Differs,
+    }
+}
+
+/// A callback's sign covers the order number only, so anyone who saw one
+/// callback can replay its sign with any status for that order. A change
+/// that can never be undone (the order becoming terminal) therefore waits
+/// for the vendor's own answer; everything else a callback may do at once
+/// (forward moves are re-checked by the ordinary polling anyway).
+pub fn needs_confirmation(obs: &Observation, merged: &Merged) -> bool {
+    obs.source == Source::Callback
+        && merged.effect == Effect::Advanced
+        && merged.state.status.is_terminal()
+}
+
+fn merge_fields(held: &mut OrderFields, seen: &OrderFields, current: bool, source: Source) {
     fn take(held: &mut Option<String>, seen: &Option<String>, current: bool) {
         if let Some(v) = seen.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
             if current || held.is_none() {
@@ -343,7 +406,14 @@ fn merge_fields(held: &mut OrderFields, seen: &OrderFields, current: bool) {
             }
         }
     }
-    take(&mut held.vendor_order_no, &seen.vendor_order_no, current);
+    // The vendor's number for an order never changes: the first one we are
+    // told sticks, except that a query answer (the vendor speaking about the
+    // order we asked for) always wins over what a callback body said.
+    take(
+        &mut held.vendor_order_no,
+        &seen.vendor_order_no,
+        source == Source::Poll,
+    );
     take(&mut held.express_name, &seen.express_name, current);
     take(&mut held.express_code, &seen.express_code, current);
     take(&mut held.third_phone, &seen.third_phone, current);
@@ -726,5 +796,60 @@ mod tests {
         assert_eq!(m.state.fields.details["goods_name"], "卡");
         assert_eq!(m.state.fields.details["goods_count"], 2);
         assert!(!m.state.fields.details.contains_key("pay_amount"));
+    }
+
+    fn with_vendor_no(n: Option<&str>) -> OrderState {
+        let mut s = held(Status::Shipped);
+        s.fields.vendor_order_no = n.map(str::to_owned);
+        s
+    }
+
+    #[test]
+    fn a_sign_over_the_vendor_number_counts_only_when_it_is_the_number_we_hold() {
+        let known = with_vendor_no(Some("mlkj1"));
+        assert_eq!(corroborate(&known, Some("mlkj1")), Corroboration::Matches);
+        assert_eq!(corroborate(&known, Some(" mlkj1 ")), Corroboration::Matches);
+        assert_eq!(corroborate(&known, Some("mlkj2")), Corroboration::Differs);
+        assert_eq!(corroborate(&known, None), Corroboration::Differs);
+        assert_eq!(corroborate(&known, Some("")), Corroboration::Differs);
+        let unknown = with_vendor_no(None);
+        assert_eq!(corroborate(&unknown, Some("mlkj1")), Corroboration::Unknown);
+        assert_eq!(corroborate(&unknown, None), Corroboration::Unknown);
+    }
+
+    #[test]
+    fn only_a_callback_that_would_make_the_order_terminal_needs_confirmation() {
+        for h in Status::ALL {
+            for s in Status::ALL.into_iter().filter(|s| *s != Status::New) {
+                let mut o = obs(s, "label");
+                let m = merge(&held(h), &o);
+                let want = !h.is_terminal() && s.is_terminal();
+                assert_eq!(needs_confirmation(&o, &m), want, "held {h}, seen {s}");
+                // The vendor's own answer never does.
+                o.source = Source::Poll;
+                assert!(
+                    !needs_confirmation(&o, &merge(&held(h), &o)),
+                    "poll {h} {s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_callback_only_fills_the_vendor_number_and_a_query_answer_replaces_it() {
+        let mut first = obs(Status::Pending, "待处理");
+        first.fields.vendor_order_no = Some("mlkjEVIL".into());
+        let s = merge(&OrderState::new_order(), &first).state;
+        let mut later = obs(Status::Shipped, "已发货");
+        later.fields.vendor_order_no = Some("mlkjOTHER".into());
+        let s = merge(&s, &later).state;
+        assert_eq!(s.fields.vendor_order_no.as_deref(), Some("mlkjEVIL"));
+        // A stale query answer still corrects it.
+        let mut answer = obs(Status::Pending, "待处理");
+        answer.source = Source::Poll;
+        answer.fields.vendor_order_no = Some("mlkjREAL".into());
+        let m = merge(&s, &answer);
+        assert_eq!(m.effect, Effect::Stale);
+        assert_eq!(m.state.fields.vendor_order_no.as_deref(), Some("mlkjREAL"));
     }
 }

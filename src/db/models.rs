@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::schema::{inbound_callbacks, order_events, orders};
+use super::schema::{callback_confirmations, inbound_callbacks, order_events, orders};
 use crate::status::{OrderFields, OrderState, Status};
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -216,6 +216,10 @@ pub struct InboundCallback {
     pub body_raw: Option<Vec<u8>>,
     pub body_size: i32,
     pub body_truncated: bool,
+    pub source_addr: Option<String>,
+    pub replayed_at: Option<DateTime<Utc>>,
+    pub replay_outcome: Option<String>,
+    pub replay_event_id: Option<i64>,
 }
 
 #[derive(Debug, Insertable)]
@@ -236,4 +240,34 @@ pub struct NewInboundCallback<'a> {
     pub body_raw: Option<&'a [u8]>,
     pub body_size: i32,
     pub body_truncated: bool,
+    pub source_addr: Option<&'a str>,
+}
+
+/// A callback that waited or waits for the vendor's word.
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = callback_confirmations, check_for_backend(diesel::pg::Pg))]
+pub struct Confirmation {
+    pub reason: String,
+    pub request_id: String,
+    pub claimed_status: String,
+    pub requested_at: DateTime<Utc>,
+    pub expedited: bool,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub result: Option<String>,
+    pub vendor_status: Option<String>,
+}
+
+/// A callback that waits for the vendor's word (`callback_confirmations`).
+#[derive(Debug, Insertable)]
+#[diesel(table_name = callback_confirmations)]
+pub struct NewConfirmation<'a> {
+    pub vendor: &'a str,
+    pub order_id: &'a str,
+    pub reason: &'a str,
+    pub request_id: &'a str,
+    pub claimed_status: &'a str,
+    pub claimed_vendor_order_no: Option<&'a str>,
+    pub event_id: Option<i64>,
+    pub requested_at: DateTime<Utc>,
+    pub expedited: bool,
 }

@@ -1,6 +1,24 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    callback_confirmations (id) {
+        id -> Int8,
+        vendor -> Text,
+        order_id -> Text,
+        reason -> Text,
+        request_id -> Text,
+        claimed_status -> Text,
+        claimed_vendor_order_no -> Nullable<Text>,
+        event_id -> Nullable<Int8>,
+        requested_at -> Timestamptz,
+        expedited -> Bool,
+        resolved_at -> Nullable<Timestamptz>,
+        result -> Nullable<Text>,
+        vendor_status -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     callback_gaps (id) {
         id -> Int8,
         vendor -> Text,
@@ -41,6 +59,10 @@ diesel::table! {
         body_raw -> Nullable<Bytea>,
         body_size -> Int4,
         body_truncated -> Bool,
+        source_addr -> Nullable<Text>,
+        replayed_at -> Nullable<Timestamptz>,
+        replay_outcome -> Nullable<Text>,
+        replay_event_id -> Nullable<Int8>,
     }
 }
 
@@ -142,6 +164,7 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(
+    callback_confirmations,
     callback_gaps,
     callback_watch,
     inbound_callbacks,

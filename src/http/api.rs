@@ -43,19 +43,24 @@ pub async fn get_order(
     require_admin(&req, &state)?;
     let (vendor, order_id) = path.into_inner();
     let vendor: Vendor = vendor.parse().map_err(AppError::BadRequest)?;
+    crate::ids::check("order id", &order_id).map_err(AppError::BadRequest)?;
     let id = order_id.clone();
     let found = db::run(&state.pool, move |conn| {
         let order = store::find_order(conn, vendor, &id).map_err(db::DbError::from_query)?;
-        let history = match &order {
-            Some(_) => store::order_history(conn, vendor, &id).map_err(db::DbError::from_query)?,
-            None => Vec::new(),
+        let Some(order) = order else {
+            return Ok(None);
         };
-        Ok(order.map(|o| (o, history)))
+        let history = store::order_history(conn, vendor, &id).map_err(db::DbError::from_query)?;
+        let confirmations =
+            store::order_confirmations(conn, vendor, &id).map_err(db::DbError::from_query)?;
+        Ok(Some((order, history, confirmations)))
     })
     .await?;
-    let (order, history) =
+    let (order, history, confirmations) =
         found.ok_or_else(|| AppError::NotFound(format!("no {vendor} order {order_id}")))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"order": order, "history": history})))
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "order": order, "history": history, "confirmations": confirmations
+    })))
 }
 
 #[derive(Debug, serde::Deserialize)]

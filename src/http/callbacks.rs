@@ -8,8 +8,9 @@ use futures_util::StreamExt;
 
 use super::AppState;
 use crate::db::DbError;
-use crate::store::ingest::{Disposition, InboundRequest, Outcome, RawRequest, Receipt};
-use crate::vendors::haoka172::callback::{self, Rejection, Verdict};
+use crate::status::Effect;
+use crate::store::ingest::{Disposition, InboundRequest, Outcome, RawRequest, Receipt, Record};
+use crate::vendors::haoka172::callback;
 
 /// The exact success body both public integrations send back.
 pub const SUCCESS_BODY: &str = r#"{"code":0,"message":"上传成功"}"#;
@@ -77,6 +78,7 @@ pub async fn haoka172(
         vendor: "haoka172",
         content_type: content_type.map(str::to_owned),
         remote_addr: req.peer_addr().map(|a| a.to_string()),
+        source_addr: req.peer_addr().map(|a| a.ip().to_string()),
         headers: headers_json(&req),
         body: text,
         body_raw: raw_bytes,
@@ -90,7 +92,10 @@ pub async fn haoka172(
     let ids = ids(&disposition);
     let result = state
         .ingest
-        .submit(InboundRequest { raw, disposition })
+        .submit(InboundRequest {
+            record: Record::New(raw),
+            disposition,
+        })
         .await;
     respond(result, error, ids)
 }
@@ -134,37 +139,16 @@ fn judge(
     sign: Option<&str>,
     state: &AppState,
 ) -> Disposition {
-    match callback::check(content_type, body, sign, &state.haoka172_keys) {
-        Ok(Verdict::Apply {
-            request_id,
-            sign_matched,
-            observation,
-        }) => Disposition::Apply {
-            request_id,
-            sign_matched: Some(sign_matched.as_str()),
-            observation,
-        },
-        Ok(Verdict::Test { request_id }) => Disposition::Test { request_id },
-        Err((rejection, partial)) => Disposition::Reject {
-            outcome: match rejection {
-                Rejection::Malformed(_) => Outcome::Malformed,
-                Rejection::BadSignature(_) => Outcome::BadSignature,
-                Rejection::NotConfigured => Outcome::NotConfigured,
-            },
-            error: rejection.to_string(),
-            request_id: partial.request_id,
-            order_id: partial.order_id,
-        },
-    }
+    Disposition::judged(callback::check(
+        content_type,
+        body,
+        sign,
+        &state.haoka172_keys,
+    ))
 }
 
 fn reject(outcome: Outcome, error: String) -> Disposition {
-    Disposition::Reject {
-        outcome,
-        error,
-        request_id: None,
-        order_id: None,
-    }
+    Disposition::refused(outcome, error)
 }
 
 fn ids(d: &Disposition) -> (Option<String>, Option<String>) {
@@ -183,6 +167,32 @@ fn ids(d: &Disposition) -> (Option<String>, Option<String>) {
     }
 }
 
+/// What the sender is told. Every signature failure gets the same answer,
+/// whatever check failed, so probing teaches nothing about the key (no
+/// padding oracle); the precise cause is in the inbox row and the log.
+fn answer(outcome: Outcome, error: Option<&str>) -> (StatusCode, &str) {
+    let precise = |fallback| error.unwrap_or(fallback);
+    match outcome {
+        Outcome::Applied | Outcome::Duplicate | Outcome::Test => (StatusCode::OK, SUCCESS_BODY),
+        Outcome::BadSignature => (StatusCode::UNAUTHORIZED, BAD_SIGNATURE),
+        Outcome::Unverified => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "signature cannot be verified yet, retry later",
+        ),
+        Outcome::Malformed => (StatusCode::BAD_REQUEST, precise("malformed callback")),
+        Outcome::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, precise("body too large")),
+        Outcome::NotConfigured => (StatusCode::SERVICE_UNAVAILABLE, precise("not configured")),
+        Outcome::ForbiddenSource => (StatusCode::FORBIDDEN, "source address not allowed"),
+        Outcome::InternalError => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "could not be stored, retry later",
+        ),
+    }
+}
+
+/// The one answer to every signature failure.
+pub const BAD_SIGNATURE: &str = "bad signature";
+
 fn respond(
     result: Result<Receipt, DbError>,
     error: Option<String>,
@@ -193,52 +203,53 @@ fn respond(
     let receipt = match result {
         Ok(r) => r,
         Err(e) => {
-            // Logged once by the ingest writer; here only the answer.
-            let (status, msg) = if e.is_unavailable() {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database unavailable, retry later",
-                )
+            // Logged once by the ingest writer; here only the answer. Never
+            // a 500: whatever failed, the sender may retry.
+            let msg = if e.is_unavailable() {
+                "database unavailable, retry later"
             } else {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error, retry later",
-                )
+                "could not be stored, retry later"
             };
-            log::warn!(
-                "callback haoka172 order={oid} request_id={rid}: not acknowledged ({status})"
-            );
-            return failure(status, msg);
+            log::warn!("callback haoka172 order={oid} request_id={rid}: not acknowledged (503)");
+            return failure(StatusCode::SERVICE_UNAVAILABLE, msg);
         }
     };
-    match receipt.outcome {
-        Outcome::Applied | Outcome::Duplicate | Outcome::Test => {
-            match receipt.effect {
-                Some((effect, status)) => log::info!(
-                    "callback haoka172 order={oid} request_id={rid}: applied ({}, order now {status})",
-                    effect.as_str()
-                ),
-                None => log::info!("callback haoka172 order={oid} request_id={rid}: {}", receipt.outcome.as_str()),
-            }
-            HttpResponse::Ok()
-                .content_type("application/json; charset=utf-8")
-                .body(SUCCESS_BODY)
+    let error = receipt.error.clone().or(error);
+    let (status, body) = answer(receipt.outcome, error.as_deref());
+    if status.is_success() {
+        match receipt.effect {
+            Some((Effect::Unconfirmed, claimed)) => log::info!(
+                "callback haoka172 order={oid} request_id={rid}: held, claims {claimed}; {}",
+                if receipt.expedited {
+                    "GetOrderInfo will confirm it in the next pass"
+                } else {
+                    "the next scheduled GetOrderInfo will confirm it"
+                }
+            ),
+            Some((effect, status)) => log::info!(
+                "callback haoka172 order={oid} request_id={rid}: applied ({}, order now {status})",
+                effect.as_str()
+            ),
+            None => log::info!(
+                "callback haoka172 order={oid} request_id={rid}: {}",
+                receipt.outcome.as_str()
+            ),
         }
-        outcome => {
-            let status = match outcome {
-                Outcome::BadSignature => StatusCode::UNAUTHORIZED,
-                Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                Outcome::NotConfigured => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            let msg = error.unwrap_or_else(|| outcome.as_str().to_owned());
-            log::warn!(
-                "callback haoka172 order={oid} request_id={rid}: {} ({msg})",
-                outcome.as_str()
-            );
-            failure(status, &msg)
-        }
+        return HttpResponse::Ok()
+            .content_type("application/json; charset=utf-8")
+            .body(SUCCESS_BODY);
     }
+    let cause = error.as_deref().unwrap_or(receipt.outcome.as_str());
+    log::warn!(
+        "callback haoka172 order={oid} request_id={rid}: {} ({cause}){}",
+        receipt.outcome.as_str(),
+        if receipt.expedited {
+            "; GetOrderInfo will tell its vendor number in the next pass"
+        } else {
+            ""
+        }
+    );
+    failure(status, body)
 }
 
 fn failure(status: StatusCode, message: &str) -> HttpResponse {

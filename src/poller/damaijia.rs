@@ -212,10 +212,12 @@ impl Poller {
                     PollResult::Observed(obs),
                     &schedule,
                     now,
+                    now,
+                    &[],
                 )
                 .map_err(q)?;
                 changed += u32::from(matches!(
-                    applied,
+                    applied.applied,
                     Some(Applied::Event { changed: true, .. })
                 ));
             }
@@ -223,7 +225,8 @@ impl Poller {
                 let failed = PollResult::Failed {
                     outcome: "not_found",
                 };
-                pstore::record_poll(conn, VENDOR, sn, &owner, failed, &schedule, now).map_err(q)?;
+                pstore::record_poll(conn, VENDOR, sn, &owner, failed, &schedule, now, now, &[])
+                    .map_err(q)?;
             }
             Ok(changed)
         })
@@ -245,6 +248,8 @@ impl Poller {
                     PollResult::Failed { outcome },
                     &schedule,
                     now,
+                    now,
+                    &[],
                 )
                 .map_err(DbError::from_query)?;
             }

@@ -5,13 +5,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use diesel::Connection;
 
 use super::schedule::{china_day, Schedule};
 use super::{paused_summary, Haoka172Poll, PassSummary, PollError, Poller, FAILURES_BEFORE_PAUSE};
 use crate::db::{self, DbError, PgPool};
-use crate::store::poll::{self as pstore, CallBudget, PassStart, PollResult};
+use crate::store::ingest::{self, Disposition, InboundRequest, Receipt};
+use crate::store::poll::{self as pstore, CallBudget, PassStart, PollResult, Settled};
 use crate::store::Applied;
+use crate::vendors::haoka172::callback;
 use crate::vendors::haoka172::client::{Haoka172Client, QueryError};
+use crate::vendors::haoka172::sign::CallbackKey;
 use crate::vendors::Vendor;
 
 /// The budget window: the vendor counts per minute; one extra second covers
@@ -47,6 +51,7 @@ impl Poller {
                 in_flight.spawn(poll_one(
                     self.pool.clone(),
                     p.client.clone(),
+                    Arc::clone(&p.keys),
                     Arc::clone(&self.schedule),
                     self.owner.clone(),
                     per_minute,
@@ -74,7 +79,7 @@ impl Poller {
                     summary.skipped_for_limits += 1;
                     continue;
                 }
-                OneOutcome::Observed { changed } => {
+                OneOutcome::Observed { changed, .. } => {
                     summary.queried += 1;
                     summary.changed += u32::from(changed);
                     consecutive_failures = 0;
@@ -121,15 +126,22 @@ enum OneOutcome {
     Skipped,
     Observed {
         changed: bool,
+        replayed: Vec<Receipt>,
+        settled: Vec<Settled>,
+        label: String,
     },
     Failed(QueryError),
 }
 
 /// Reserve a call, make it, record it and its result. The lease is released
-/// in every case.
+/// in every case. After an answer, the order's stored callbacks that were
+/// signed over a vendor number we did not hold are judged again, exactly as
+/// on arrival, in the same transaction: the answer may have taught the
+/// number.
 async fn poll_one(
     pool: PgPool,
     client: Haoka172Client,
+    keys: Arc<Vec<CallbackKey>>,
     schedule: Arc<Schedule>,
     owner: String,
     per_minute: i64,
@@ -156,6 +168,7 @@ async fn poll_one(
     let Some(call_id) = reserved else {
         return Ok(OneOutcome::Skipped);
     };
+    let asked_at = Utc::now();
     let started = Instant::now();
     let result = client.get_order_info(&order_id).await;
     let took = started.elapsed();
@@ -163,10 +176,23 @@ async fn poll_one(
     let recorded = db::run(&pool, move |conn| {
         let q = DbError::from_query;
         let now = Utc::now();
-        match &result {
+        conn.transaction(|conn| match &result {
             Ok(obs) => {
-                pstore::finish_call(conn, call_id, "ok", Some(200), took, None, None).map_err(q)?;
-                let applied = pstore::record_poll(
+                pstore::finish_call(conn, call_id, "ok", Some(200), took, None, None)?;
+                let replays: Vec<InboundRequest> = ingest::pending_unverified(conn, VENDOR, &id)?
+                    .iter()
+                    .map(|r| {
+                        r.replay(|r| {
+                            Disposition::judged(callback::check(
+                                r.content_type.as_deref(),
+                                r.body(),
+                                r.sign.as_deref(),
+                                &keys,
+                            ))
+                        })
+                    })
+                    .collect();
+                let rec = pstore::record_poll(
                     conn,
                     VENDOR,
                     &id,
@@ -174,10 +200,14 @@ async fn poll_one(
                     PollResult::Observed(obs),
                     &schedule,
                     now,
-                )
-                .map_err(q)?;
+                    asked_at,
+                    &replays,
+                )?;
                 Ok(OneOutcome::Observed {
-                    changed: matches!(applied, Some(Applied::Event { changed: true, .. })),
+                    changed: matches!(rec.applied, Some(Applied::Event { changed: true, .. })),
+                    replayed: rec.replayed,
+                    settled: rec.settled,
+                    label: obs.vendor_status.clone().unwrap_or_default(),
                 })
             }
             Err(e) => {
@@ -185,35 +215,83 @@ async fn poll_one(
                     QueryError::Http(s) => Some(i32::from(*s)),
                     _ => None,
                 };
-                pstore::finish_call(
-                    conn,
-                    call_id,
-                    e.outcome(),
-                    http,
-                    took,
-                    Some(&e.to_string()),
-                    None,
-                )
-                .map_err(q)?;
+                let msg = e.to_string();
+                pstore::finish_call(conn, call_id, e.outcome(), http, took, Some(&msg), None)?;
                 let failed = PollResult::Failed {
                     outcome: e.outcome(),
                 };
-                pstore::record_poll(conn, VENDOR, &id, &owner, failed, &schedule, now)
-                    .map_err(q)?;
+                pstore::record_poll(
+                    conn,
+                    VENDOR,
+                    &id,
+                    &owner,
+                    failed,
+                    &schedule,
+                    now,
+                    asked_at,
+                    &[],
+                )?;
                 Ok(OneOutcome::Failed(e.clone()))
             }
-        }
+        })
+        .map_err(q)
     })
     .await?;
     match &recorded {
-        OneOutcome::Observed { changed: true } => {
-            log::info!("poll {VENDOR} order={order_id}: changed")
+        OneOutcome::Observed {
+            changed,
+            replayed,
+            settled,
+            label,
+        } => {
+            if *changed {
+                log::info!("poll {VENDOR} order={order_id}: changed");
+            }
+            log_replays(&order_id, replayed);
+            for s in settled {
+                log_settled(&order_id, label, s);
+            }
         }
         OneOutcome::Failed(QueryError::NotFound) => {
             log::info!("poll {VENDOR} order={order_id}: not found at the vendor")
         }
         OneOutcome::Failed(e) => log::warn!("poll {VENDOR} order={order_id}: {e}"),
-        _ => {}
+        OneOutcome::Skipped => {}
     }
     Ok(recorded)
+}
+
+fn log_replays(order_id: &str, replayed: &[Receipt]) {
+    if replayed.is_empty() {
+        return;
+    }
+    let mut by: std::collections::BTreeMap<&str, usize> = Default::default();
+    for r in replayed {
+        *by.entry(r.outcome.as_str()).or_default() += 1;
+    }
+    let parts: Vec<String> = by.iter().map(|(o, n)| format!("{n} {o}")).collect();
+    log::info!(
+        "poll {VENDOR} order={order_id}: judged its unverified callbacks again now that its vendor number is known: {}",
+        parts.join(", ")
+    );
+}
+
+fn log_settled(order_id: &str, label: &str, s: &Settled) {
+    let rid = &s.request_id;
+    match (s.reason.as_str(), s.result.as_str()) {
+        ("terminal", "confirmed") => log::info!(
+            "poll {VENDOR} order={order_id}: the vendor confirms {} (callback request_id={rid})",
+            s.claimed_status
+        ),
+        ("terminal", _) => log::warn!(
+            "poll {VENDOR} order={order_id}: a callback (request_id={rid}) claimed {} but the vendor answers {label}: not applied, kept in callback_confirmations (a replayed signature, or the vendor's query lags its callbacks)",
+            s.claimed_status
+        ),
+        (_, "verified") => log::info!(
+            "poll {VENDOR} order={order_id}: the vendor number a callback was signed over (request_id={rid}) is confirmed"
+        ),
+        _ => log::warn!(
+            "poll {VENDOR} order={order_id}: a callback (request_id={rid}) was signed over a vendor number that is not this order's: rejected"
+        ),
+    }
 }

@@ -23,6 +23,7 @@ use crate::store::gaps::{self as gstore, GapEvent};
 use crate::store::poll::{self as pstore, PassStart, PassWork};
 use crate::vendors::damaijia::client::DamaijiaClient;
 use crate::vendors::haoka172::client::Haoka172Client;
+use crate::vendors::haoka172::sign::CallbackKey;
 use crate::vendors::Vendor;
 use schedule::Schedule;
 
@@ -74,6 +75,8 @@ impl std::fmt::Display for PassSummary {
 
 struct Haoka172Poll {
     client: Haoka172Client,
+    /// Callback keys, to judge stored callbacks again after an answer.
+    keys: Arc<Vec<CallbackKey>>,
     per_minute: i64,
     per_day: i32,
     cooloff: Duration,
@@ -112,6 +115,13 @@ impl Poller {
         let haoka172 = match (&c.user_id, &c.secret) {
             (Some(user), Some(secret)) => Some(Haoka172Poll {
                 client: Haoka172Client::new(&c.base_url, user, secret.clone(), c.timeout)?,
+                keys: Arc::new(
+                    [Some(secret), c.previous_secret.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .map(|s| CallbackKey::from_secret(s.expose()))
+                        .collect(),
+                ),
                 per_minute: i64::from(c.max_calls_per_minute),
                 per_day: i32::try_from(c.max_calls_per_order_per_day).unwrap_or(i32::MAX),
                 cooloff: c.cooloff,

@@ -33,6 +33,10 @@ pub struct Schedule {
     pub min_recheck: Duration,
     /// Recovery from a deployment-wide silence of 172 callbacks (`gaps`).
     pub callback_gap: Option<GapPolicy>,
+    /// Hold a callback that would make its order terminal until a query
+    /// confirms it (`status::needs_confirmation`). Only when the 172 poller
+    /// can make that query.
+    pub confirm_terminal: bool,
 }
 
 impl Schedule {
@@ -43,6 +47,7 @@ impl Schedule {
             horizon: c.tracking_horizon,
             min_recheck: c.poll_min_recheck,
             callback_gap: c.haoka172.callback_gap.clone(),
+            confirm_terminal: c.haoka172.confirm_terminal && c.haoka172.can_poll(),
         }
     }
 
@@ -151,6 +156,7 @@ mod tests {
             horizon: Duration::from_secs(60 * 86400),
             min_recheck: MIN_RECHECK,
             callback_gap: None,
+            confirm_terminal: false,
         }
     }
 

@@ -19,7 +19,9 @@ use super::{apply_batch, insert_inbound, Applied, Item};
 use crate::db::models::NewInboundCallback;
 use crate::db::{DbError, PgConn, PgPool};
 use crate::poller::schedule::Schedule;
-use crate::status::{Effect, Observation, Status};
+use crate::status::{Effect, Observation, SignedOver, Status};
+use crate::vendors::haoka172::callback::{Partial, Rejection, Verdict};
+use crate::vendors::Vendor;
 
 /// The raw request, as it will be kept in `inbound_callbacks`.
 #[derive(Debug, Clone)]
@@ -34,6 +36,8 @@ pub struct RawRequest {
     pub body_raw: Option<Vec<u8>>,
     pub body_size: i32,
     pub body_truncated: bool,
+    /// The client address judged against `CALLBACK_ALLOWED_SOURCES`.
+    pub source_addr: Option<String>,
 }
 
 impl RawRequest {
@@ -52,10 +56,11 @@ impl RawRequest {
 /// How a request was judged before storage.
 #[derive(Debug, Clone)]
 pub enum Disposition {
-    /// Verified: apply the observation, deduplicated on `request_id`.
+    /// Signed: apply the observation (deduplicated on `request_id`) as far
+    /// as the signature reaches (`store::apply_batch`).
     Apply {
         request_id: String,
-        sign_matched: Option<&'static str>,
+        signed_over: SignedOver,
         observation: Box<Observation>,
     },
     /// The back office's test push: record, change nothing.
@@ -75,22 +80,43 @@ pub enum Outcome {
     Applied,
     Duplicate,
     Test,
+    /// Signed over a vendor order number we cannot tie to the order yet.
+    Unverified,
     BadSignature,
     Malformed,
     TooLarge,
     NotConfigured,
+    ForbiddenSource,
+    /// Could not be stored in full; kept raw.
+    InternalError,
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Applied,
+        Outcome::Duplicate,
+        Outcome::Test,
+        Outcome::Unverified,
+        Outcome::BadSignature,
+        Outcome::Malformed,
+        Outcome::TooLarge,
+        Outcome::NotConfigured,
+        Outcome::ForbiddenSource,
+        Outcome::InternalError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
             Outcome::Duplicate => "duplicate",
             Outcome::Test => "test",
+            Outcome::Unverified => "unverified",
             Outcome::BadSignature => "bad_signature",
             Outcome::Malformed => "malformed",
             Outcome::TooLarge => "too_large",
             Outcome::NotConfigured => "not_configured",
+            Outcome::ForbiddenSource => "forbidden_source",
+            Outcome::InternalError => "internal_error",
         }
     }
 
@@ -100,16 +126,93 @@ impl Outcome {
     }
 }
 
-/// What was committed for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Receipt {
-    pub outcome: Outcome,
-    /// For applied requests: what the observation did and the order's status.
-    pub effect: Option<(Effect, Status)>,
+impl std::str::FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown callback outcome `{s}`"))
+    }
 }
 
+/// What was committed for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub outcome: Outcome,
+    /// For applied requests: what the observation did and the order's status
+    /// (for a held one: `Unconfirmed` and the status it claimed).
+    pub effect: Option<(Effect, Status)>,
+    /// Why it did not count, when the store decided that (a signature over a
+    /// vendor number that does not corroborate; a failure to store).
+    pub error: Option<String>,
+    /// The held or unverified request made its order due for a query now.
+    pub expedited: bool,
+}
+
+impl Receipt {
+    fn of(outcome: Outcome) -> Self {
+        Receipt {
+            outcome,
+            effect: None,
+            error: None,
+            expedited: false,
+        }
+    }
+}
+
+impl Disposition {
+    /// The vendor module's judgement, as the store takes it.
+    pub fn judged(judged: Result<Verdict, (Rejection, Partial)>) -> Disposition {
+        match judged {
+            Ok(Verdict::Apply {
+                request_id,
+                signed_over,
+                observation,
+            }) => Disposition::Apply {
+                request_id,
+                signed_over,
+                observation,
+            },
+            Ok(Verdict::Test { request_id }) => Disposition::Test { request_id },
+            Err((rejection, partial)) => Disposition::Reject {
+                outcome: match rejection {
+                    Rejection::Malformed(_) => Outcome::Malformed,
+                    Rejection::BadSignature(_) => Outcome::BadSignature,
+                    Rejection::NotConfigured => Outcome::NotConfigured,
+                },
+                error: rejection.to_string(),
+                request_id: partial.request_id,
+                order_id: partial.order_id,
+            },
+        }
+    }
+
+    /// A request refused before it was judged (too large, unreadable, from
+    /// a source that is not allowed).
+    pub fn refused(outcome: Outcome, error: String) -> Disposition {
+        Disposition::Reject {
+            outcome,
+            error,
+            request_id: None,
+            order_id: None,
+        }
+    }
+}
+
+/// Where a request's row goes.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// A request as it arrived: a new `inbound_callbacks` row.
+    New(RawRequest),
+    /// A stored request judged again: its row keeps the original outcome and
+    /// records the replay (`replayed_at`, `replay_outcome`).
+    Replay { inbox_id: i64 },
+}
+
+#[derive(Debug, Clone)]
 pub struct InboundRequest {
-    pub raw: RawRequest,
+    pub record: Record,
     pub disposition: Disposition,
 }
 
@@ -261,7 +364,8 @@ fn write_batch(
 
 /// One transaction for the batch; if it fails for a reason other than the
 /// connection, each request is retried alone so one bad request cannot sink
-/// the others.
+/// the others, and a request that cannot be stored in full is kept raw as
+/// `internal_error`: every request leaves its row.
 fn commit_with_fallback(
     conn: &mut PgConnection,
     reqs: &[InboundRequest],
@@ -281,10 +385,7 @@ fn commit_with_fallback(
                 .map(|_| Err(DbError::Unavailable(msg.clone())))
                 .collect()
         }
-        Err(e) if reqs.len() == 1 => {
-            log::error!("ingest: callback not stored: {e}");
-            vec![Err(e)]
-        }
+        Err(e) if reqs.len() == 1 => vec![keep_raw(conn, &reqs[0], &e)],
         Err(e) => {
             log::warn!(
                 "ingest: batch of {} failed ({e}); retrying one by one",
@@ -294,14 +395,74 @@ fn commit_with_fallback(
                 .map(
                     |r| match commit_retrying(conn, std::slice::from_ref(r), schedule) {
                         Ok(mut v) => Ok(v.remove(0)),
-                        Err(e) => {
-                            log::error!("ingest: callback not stored: {e}");
-                            Err(e)
-                        }
+                        Err(e) if e.is_unavailable() => Err(e),
+                        Err(e) => keep_raw(conn, r, &e),
                     },
                 )
                 .collect()
         }
+    }
+}
+
+/// The last resort for a request whose full commit failed: its raw row alone,
+/// outcome `internal_error` (answered 503, so the sender retries).
+fn keep_raw(
+    conn: &mut PgConnection,
+    r: &InboundRequest,
+    cause: &DbError,
+) -> Result<Receipt, DbError> {
+    let (vendor, request_id, order_id) = ids_of(&r.disposition);
+    log::error!(
+        "ingest: callback {vendor} order={} request_id={} could not be stored in full ({cause}); kept raw as internal_error",
+        order_id.unwrap_or("-"),
+        request_id.unwrap_or("-")
+    );
+    let error = format!("could not be stored in full: {cause}");
+    let now = Utc::now();
+    let stored = conn.transaction(|conn| match &r.record {
+        Record::New(raw) => {
+            let row = NewInboundCallback {
+                outcome: Outcome::InternalError.as_str(),
+                error: Some(&error),
+                event_id: None,
+                ..inbound_row(raw, &r.disposition, Outcome::InternalError, None, None, now)
+            };
+            insert_inbound(conn, std::slice::from_ref(&row)).map(|_| ())
+        }
+        Record::Replay { inbox_id } => {
+            mark_replayed(conn, &[(*inbox_id, Outcome::InternalError, None)], now).map(|_| ())
+        }
+    });
+    match stored {
+        Ok(()) => Ok(Receipt {
+            error: Some(error),
+            ..Receipt::of(Outcome::InternalError)
+        }),
+        Err(e) => {
+            let e = DbError::from_query(e);
+            log::error!("ingest: not even the raw row could be stored: {e}");
+            Err(e)
+        }
+    }
+}
+
+fn ids_of(d: &Disposition) -> (&'static str, Option<&str>, Option<&str>) {
+    match d {
+        Disposition::Apply {
+            request_id,
+            observation,
+            ..
+        } => (
+            observation.vendor.as_str(),
+            Some(request_id.as_str()),
+            Some(observation.order_id.as_str()),
+        ),
+        Disposition::Test { request_id } => ("haoka172", Some(request_id.as_str()), None),
+        Disposition::Reject {
+            request_id,
+            order_id,
+            ..
+        } => ("haoka172", request_id.as_deref(), order_id.as_deref()),
     }
 }
 
@@ -324,20 +485,23 @@ fn is_retryable(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     match e {
         Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
-        // Another batch committed the same RequidId first: the retry sees it
-        // as a duplicate.
-        Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
-            info.constraint_name() == Some("order_events_request_id_key")
-        }
+        // Another batch committed the same RequidId first, or expedited the
+        // same order first: the retry sees what it did.
+        Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => matches!(
+            info.constraint_name(),
+            Some("order_events_request_id_key" | "callback_confirmations_expedited_key")
+        ),
         Error::DatabaseError(_, info) => info.message().contains("deadlock detected"),
         _ => false,
     }
 }
 
-/// Write a batch: every observation through one `apply_batch` (a fixed
-/// number of statements, orders locked in key order), then every raw request
-/// in one insert.
-fn commit(
+/// Write a batch inside the caller's transaction: every observation through
+/// one `apply_batch` (a fixed number of statements, orders locked in key
+/// order), then every raw request in one insert and every replayed one in
+/// one update. The same path for live callbacks and for stored ones judged
+/// again, so a replay is exactly an arrival.
+pub fn commit(
     conn: &mut PgConnection,
     reqs: &[InboundRequest],
     schedule: &Schedule,
@@ -349,70 +513,139 @@ fn commit(
         if let Disposition::Apply {
             request_id,
             observation,
-            ..
+            signed_over,
         } = &r.disposition
         {
             applying.push(i);
             items.push(Item {
                 obs: observation,
                 request_id: Some(request_id),
+                signed_over: Some(*signed_over),
             });
         }
     }
-    let applied = apply_batch(conn, &items, now, schedule)?;
+    let applied = if items.is_empty() {
+        Vec::new()
+    } else {
+        apply_batch(conn, &items, now, schedule)?
+    };
     let mut receipts: Vec<Receipt> = reqs
         .iter()
-        .map(|r| Receipt {
-            outcome: match &r.disposition {
+        .map(|r| {
+            Receipt::of(match &r.disposition {
                 Disposition::Test { .. } => Outcome::Test,
                 Disposition::Reject { outcome, .. } => *outcome,
                 Disposition::Apply { .. } => Outcome::Duplicate,
-            },
-            effect: None,
+            })
         })
         .collect();
     let mut event_ids: Vec<Option<i64>> = vec![None; reqs.len()];
     for (i, a) in applying.into_iter().zip(applied) {
-        if let Applied::Event {
-            event_id,
-            effect,
-            status,
-            ..
-        } = a
-        {
-            event_ids[i] = Some(event_id);
-            receipts[i] = Receipt {
-                outcome: Outcome::Applied,
-                effect: Some((effect, status)),
-            };
+        receipts[i] = match a {
+            Applied::Event {
+                event_id,
+                effect,
+                status,
+                ..
+            } => {
+                event_ids[i] = Some(event_id);
+                Receipt {
+                    effect: Some((effect, status)),
+                    ..Receipt::of(Outcome::Applied)
+                }
+            }
+            Applied::Held {
+                event_id,
+                claimed,
+                expedited,
+            } => {
+                event_ids[i] = Some(event_id);
+                Receipt {
+                    effect: Some((Effect::Unconfirmed, claimed)),
+                    expedited,
+                    ..Receipt::of(Outcome::Applied)
+                }
+            }
+            Applied::Duplicate => Receipt::of(Outcome::Duplicate),
+            Applied::Unverified { expedited } => Receipt {
+                error: Some(UNVERIFIED.to_owned()),
+                expedited,
+                ..Receipt::of(Outcome::Unverified)
+            },
+            Applied::Mismatch => Receipt {
+                error: Some(MISMATCH.to_owned()),
+                ..Receipt::of(Outcome::BadSignature)
+            },
+        };
+    }
+    let mut rows = Vec::new();
+    let mut replayed = Vec::new();
+    for ((r, receipt), event_id) in reqs.iter().zip(&receipts).zip(&event_ids) {
+        match &r.record {
+            Record::New(raw) => rows.push(inbound_row(
+                raw,
+                &r.disposition,
+                receipt.outcome,
+                *event_id,
+                receipt.error.as_deref(),
+                now,
+            )),
+            Record::Replay { inbox_id } => replayed.push((*inbox_id, receipt.outcome, *event_id)),
         }
     }
-    let rows: Vec<NewInboundCallback<'_>> = reqs
-        .iter()
-        .zip(&receipts)
-        .zip(&event_ids)
-        .map(|((r, receipt), event_id)| inbound_row(r, receipt.outcome, *event_id, now))
-        .collect();
     insert_inbound(conn, &rows)?;
+    mark_replayed(conn, &replayed, now)?;
     Ok(receipts)
 }
 
+/// The inbox error of a request signed over an `OrderNo172` we cannot tie to
+/// its order yet.
+pub const UNVERIFIED: &str = "bad signature: the sign decrypts to OrderNo172, which is not yet known to be this order's vendor number; kept until GetOrderInfo tells it";
+/// The inbox error of a request signed over an `OrderNo172` that is not the
+/// order's vendor number.
+pub const MISMATCH: &str = "bad signature: the sign decrypts to OrderNo172, but this order's vendor number (from GetOrderInfo or a callback signed over OrderNo) is another";
+
+/// Record the re-judgement of stored requests (one statement).
+fn mark_replayed(
+    conn: &mut PgConnection,
+    replayed: &[(i64, Outcome, Option<i64>)],
+    now: chrono::DateTime<Utc>,
+) -> QueryResult<usize> {
+    if replayed.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = replayed.iter().map(|r| r.0).collect();
+    let outcomes: Vec<&str> = replayed.iter().map(|r| r.1.as_str()).collect();
+    let events: Vec<Option<i64>> = replayed.iter().map(|r| r.2).collect();
+    diesel::sql_query(
+        "UPDATE inbound_callbacks i SET replayed_at = $1, replay_outcome = u.outcome, replay_event_id = u.event_id \
+         FROM unnest($2::bigint[], $3::text[], $4::bigint[]) AS u(id, outcome, event_id) WHERE i.id = u.id",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(now)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&ids)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&outcomes)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Nullable<diesel::sql_types::BigInt>>, _>(&events)
+    .execute(conn)
+}
+
 fn inbound_row<'a>(
-    r: &'a InboundRequest,
+    raw: &'a RawRequest,
+    disposition: &'a Disposition,
     outcome: Outcome,
     event_id: Option<i64>,
+    store_error: Option<&'a str>,
     now: chrono::DateTime<Utc>,
 ) -> NewInboundCallback<'a> {
-    let (request_id, order_id, sign_matched, error) = match &r.disposition {
+    let (request_id, order_id, sign_matched, error) = match disposition {
         Disposition::Apply {
             request_id,
-            sign_matched,
+            signed_over,
             observation,
         } => (
             Some(request_id.as_str()),
             Some(observation.order_id.as_str()),
-            *sign_matched,
-            None,
+            Some(signed_over.as_str()),
+            store_error,
         ),
         Disposition::Test { request_id } => (Some(request_id.as_str()), None, None, None),
         Disposition::Reject {
@@ -428,7 +661,7 @@ fn inbound_row<'a>(
         ),
     };
     NewInboundCallback {
-        vendor: r.raw.vendor,
+        vendor: raw.vendor,
         received_at: now,
         outcome: outcome.as_str(),
         error,
@@ -436,12 +669,62 @@ fn inbound_row<'a>(
         order_id,
         event_id,
         sign_matched,
-        content_type: r.raw.content_type.as_deref(),
-        remote_addr: r.raw.remote_addr.as_deref(),
-        headers: &r.raw.headers,
-        body: &r.raw.body,
-        body_raw: r.raw.body_raw.as_deref(),
-        body_size: r.raw.body_size,
-        body_truncated: r.raw.body_truncated,
+        content_type: raw.content_type.as_deref(),
+        remote_addr: raw.remote_addr.as_deref(),
+        headers: &raw.headers,
+        body: &raw.body,
+        body_raw: raw.body_raw.as_deref(),
+        body_size: raw.body_size,
+        body_truncated: raw.body_truncated,
+        source_addr: raw.source_addr.as_deref(),
     }
+}
+
+/// A stored request as it arrived, to be judged again.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct StoredRequest {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub content_type: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    body: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bytea>)]
+    body_raw: Option<Vec<u8>>,
+    /// The `sign` header it came with.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub sign: Option<String>,
+}
+
+impl StoredRequest {
+    /// The exact bytes received.
+    pub fn body(&self) -> &[u8] {
+        self.body_raw.as_deref().unwrap_or(self.body.as_bytes())
+    }
+
+    /// The request for the commit path, judged by `judge`.
+    pub fn replay(&self, judge: impl FnOnce(&StoredRequest) -> Disposition) -> InboundRequest {
+        InboundRequest {
+            record: Record::Replay { inbox_id: self.id },
+            disposition: judge(self),
+        }
+    }
+}
+
+/// The order's stored requests still `unverified` (signed over an
+/// `OrderNo172` that no replay has settled), oldest first, at most 100.
+pub fn pending_unverified(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_id: &str,
+) -> QueryResult<Vec<StoredRequest>> {
+    diesel::sql_query(
+        "SELECT id, content_type, body, body_raw, headers ->> 'sign' AS sign FROM inbound_callbacks \
+         WHERE order_id = $1 AND vendor = $2 AND outcome = 'unverified' \
+           AND COALESCE(replay_outcome, 'unverified') = 'unverified' \
+         ORDER BY id LIMIT 100",
+    )
+    .bind::<diesel::sql_types::Text, _>(order_id)
+    .bind::<diesel::sql_types::Text, _>(vendor.as_str())
+    .load(conn)
 }

@@ -13,12 +13,16 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, Text};
 use diesel::upsert::excluded;
 
+use diesel::dsl::sql;
+use diesel::sql_types::{Bool, Timestamptz};
+
 use crate::db::models::{
-    NewInboundCallback, NewOrderEvent, NewOrderKey, NextCheck, Order, OrderEvent, OrderUpdate,
+    Confirmation, NewConfirmation, NewInboundCallback, NewOrderEvent, NewOrderKey, NextCheck,
+    Order, OrderEvent, OrderUpdate,
 };
-use crate::db::schema::{inbound_callbacks, order_events, orders};
+use crate::db::schema::{callback_confirmations, inbound_callbacks, order_events, orders};
 use crate::poller::schedule::{jitter, Schedule};
-use crate::status::{self, Effect, Observation, Source, Status};
+use crate::status::{self, Corroboration, Effect, Observation, SignedOver, Source, Status};
 use crate::vendors::Vendor;
 
 /// Take a transaction-scoped advisory lock on `vendor` within the lock
@@ -35,7 +39,7 @@ pub fn lock_vendor(conn: &mut PgConnection, base: i64, vendor: Vendor) -> QueryR
     Ok(())
 }
 
-/// What applying one observation did.
+/// What applying one item did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// A new event row; the order was merged.
@@ -46,8 +50,23 @@ pub enum Applied {
         /// The order's status after the merge.
         status: Status,
     },
+    /// A callback that would have made the order terminal: its event is kept
+    /// (effect `unconfirmed`) and the order left as it was until a query
+    /// confirms it (`callback_confirmations`).
+    Held {
+        event_id: i64,
+        /// What the callback claimed.
+        claimed: Status,
+        /// The order was made due for that query now.
+        expedited: bool,
+    },
     /// The dedup key was seen before: nothing written.
     Duplicate,
+    /// Signed over a vendor order number we do not hold yet: no event, the
+    /// order untouched but for a query to learn its number.
+    Unverified { expedited: bool },
+    /// Signed over a vendor order number other than the one we hold.
+    Mismatch,
 }
 
 /// One observation to apply, with its dedup key (callback `RequidId`).
@@ -55,6 +74,20 @@ pub enum Applied {
 pub struct Item<'a> {
     pub obs: &'a Observation,
     pub request_id: Option<&'a str>,
+    /// For callbacks: what the signature vouched for. `VendorOrderNo` counts
+    /// only when it corroborates (`status::corroborate`).
+    pub signed_over: Option<SignedOver>,
+}
+
+impl<'a> Item<'a> {
+    /// An observation from a source that needs no signature (poll, manual).
+    pub fn trusted(obs: &'a Observation) -> Self {
+        Item {
+            obs,
+            request_id: None,
+            signed_over: None,
+        }
+    }
 }
 
 /// Apply one observation inside the caller's transaction; see `apply_batch`.
@@ -65,7 +98,11 @@ pub fn apply_observation(
     now: DateTime<Utc>,
     schedule: &Schedule,
 ) -> QueryResult<Applied> {
-    let mut r = apply_batch(conn, &[Item { obs, request_id }], now, schedule)?;
+    let item = Item {
+        request_id,
+        ..Item::trusted(obs)
+    };
+    let mut r = apply_batch(conn, &[item], now, schedule)?;
     Ok(r.pop().unwrap_or(Applied::Duplicate))
 }
 
@@ -76,6 +113,22 @@ struct Working {
     next: NextCheck,
     changed: bool,
     source: &'static str,
+    /// Created by this batch (it did not exist before).
+    created: bool,
+    /// A trusted observation (applied or held) concerned it: write it back.
+    heard: bool,
+    /// Made due now for a confirming query.
+    expedited: bool,
+}
+
+/// A callback waiting for the vendor's word, to insert once event ids are
+/// known.
+struct Pending {
+    key: (String, String),
+    reason: &'static str,
+    item: usize,
+    /// Index into the batch's events (held terminal callbacks).
+    event: Option<usize>,
 }
 
 /// Apply many observations inside the caller's transaction, in a fixed number
@@ -86,6 +139,13 @@ struct Working {
 /// the batch, changes nothing. The next poll is rescheduled with the merge:
 /// news (a callback, or a poll that changed something) waits the overdue
 /// time, a quiet poll backs off. Results are in `items` order.
+///
+/// Callbacks are trusted only as far as their signature reaches: one signed
+/// over the vendor's order number counts only when it corroborates, and one
+/// that would make its order terminal is held for a confirming query
+/// (`Schedule::confirm_terminal`). Either kind makes the order due at once,
+/// at most once per order and reason in its lifetime. An order created only
+/// for a callback that turns out unverified is not kept.
 ///
 /// A concurrent transaction inserting the same key makes the event insert
 /// fail with a unique violation; the caller retries and then sees the key.
@@ -121,16 +181,17 @@ pub fn apply_batch(
         .iter()
         .map(|(vendor, order_id)| NewOrderKey { vendor, order_id })
         .collect();
-    let locked: Vec<Order> = diesel::insert_into(orders::table)
+    let locked: Vec<(Order, bool)> = diesel::insert_into(orders::table)
         .values(&rows)
         .on_conflict((orders::vendor, orders::order_id))
         .do_update()
         .set(orders::vendor.eq(excluded(orders::vendor)))
-        .returning(Order::as_returning())
+        // `xmax = 0` only on a row this statement inserted.
+        .returning((Order::as_returning(), sql::<Bool>("xmax = 0")))
         .get_results(conn)?;
     let mut work: BTreeMap<(String, String), Working> = locked
         .into_iter()
-        .map(|o| {
+        .map(|(o, created)| {
             let next = NextCheck {
                 at: o.next_check_at,
                 quiet_polls: o.quiet_polls,
@@ -143,21 +204,62 @@ pub fn apply_batch(
                     next,
                     changed: false,
                     source: "callback",
+                    created,
+                    heard: false,
+                    expedited: false,
                 },
             )
         })
         .collect();
     // Merge in arrival order.
     let mut events = Vec::new();
-    let mut outcomes: Vec<Option<(Effect, bool, Status)>> = Vec::with_capacity(items.len());
-    for (item, fresh) in items.iter().zip(&fresh) {
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut outcomes: Vec<Applied> = Vec::with_capacity(items.len());
+    for (index, (item, fresh)) in items.iter().zip(&fresh).enumerate() {
         let obs = item.obs;
         let key = (obs.vendor.as_str().to_owned(), obs.order_id.clone());
         let Some(w) = work.get_mut(&key).filter(|_| *fresh) else {
-            outcomes.push(None);
+            outcomes.push(Applied::Duplicate);
             continue;
         };
+        if item.signed_over == Some(SignedOver::VendorOrderNo) {
+            match status::corroborate(&w.state, obs.fields.vendor_order_no.as_deref()) {
+                Corroboration::Matches => {}
+                Corroboration::Differs => {
+                    outcomes.push(Applied::Mismatch);
+                    continue;
+                }
+                Corroboration::Unknown => {
+                    // Expedited or not is settled once the batch is merged.
+                    pending.push(Pending {
+                        key,
+                        reason: "vendor_order_no",
+                        item: index,
+                        event: None,
+                    });
+                    outcomes.push(Applied::Unverified { expedited: false });
+                    continue;
+                }
+            }
+        }
         let merged = status::merge(&w.state, obs);
+        if schedule.confirm_terminal && status::needs_confirmation(obs, &merged) {
+            w.heard = true;
+            w.source = obs.source.as_str();
+            pending.push(Pending {
+                key,
+                reason: "terminal",
+                item: index,
+                event: Some(events.len()),
+            });
+            events.push(new_event(item, Effect::Unconfirmed, false, now));
+            outcomes.push(Applied::Held {
+                event_id: 0,
+                claimed: obs.status,
+                expedited: false,
+            });
+            continue;
+        }
         let st = merged.state.status;
         w.next = if obs.source != Source::Poll {
             NextCheck {
@@ -177,33 +279,191 @@ pub fn apply_batch(
             }
         };
         w.changed |= merged.changed;
+        w.heard = true;
         w.source = obs.source.as_str();
         w.state = merged.state;
-        events.push(NewOrderEvent {
-            vendor: obs.vendor.as_str(),
-            order_id: &obs.order_id,
-            source: obs.source.as_str(),
-            status: obs.status.as_str(),
-            vendor_status: obs.vendor_status.as_deref(),
-            applied: merged.changed,
-            effect: merged.effect.as_str(),
-            request_id: item.request_id,
-            observed: serde_json::to_value(&obs.fields).unwrap_or_default(),
-            received_at: now,
+        events.push(new_event(item, merged.effect, merged.changed, now));
+        outcomes.push(Applied::Event {
+            event_id: 0,
+            effect: merged.effect,
+            changed: merged.changed,
+            status: st,
         });
-        outcomes.push(Some((merged.effect, merged.changed, st)));
     }
     // Rows come back in VALUES order.
-    let ids: Vec<i64> = diesel::insert_into(order_events::table)
-        .values(&events)
-        .returning(order_events::id)
-        .get_results(conn)?;
+    let ids: Vec<i64> = if events.is_empty() {
+        Vec::new()
+    } else {
+        diesel::insert_into(order_events::table)
+            .values(&events)
+            .returning(order_events::id)
+            .get_results(conn)?
+    };
+    let mut next_id = ids.iter().copied();
+    for o in &mut outcomes {
+        if let Applied::Event { event_id, .. } | Applied::Held { event_id, .. } = o {
+            *event_id = next_id.next().unwrap_or_default();
+        }
+    }
+    if !pending.is_empty() {
+        request_confirmations(conn, items, &pending, &ids, &mut work, &mut outcomes, now)?;
+    }
+    // Orders created only for requests that did not count are not kept.
+    let unused: Vec<(&str, &str)> = work
+        .values()
+        .filter(|w| w.created && !w.heard)
+        .map(|w| (w.before.vendor.as_str(), w.before.order_id.as_str()))
+        .collect();
+    if !unused.is_empty() {
+        let (v, o): (Vec<&str>, Vec<&str>) = unused.into_iter().unzip();
+        diesel::sql_query(
+            "DELETE FROM orders USING unnest($1::text[], $2::text[]) AS k(vendor, order_id) \
+             WHERE orders.vendor = k.vendor AND orders.order_id = k.order_id",
+        )
+        .bind::<Array<Text>, _>(&v)
+        .bind::<Array<Text>, _>(&o)
+        .execute(conn)?;
+    }
+    // Expedited for an unverified request only: nothing heard, only due now.
+    let due_now: Vec<(&str, &str)> = work
+        .values()
+        .filter(|w| w.expedited && !w.heard && !w.created)
+        .map(|w| (w.before.vendor.as_str(), w.before.order_id.as_str()))
+        .collect();
+    if !due_now.is_empty() {
+        let (v, o): (Vec<&str>, Vec<&str>) = due_now.into_iter().unzip();
+        diesel::sql_query(
+            "UPDATE orders SET next_check_at = $3 FROM unnest($1::text[], $2::text[]) AS k(vendor, order_id) \
+             WHERE orders.vendor = k.vendor AND orders.order_id = k.order_id",
+        )
+        .bind::<Array<Text>, _>(&v)
+        .bind::<Array<Text>, _>(&o)
+        .bind::<Timestamptz, _>(now)
+        .execute(conn)?;
+    }
     let updates: Vec<OrderUpdate<'_>> = work
         .values()
+        .filter(|w| w.heard)
         .map(|w| OrderUpdate::from_state(&w.state, &w.before, w.source, now, w.changed, w.next))
         .collect();
+    if !updates.is_empty() {
+        write_back(conn, &updates)?;
+    }
+    Ok(outcomes)
+}
+
+fn new_event<'a>(
+    item: &Item<'a>,
+    effect: Effect,
+    applied: bool,
+    now: DateTime<Utc>,
+) -> NewOrderEvent<'a> {
+    let obs = item.obs;
+    NewOrderEvent {
+        vendor: obs.vendor.as_str(),
+        order_id: &obs.order_id,
+        source: obs.source.as_str(),
+        status: obs.status.as_str(),
+        vendor_status: obs.vendor_status.as_deref(),
+        applied,
+        effect: effect.as_str(),
+        request_id: item.request_id,
+        observed: serde_json::to_value(&obs.fields).unwrap_or_default(),
+        received_at: now,
+    }
+}
+
+#[derive(QueryableByName)]
+struct ExpeditedKey {
+    #[diesel(sql_type = Text)]
+    vendor: String,
+    #[diesel(sql_type = Text)]
+    order_id: String,
+    #[diesel(sql_type = Text)]
+    reason: String,
+}
+
+/// Record the callbacks that wait for the vendor's word, and make each
+/// order due at once for it, unless that order was already expedited for
+/// the same reason (once in its lifetime), is terminal (never queried), or
+/// exists only for this request. Two statements.
+#[allow(clippy::too_many_arguments)]
+fn request_confirmations(
+    conn: &mut PgConnection,
+    items: &[Item<'_>],
+    pending: &[Pending],
+    event_ids: &[i64],
+    work: &mut std::collections::BTreeMap<(String, String), Working>,
+    outcomes: &mut [Applied],
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    let (v, o): (Vec<&str>, Vec<&str>) = pending
+        .iter()
+        .map(|p| (p.key.0.as_str(), p.key.1.as_str()))
+        .unzip();
+    let used: Vec<ExpeditedKey> = diesel::sql_query(
+        "SELECT c.vendor, c.order_id, c.reason FROM callback_confirmations c \
+         JOIN unnest($1::text[], $2::text[]) AS k(vendor, order_id) \
+           ON c.vendor = k.vendor AND c.order_id = k.order_id \
+         WHERE c.expedited",
+    )
+    .bind::<Array<Text>, _>(&v)
+    .bind::<Array<Text>, _>(&o)
+    .load(conn)?;
+    let mut used: std::collections::HashSet<(String, String, String)> = used
+        .into_iter()
+        .map(|k| (k.vendor, k.order_id, k.reason))
+        .collect();
+    let mut rows = Vec::with_capacity(pending.len());
+    for p in pending {
+        let obs = items[p.item].obs;
+        let Some(w) = work.get_mut(&p.key) else {
+            continue;
+        };
+        let exists = !w.created || w.heard;
+        let expedite = exists
+            && !w.state.status.is_terminal()
+            && used.insert((p.key.0.clone(), p.key.1.clone(), p.reason.to_owned()));
+        if !exists {
+            // Nothing to query about: the order is not kept either.
+            continue;
+        }
+        if expedite {
+            w.expedited = true;
+            w.next.at = Some(now);
+        }
+        match &mut outcomes[p.item] {
+            Applied::Held { expedited, .. } | Applied::Unverified { expedited } => {
+                *expedited = expedite
+            }
+            _ => {}
+        }
+        rows.push(NewConfirmation {
+            vendor: obs.vendor.as_str(),
+            order_id: &obs.order_id,
+            reason: p.reason,
+            request_id: items[p.item].request_id.unwrap_or(""),
+            claimed_status: obs.status.as_str(),
+            claimed_vendor_order_no: (p.reason == "vendor_order_no")
+                .then_some(obs.fields.vendor_order_no.as_deref())
+                .flatten(),
+            event_id: p.event.and_then(|e| event_ids.get(e).copied()),
+            requested_at: now,
+            expedited: expedite,
+        });
+    }
+    if !rows.is_empty() {
+        diesel::insert_into(callback_confirmations::table)
+            .values(&rows)
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Write merged orders back (the rows exist and are locked by then).
+fn write_back(conn: &mut PgConnection, updates: &[OrderUpdate<'_>]) -> QueryResult<usize> {
     diesel::insert_into(orders::table)
-        .values(&updates)
+        .values(updates)
         .on_conflict((orders::vendor, orders::order_id))
         .do_update()
         .set((
@@ -230,20 +490,7 @@ pub fn apply_batch(
             orders::quiet_polls.eq(excluded(orders::quiet_polls)),
             orders::tracking_expired_at.eq(excluded(orders::tracking_expired_at)),
         ))
-        .execute(conn)?;
-    let mut ids = ids.into_iter();
-    Ok(outcomes
-        .into_iter()
-        .map(|o| match o {
-            Some((effect, changed, status)) => Applied::Event {
-                event_id: ids.next().unwrap_or_default(),
-                effect,
-                changed,
-                status,
-            },
-            None => Applied::Duplicate,
-        })
-        .collect())
+        .execute(conn)
 }
 
 #[derive(QueryableByName)]
@@ -320,5 +567,20 @@ pub fn order_history(
         .filter(order_events::order_id.eq(order_id))
         .order(order_events::id.asc())
         .select(OrderEvent::as_select())
+        .load(conn)
+}
+
+/// The order's callbacks that waited or wait for the vendor's word, oldest
+/// first.
+pub fn order_confirmations(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_id: &str,
+) -> QueryResult<Vec<Confirmation>> {
+    callback_confirmations::table
+        .filter(callback_confirmations::vendor.eq(vendor.as_str()))
+        .filter(callback_confirmations::order_id.eq(order_id))
+        .order(callback_confirmations::id.asc())
+        .select(Confirmation::as_select())
         .load(conn)
 }

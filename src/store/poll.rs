@@ -12,6 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Date, Integer, Nullable, Text, Timestamptz};
 
+use super::ingest::{self, InboundRequest, Receipt};
 use super::{apply_observation, Applied};
 use crate::db::schema::{orders, vendor_calls, vendor_pauses};
 use crate::poller::schedule::{china_day, jitter, next_china_midnight, Schedule};
@@ -26,11 +27,9 @@ pub fn clean_order_ids(ids: impl IntoIterator<Item = String>) -> Result<Vec<Stri
         if id.is_empty() {
             continue;
         }
-        if id.len() > 128 || id.chars().any(|c| c.is_control()) {
-            return Err(format!(
-                "`{}` is not an order id",
-                id.chars().take(40).collect::<String>()
-            ));
+        if let Err(why) = crate::ids::check("order id", id) {
+            let shown: String = id.chars().take(40).filter(|c| !c.is_control()).collect();
+            return Err(format!("`{shown}`: {why}"));
         }
         if !out.iter().any(|o| o == id) {
             out.push(id.to_owned());
@@ -43,8 +42,9 @@ pub fn clean_order_ids(ids: impl IntoIterator<Item = String>) -> Result<Vec<Stri
 }
 
 /// Register orders to track. New ones start as `new` and are first checked
-/// after `overdue[new]`; known ones are left alone, except that an order
-/// whose tracking had expired is tracked again. Returns how many were new.
+/// after `overdue[new]` (at once when callbacks for them wait unverified);
+/// known ones are left alone, except that an order whose tracking had
+/// expired is tracked again. Returns how many were new.
 pub fn register(
     conn: &mut PgConnection,
     vendor: Vendor,
@@ -56,9 +56,15 @@ pub fn register(
     conn.transaction(|conn| {
         let mut created = 0;
         for chunk in order_ids.chunks(1000) {
+            // An order with callbacks kept unverified (signed over a vendor
+            // number nobody vouched for yet) is asked about at once.
             created += diesel::sql_query(
                 "INSERT INTO orders (vendor, order_id, next_check_at, created_at, updated_at, tracked_at) \
-                 SELECT $1, id, $2, $3, $3, $3 FROM unnest($4::text[]) AS id \
+                 SELECT $1, k.oid, CASE WHEN EXISTS (SELECT 1 FROM inbound_callbacks i \
+                                                     WHERE i.order_id = k.oid AND i.vendor = $1 AND i.outcome = 'unverified' \
+                                                       AND COALESCE(i.replay_outcome, 'unverified') = 'unverified') \
+                                        THEN $3 ELSE $2 END, $3, $3, $3 \
+                 FROM unnest($4::text[]) AS k(oid) \
                  ON CONFLICT (vendor, order_id) DO NOTHING",
             )
             .bind::<Text, _>(vendor.as_str())
@@ -441,9 +447,45 @@ pub enum PollResult<'a> {
     },
 }
 
+/// What recording a poll did.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// What the observation did, if there was one.
+    pub applied: Option<Applied>,
+    /// The stored requests judged again after the answer, in order.
+    pub replayed: Vec<Receipt>,
+    /// Callbacks that awaited the vendor's word and were settled by it.
+    pub settled: Vec<Settled>,
+}
+
+/// A callback settled by a query answer (`callback_confirmations`).
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct Settled {
+    /// `terminal` or `vendor_order_no`.
+    #[diesel(sql_type = Text)]
+    pub reason: String,
+    #[diesel(sql_type = Text)]
+    pub request_id: String,
+    #[diesel(sql_type = Text)]
+    pub claimed_status: String,
+    /// `confirmed` / `refuted` (terminal), `verified` / `rejected` (vendor
+    /// order number).
+    #[diesel(sql_type = Text)]
+    pub result: String,
+}
+
 /// Apply a poll result and release the lease, in one transaction. An
 /// observation goes through the same merge as callbacks (source `poll`); a
-/// failure backs the order off. Returns what the observation did, if any.
+/// failure backs the order off.
+///
+/// After an answer, `replays` (stored requests of this order that were
+/// signed over a vendor number we did not hold, judged again by the caller)
+/// go through the same commit as arriving callbacks, now that the answer
+/// may have taught the number; then every callback of the order that awaited
+/// the vendor's word since before `asked_at` is settled by the answer. One
+/// that arrived while the question was out waits for the next, which is due
+/// at once when it was expedited.
+#[allow(clippy::too_many_arguments)]
 pub fn record_poll(
     conn: &mut PgConnection,
     vendor: Vendor,
@@ -452,13 +494,21 @@ pub fn record_poll(
     result: PollResult<'_>,
     schedule: &Schedule,
     now: DateTime<Utc>,
-) -> QueryResult<Option<Applied>> {
+    asked_at: DateTime<Utc>,
+    replays: &[InboundRequest],
+) -> QueryResult<Recorded> {
     conn.transaction(|conn| {
-        let (applied, outcome) = match result {
-            PollResult::Observed(obs) => (
-                Some(apply_observation(conn, obs, None, now, schedule)?),
-                "ok",
-            ),
+        let mut recorded = Recorded::default();
+        let outcome = match result {
+            PollResult::Observed(obs) => {
+                recorded.applied = Some(apply_observation(conn, obs, None, now, schedule)?);
+                if !replays.is_empty() {
+                    recorded.replayed = ingest::commit(conn, replays, schedule)?;
+                }
+                recorded.settled =
+                    settle_confirmations(conn, vendor, order_id, obs, asked_at, now)?;
+                "ok"
+            }
             PollResult::Failed { outcome } => {
                 let (status, quiet): (String, i32) = orders::table
                     .find((vendor.as_str(), order_id))
@@ -474,7 +524,7 @@ pub fn record_poll(
                         orders::quiet_polls.eq(quiet),
                     ))
                     .execute(conn)?;
-                (None, outcome)
+                outcome
             }
         };
         diesel::update(
@@ -488,6 +538,51 @@ pub fn record_poll(
             orders::lease_until.eq(None::<DateTime<Utc>>),
         ))
         .execute(conn)?;
-        Ok(applied)
+        Ok(recorded)
     })
+}
+
+/// Settle the callbacks of an order that awaited the vendor's word, by its
+/// answer `obs` to a question asked at `asked_at`: a held terminal claim is
+/// confirmed when the vendor answers that status (the answer itself made the
+/// order terminal) and refuted otherwise; an unverified vendor number is
+/// verified when it is the one the order now holds. An expedited request
+/// still waiting (it came while the question was out) keeps the order due.
+fn settle_confirmations(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_id: &str,
+    obs: &Observation,
+    asked_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<Settled>> {
+    let settled: Vec<Settled> = diesel::sql_query(
+        "UPDATE callback_confirmations c SET resolved_at = $3, vendor_status = $4, \
+           result = CASE WHEN c.reason = 'terminal' \
+                         THEN CASE WHEN c.claimed_status = $5 THEN 'confirmed' ELSE 'refuted' END \
+                         ELSE CASE WHEN c.claimed_vendor_order_no = o.vendor_order_no THEN 'verified' ELSE 'rejected' END END \
+         FROM orders o \
+         WHERE o.vendor = c.vendor AND o.order_id = c.order_id \
+           AND c.vendor = $1 AND c.order_id = $2 AND c.resolved_at IS NULL AND c.requested_at <= $6 \
+           AND (c.reason = 'terminal' OR o.vendor_order_no IS NOT NULL) \
+         RETURNING c.reason, c.request_id, c.claimed_status, c.result",
+    )
+    .bind::<Text, _>(vendor.as_str())
+    .bind::<Text, _>(order_id)
+    .bind::<Timestamptz, _>(now)
+    .bind::<Nullable<Text>, _>(obs.vendor_status.as_deref())
+    .bind::<Text, _>(obs.status.as_str())
+    .bind::<Timestamptz, _>(asked_at)
+    .load(conn)?;
+    diesel::sql_query(
+        "UPDATE orders SET next_check_at = $3 \
+         WHERE vendor = $1 AND order_id = $2 AND NOT is_terminal AND EXISTS ( \
+           SELECT 1 FROM callback_confirmations c \
+           WHERE c.vendor = $1 AND c.order_id = $2 AND c.resolved_at IS NULL AND c.expedited)",
+    )
+    .bind::<Text, _>(vendor.as_str())
+    .bind::<Text, _>(order_id)
+    .bind::<Timestamptz, _>(now)
+    .execute(conn)?;
+    Ok(settled)
 }

@@ -5,34 +5,43 @@ use serde_json::json;
 use crate::helpers::*;
 
 #[tokio::test]
-async fn callbacks_signed_over_either_order_number_are_accepted_and_normalized() {
+async fn callbacks_signed_over_order_no_or_a_known_order_no_172_are_accepted_and_normalized() {
     let app = TestApp::spawn().await;
-    // Signed over OrderNo.
+    // Signed over OrderNo; it also tells the vendor number, mlkjDOWN001.
     let (status, body) = app.send("R-1", "DOWN001", "已提运营商").await;
     assert_eq!(status, 200);
     assert_eq!(body, SUCCESS);
-    // Signed over OrderNo172.
-    let cb = callback("R-2", "DOWN002", "已发货");
+    // Signed over OrderNo172, which is now known to be DOWN001's.
+    let cb = callback("R-2", "DOWN001", "已发货");
     let (status, body) = app
-        .post_callback(&cb, Some(&app.key.encrypt("mlkjDOWN002")))
+        .post_callback(&cb, Some(&app.key.encrypt("mlkjDOWN001")))
         .await;
     assert_eq!(status, 200);
     assert_eq!(body, SUCCESS);
+    // Signed over an OrderNo172 nobody vouched for: not applied yet.
+    let cb = callback("R-3", "DOWN002", "已发货");
+    let (status, _) = app
+        .post_callback(&cb, Some(&app.key.encrypt("mlkjDOWN002")))
+        .await;
+    assert_eq!(status, 503, "the vendor retries it later");
 
     let mut c = app.db.conn();
     let o1 = order(&mut c, "DOWN001").expect("order created by its first callback");
-    assert_eq!(o1.status, "submitted");
-    assert_eq!(o1.vendor_status.as_deref(), Some("已提运营商"));
-    let o2 = order(&mut c, "DOWN002").unwrap();
-    assert_eq!(o2.status, "shipped");
-    assert_eq!(o2.vendor_status.as_deref(), Some("已发货"));
+    assert_eq!(o1.status, "shipped");
+    assert_eq!(o1.vendor_status.as_deref(), Some("已发货"));
+    assert!(
+        order(&mut c, "DOWN002").is_none(),
+        "an unverified callback creates no order"
+    );
 
     let rows = inbound(&mut c);
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 3);
     assert_eq!(rows[0].outcome, "applied");
     assert_eq!(rows[0].sign_matched.as_deref(), Some("order_no"));
+    assert_eq!(rows[1].outcome, "applied");
     assert_eq!(rows[1].sign_matched.as_deref(), Some("order_no_172"));
-    assert!(rows[1].body.contains("mlkjDOWN002"), "raw body kept");
+    assert_eq!(rows[2].outcome, "unverified");
+    assert!(rows[2].body.contains("mlkjDOWN002"), "raw body kept");
     assert_eq!(
         count(
             &mut c,
@@ -63,7 +72,7 @@ async fn a_redelivered_request_id_is_acknowledged_recorded_as_duplicate_and_chan
 
 #[tokio::test]
 async fn a_late_shipped_after_settled_leaves_the_order_settled_with_the_event_in_history() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(&[CONFIRM_OFF]).await;
     assert_eq!(app.send("R-s1", "DOWN020", "已结算").await.0, 200);
     assert_eq!(app.send("R-s2", "DOWN020", "已发货").await.0, 200);
     let mut c = app.db.conn();

@@ -7,7 +7,8 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_callbacks_for_twenty_orders_all_land() {
-    let app = TestApp::spawn().await;
+    // Terminal callbacks apply at once here: this is about arrival order.
+    let app = TestApp::spawn_with(&[CONFIRM_OFF]).await;
     // Ten callbacks per order over the progress line; a third of the orders
     // also get a terminal status. Sent shuffled, all at once.
     let line = ["待处理", "正在进单", "已提运营商", "已发货", "已完成"];

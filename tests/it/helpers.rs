@@ -206,6 +206,11 @@ impl TestApp {
 
 pub const ADMIN: &str = "admin-token";
 
+/// For tests about something else than the security rules: a callback that
+/// makes its order terminal applies at once instead of waiting for a
+/// confirming query (the default holds it; see `security`).
+pub const CONFIRM_OFF: (&str, &str) = ("HAOKA172_CONFIRM_TERMINAL", "off");
+
 /// Every overdue time zero: all tracked non-terminal orders are due.
 pub const ZERO_OVERDUE: &str = "new=0,pending=0,submitted=0,shipped=0,completed=0,unknown=0";
 

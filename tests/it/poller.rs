@@ -30,7 +30,7 @@ async fn by_default_fresh_orders_and_orders_just_called_back_are_not_queried() {
 
 #[tokio::test]
 async fn with_zero_overdue_one_pass_queries_each_non_terminal_order_once_and_no_terminal_one() {
-    let (app, fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let (app, fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE), CONFIRM_OFF]).await;
     fake.answer_all(Some(Answer::Label("已提运营商".into())));
     let tracked = ["T1", "T2", "T3", "T4"];
     app.track(&tracked).await;
@@ -313,7 +313,7 @@ async fn orders_silent_past_the_horizon_stop_being_polled_and_are_listed() {
 
 #[tokio::test]
 async fn ops_views_show_what_is_due_and_why_and_counts_per_status() {
-    let (app, _fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let (app, _fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE), CONFIRM_OFF]).await;
     app.track(&["V1", "V2"]).await;
     assert_eq!(app.send("R1", "V3", "已结算").await.0, 200);
     let mut c = app.db.conn();

@@ -2,7 +2,7 @@
 
 use haoka_sync::config::Config;
 use haoka_sync::poller::schedule::Schedule;
-use haoka_sync::status::{Observation, OrderFields, Source, Status};
+use haoka_sync::status::{Observation, OrderFields, SignedOver, Source, Status};
 use haoka_sync::store::{apply_batch, Applied, Item};
 use haoka_sync::vendors::Vendor;
 
@@ -34,22 +34,27 @@ fn one_batch_merges_in_arrival_order_and_a_repeated_key_applies_once() {
         Item {
             obs: &a1,
             request_id: Some("k1"),
+            signed_over: Some(SignedOver::OrderId),
         },
         Item {
             obs: &b1,
             request_id: Some("k2"),
+            signed_over: Some(SignedOver::OrderId),
         },
         Item {
             obs: &a2,
             request_id: Some("k3"),
+            signed_over: Some(SignedOver::OrderId),
         },
         Item {
             obs: &a3,
             request_id: Some("k1"),
+            signed_over: Some(SignedOver::OrderId),
         },
         Item {
             obs: &a3,
             request_id: Some("k4"),
+            signed_over: Some(SignedOver::OrderId),
         },
     ];
     let r = apply_batch(&mut c, &items, chrono::Utc::now(), &schedule).unwrap();
@@ -58,6 +63,7 @@ fn one_batch_merges_in_arrival_order_and_a_repeated_key_applies_once() {
         .map(|a| match a {
             Applied::Event { effect, status, .. } => format!("{}:{status}", effect.as_str()),
             Applied::Duplicate => "duplicate".into(),
+            other => format!("{other:?}"),
         })
         .collect();
     assert_eq!(

@@ -8,8 +8,9 @@
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
-use super::sign::{verify_callback, CallbackKey, SignError, SignMatch};
-use crate::status::{haoka172_status, Observation, OrderFields, Source};
+use super::sign::{verify_callback, CallbackKey, SignError};
+use crate::ids;
+use crate::status::{haoka172_status, Observation, OrderFields, SignedOver, Source};
 use crate::vendors::value::{flag, text};
 use crate::vendors::Vendor;
 
@@ -62,9 +63,12 @@ pub enum Rejection {
 /// What to do with a parsed, checked callback.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
+    /// The signature decrypts to one of the order numbers. Over `OrderNo172`
+    /// it still has to be corroborated against the number we hold
+    /// (`status::corroborate`), which only the store can do.
     Apply {
         request_id: String,
-        sign_matched: SignMatch,
+        signed_over: SignedOver,
         observation: Box<Observation>,
     },
     Test {
@@ -81,6 +85,7 @@ pub fn check(
     keys: &[CallbackKey],
 ) -> Result<Verdict, (Rejection, Partial)> {
     let cb = parse(content_type, body)?;
+    // Both ids passed `ids::check` in `parse`.
     let partial = Partial {
         request_id: Some(cb.request_id.clone()),
         order_id: Some(cb.order_no.clone()),
@@ -97,9 +102,9 @@ pub fn check(
         .filter(|s| !s.trim().is_empty())
         .or(cb.body_sign.as_deref());
     match verify_callback(keys, sign, &cb.order_no, cb.order_no_172.as_deref()) {
-        Ok(sign_matched) => Ok(Verdict::Apply {
+        Ok(signed_over) => Ok(Verdict::Apply {
             request_id: cb.request_id.clone(),
-            sign_matched,
+            signed_over,
             observation: Box::new(cb.into_observation()),
         }),
         Err(e) => Err((Rejection::BadSignature(e), partial)),
@@ -206,52 +211,35 @@ pub fn parse_china_time(s: &str) -> Option<DateTime<Utc>> {
 
 fn from_envelope(env: &Map<String, Value>) -> Result<Callback, (Rejection, Partial)> {
     let request_id = text(get(env, &["RequidId", "RequestId"]));
+    let no_order = || Partial {
+        request_id: ids::usable(request_id.clone()),
+        order_id: None,
+    };
     let data = match get(env, &["Data"]) {
         Some(Value::Object(m)) => m.clone(),
         Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
             Ok(Value::Object(m)) => m,
-            Ok(_) => {
-                return Err(malformed(
-                    "Data is not a JSON object",
-                    Partial {
-                        request_id,
-                        order_id: None,
-                    },
-                ))
-            }
+            Ok(_) => return Err(malformed("Data is not a JSON object", no_order())),
             Err(e) => {
                 return Err(malformed(
                     format!("Data is not valid JSON: {e}"),
-                    Partial {
-                        request_id,
-                        order_id: None,
-                    },
+                    no_order(),
                 ))
             }
         },
         Some(_) => {
             return Err(malformed(
                 "Data is neither a JSON string nor an object",
-                Partial {
-                    request_id,
-                    order_id: None,
-                },
+                no_order(),
             ))
         }
-        None => {
-            return Err(malformed(
-                "Data missing",
-                Partial {
-                    request_id,
-                    order_id: None,
-                },
-            ))
-        }
+        None => return Err(malformed("Data missing", no_order())),
     };
     let order_no = text(get(&data, &["OrderNo"]));
+    let order_no_172 = text(get(&data, &["OrderNo172"]));
     let partial = Partial {
-        request_id: request_id.clone(),
-        order_id: order_no.clone(),
+        request_id: ids::usable(request_id.clone()),
+        order_id: ids::usable(order_no.clone()),
     };
     let Some(request_id) = request_id else {
         return Err(malformed("RequidId missing", partial));
@@ -259,6 +247,17 @@ fn from_envelope(env: &Map<String, Value>) -> Result<Callback, (Rejection, Parti
     let Some(order_no) = order_no else {
         return Err(malformed("Data.OrderNo missing", partial));
     };
+    // Every id is indexed and logged: bounded and printable, or the whole
+    // callback is malformed (its raw body is kept).
+    for (what, id) in [
+        ("RequidId", Some(&request_id)),
+        ("Data.OrderNo", Some(&order_no)),
+        ("Data.OrderNo172", order_no_172.as_ref()),
+    ] {
+        if let Some(id) = id {
+            ids::check(what, id).map_err(|m| malformed(m, partial.clone()))?;
+        }
+    }
     let Some(order_status) = text(get(&data, &["OrderStatus"])) else {
         return Err(malformed("Data.OrderStatus missing", partial));
     };
@@ -269,7 +268,7 @@ fn from_envelope(env: &Map<String, Value>) -> Result<Callback, (Rejection, Parti
         details.insert("active_time_raw".to_owned(), Value::String(raw.clone()));
     }
     let fields = OrderFields {
-        vendor_order_no: text(get(&data, &["OrderNo172"])),
+        vendor_order_no: order_no_172,
         express_name: text(get(&data, &["ExpressName"])),
         express_code: text(get(&data, &["ExpressCode"])),
         third_phone: text(get(&data, &["ThirdPhone"])),
@@ -283,7 +282,8 @@ fn from_envelope(env: &Map<String, Value>) -> Result<Callback, (Rejection, Parti
     };
     Ok(Callback {
         request_id,
-        body_sign: text(get(env, &["sign"])),
+        // `sign` wins over any other spelling, as in the PHP integration.
+        body_sign: text(env.get("sign")).or_else(|| text(get(env, &["sign"]))),
         order_no_172: fields.vendor_order_no.clone(),
         order_no,
         order_status,
@@ -468,8 +468,8 @@ mod tests {
         let key = CallbackKey::from_secret(SECRET);
         let body = json_body(&data());
         for (plain, want) in [
-            ("DOWN20240101001", SignMatch::OrderNo),
-            ("mlkj230412165954TEST", SignMatch::OrderNo172),
+            ("DOWN20240101001", SignedOver::OrderId),
+            ("mlkj230412165954TEST", SignedOver::VendorOrderNo),
         ] {
             let v = check(
                 Some("application/json"),
@@ -479,7 +479,7 @@ mod tests {
             )
             .unwrap();
             match v {
-                Verdict::Apply { sign_matched, .. } => assert_eq!(sign_matched, want),
+                Verdict::Apply { signed_over, .. } => assert_eq!(signed_over, want),
                 other => panic!("{other:?}"),
             }
         }
@@ -525,5 +525,182 @@ mod tests {
             check(Some("application/json"), &json_body(&d), None, &[]),
             Ok(Verdict::Test { .. })
         ));
+    }
+
+    #[test]
+    fn over_long_or_unprintable_ids_make_the_callback_malformed() {
+        let long = "9".repeat(129);
+        for (field, value) in [
+            ("OrderNo", long.as_str()),
+            ("OrderNo172", long.as_str()),
+            ("OrderNo", "D1\nINFO forged log line"),
+        ] {
+            let mut d = data();
+            d[field] = Value::String(value.into());
+            let (rej, partial) = parse(Some("application/json"), &json_body(&d)).unwrap_err();
+            let Rejection::Malformed(m) = rej else {
+                panic!("{rej:?}")
+            };
+            assert!(m.contains(field), "{m}");
+            assert_eq!(partial.request_id.as_deref(), Some("R1"));
+            if field == "OrderNo" {
+                assert_eq!(partial.order_id, None, "an unusable id is not kept");
+            }
+        }
+        let body =
+            serde_json::to_vec(&serde_json::json!({"RequidId": long, "Data": data()})).unwrap();
+        let (rej, partial) = parse(Some("application/json"), &body).unwrap_err();
+        assert!(rej.to_string().contains("RequidId is 129 bytes"), "{rej}");
+        assert_eq!(partial.request_id, None);
+        assert_eq!(partial.order_id.as_deref(), Some("DOWN20240101001"));
+        // Exactly at the bound is fine.
+        let mut d = data();
+        d["OrderNo"] = Value::String("9".repeat(128));
+        assert!(parse(Some("application/json"), &json_body(&d)).is_ok());
+    }
+
+    #[test]
+    fn a_body_sign_spelled_sign_wins_over_sign_with_a_capital() {
+        let key = CallbackKey::from_secret(SECRET);
+        let good = key.encrypt("DOWN20240101001");
+        for (a, b) in [("sign", "Sign"), ("Sign", "sign")] {
+            let mut env = serde_json::json!({"RequidId": "R1", "Data": data().to_string()});
+            env[a] = Value::String(if a == "sign" {
+                good.clone()
+            } else {
+                "bad".into()
+            });
+            env[b] = Value::String(if b == "sign" {
+                good.clone()
+            } else {
+                "bad".into()
+            });
+            let body = serde_json::to_vec(&env).unwrap();
+            assert!(
+                matches!(
+                    check(Some("application/json"), &body, None, &keys()),
+                    Ok(Verdict::Apply { .. })
+                ),
+                "{a} then {b}"
+            );
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn content_type() -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                Just(None),
+                Just(Some("application/json".to_owned())),
+                Just(Some("application/x-www-form-urlencoded".to_owned())),
+                Just(Some("multipart/form-data; boundary=XyZ".to_owned())),
+                Just(Some("text/plain".to_owned())),
+                "[ -~]{0,40}".prop_map(Some),
+            ]
+        }
+
+        /// Bodies that are often almost valid: real envelopes with fields
+        /// dropped, retyped or replaced, and plain noise.
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            let field = prop_oneof![
+                Just(Value::Null),
+                any::<i64>().prop_map(Value::from),
+                "[ -~]{0,20}".prop_map(Value::from),
+                Just(Value::String("9".repeat(200))),
+            ];
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                (
+                    proptest::sample::select(vec![
+                        "RequidId",
+                        "Data",
+                        "OrderNo",
+                        "OrderStatus",
+                        "OrderNo172"
+                    ]),
+                    field,
+                    any::<bool>()
+                )
+                    .prop_map(|(k, v, data_as_object)| {
+                        let mut d = data();
+                        d[k] = v.clone();
+                        let data = if data_as_object {
+                            d
+                        } else {
+                            Value::String(d.to_string())
+                        };
+                        let mut env = serde_json::json!({"RequidId": "R1", "Data": data});
+                        if k == "RequidId" || k == "Data" {
+                            env[k] = v;
+                        }
+                        serde_json::to_vec(&env).unwrap()
+                    }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
+            ))]
+
+            /// Whatever arrives, the judge answers, and it applies nothing
+            /// whose sign does not decrypt to one of the callback's own
+            /// order numbers.
+            #[test]
+            fn the_judge_never_panics_and_never_applies_without_a_valid_sign(
+                ct in content_type(),
+                body in body(),
+                sign in prop_oneof![
+                    Just(None),
+                    "[A-Za-z0-9+/=]{0,64}".prop_map(Some),
+                    Just(Some(CallbackKey::from_secret(SECRET).encrypt("DOWN20240101001"))),
+                    Just(Some(CallbackKey::from_secret(SECRET).encrypt("mlkj230412165954TEST"))),
+                    // Signs that decrypt, to anything at all.
+                    "[ -~]{0,40}".prop_map(|p| Some(CallbackKey::from_secret(SECRET).encrypt(&p))),
+                ],
+            ) {
+                let keys = keys();
+                if let Ok(Verdict::Apply { signed_over, observation, .. }) =
+                    check(ct.as_deref(), &body, sign.as_deref(), &keys)
+                {
+                    let plain = keys[0].decrypt(sign.as_deref().unwrap_or_default()).unwrap();
+                    let want = match signed_over {
+                        SignedOver::OrderId => Some(observation.order_id.as_str()),
+                        SignedOver::VendorOrderNo => observation.fields.vendor_order_no.as_deref(),
+                    };
+                    prop_assert_eq!(Some(plain.as_str()), want);
+                    prop_assert!(observation.order_id.len() <= ids::MAX_BYTES);
+                }
+            }
+
+            /// A valid callback reads the same from every encoding.
+            #[test]
+            fn a_valid_callback_reads_the_same_from_json_form_and_multipart(
+                rid in "[A-Za-z0-9-]{1,40}",
+                order in "[A-Z0-9]{1,30}",
+                label in proptest::sample::select(vec!["待处理", "已发货", "已结算", "已失效", "x y"]),
+                phone in proptest::option::of("1[0-9]{10}"),
+                first in proptest::option::of(any::<bool>()),
+            ) {
+                let d = serde_json::json!({
+                    "OrderNo": order, "OrderNo172": format!("mlkj{order}"), "OrderStatus": label,
+                    "ThirdPhone": phone, "IsFirstCharge": first.map(i32::from),
+                }).to_string();
+                let json = serde_json::to_vec(&serde_json::json!({"RequidId": rid, "Data": d})).unwrap();
+                let form = serde_urlencoded::to_string([("RequidId", rid.as_str()), ("Data", d.as_str())]).unwrap();
+                let multipart = format!(
+                    "--XyZ\r\nContent-Disposition: form-data; name=\"RequidId\"\r\n\r\n{rid}\r\n\
+                     --XyZ\r\nContent-Disposition: form-data; name=\"Data\"\r\n\r\n{d}\r\n--XyZ--\r\n"
+                );
+                let a = parse(Some("application/json"), &json).unwrap();
+                let b = parse(Some("application/x-www-form-urlencoded"), form.as_bytes()).unwrap();
+                let c = parse(Some("multipart/form-data; boundary=XyZ"), multipart.as_bytes()).unwrap();
+                prop_assert_eq!(&a, &b);
+                prop_assert_eq!(&a, &c);
+                prop_assert_eq!(a.into_observation().order_id, order);
+            }
+        }
     }
 }

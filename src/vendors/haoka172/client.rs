@@ -232,6 +232,12 @@ fn observation(order_id: &str, d: &Map<String, Value>) -> Result<Observation, Qu
     }
     let label = text(get(d, "orderStatus"))
         .ok_or_else(|| QueryError::Unparseable("no orderStatus".into()))?;
+    // The vendor number is indexed and corroborates callback signatures:
+    // an answer with an unusable one is not an answer.
+    let vendor_order_no = text(get(d, "orderNo"));
+    if let Some(n) = &vendor_order_no {
+        crate::ids::check("orderNo", n).map_err(QueryError::Unparseable)?;
+    }
     let mut details = std::collections::BTreeMap::new();
     if let Some(t) = text(get(d, "createTime")) {
         details.insert("create_time".to_owned(), Value::String(t));
@@ -248,7 +254,7 @@ fn observation(order_id: &str, d: &Map<String, Value>) -> Result<Observation, Qu
         status: haoka172_status(&label),
         vendor_status: Some(label),
         fields: OrderFields {
-            vendor_order_no: text(get(d, "orderNo")),
+            vendor_order_no,
             express_name: text(get(d, "expressName")),
             express_code: text(get(d, "expressCode")),
             third_phone: text(get(d, "thirdPhone")),
@@ -353,6 +359,16 @@ mod tests {
                 "{garbage}"
             );
         }
+    }
+
+    #[test]
+    fn an_answer_with_an_unusable_vendor_number_is_unparseable() {
+        let long = "9".repeat(200);
+        let body = format!(r#"{{"code":0,"data":{{"orderNo":"{long}","orderStatus":"已发货"}}}}"#);
+        assert!(matches!(
+            parse_answer("D1", 200, body.as_bytes()),
+            Err(QueryError::Unparseable(m)) if m.contains("orderNo is 200 bytes")
+        ));
     }
 
     #[test]

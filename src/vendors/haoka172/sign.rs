@@ -12,6 +12,8 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD_INDIFFERENT};
 use base64::Engine;
 use md5::{Digest, Md5};
 
+use crate::status::SignedOver;
+
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 
@@ -92,23 +94,6 @@ impl CallbackKey {
     }
 }
 
-/// Which order number the signature decrypted to (the sources disagree on
-/// which one the vendor encrypts, so both are accepted and the match recorded).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignMatch {
-    OrderNo,
-    OrderNo172,
-}
-
-impl SignMatch {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SignMatch::OrderNo => "order_no",
-            SignMatch::OrderNo172 => "order_no_172",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignError {
     #[error("sign missing")]
@@ -124,38 +109,51 @@ pub enum SignError {
 }
 
 /// Verify a callback signature against every configured key (several during
-/// a secret rotation). Accept when the plaintext equals either order number.
+/// a secret rotation): which of the two order numbers it decrypts to.
+///
+/// A match on `order_no_172` proves only that the sender holds a sign for
+/// that number; the caller must corroborate it (`status::corroborate`).
+/// Every key is tried whatever the first gives, so how long this takes says
+/// nothing about why it failed; the `SignError` is for the inbox row and the
+/// log only, never for the sender.
 pub fn verify_callback(
     keys: &[CallbackKey],
     sign: Option<&str>,
     order_no: &str,
     order_no_172: Option<&str>,
-) -> Result<SignMatch, SignError> {
+) -> Result<SignedOver, SignError> {
     let sign = sign
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .ok_or(SignError::Missing)?;
-    let mut last = SignError::Mismatch;
+    let mut best = None;
+    let mut decrypted = false;
+    let mut first_error = None;
     for key in keys {
         let plain = match key.decrypt(sign) {
             Ok(p) => p,
             Err(e) => {
-                last = e;
+                first_error.get_or_insert(e);
                 continue;
             }
         };
+        decrypted = true;
         // Padding success is not authentication: compare with the numbers.
-        if !order_no.is_empty() && ct_eq(plain.as_bytes(), order_no.as_bytes()) {
-            return Ok(SignMatch::OrderNo);
+        let by_order_no = !order_no.is_empty() && ct_eq(plain.as_bytes(), order_no.as_bytes());
+        let by_172 = order_no_172
+            .filter(|n| !n.is_empty())
+            .is_some_and(|n| ct_eq(plain.as_bytes(), n.as_bytes()));
+        if by_order_no {
+            best = Some(SignedOver::OrderId);
+        } else if by_172 && best.is_none() {
+            best = Some(SignedOver::VendorOrderNo);
         }
-        if let Some(n) = order_no_172.filter(|n| !n.is_empty()) {
-            if ct_eq(plain.as_bytes(), n.as_bytes()) {
-                return Ok(SignMatch::OrderNo172);
-            }
-        }
-        last = SignError::Mismatch;
     }
-    Err(last)
+    match (best, first_error) {
+        (Some(m), _) => Ok(m),
+        (None, Some(e)) if !decrypted => Err(e),
+        _ => Err(SignError::Mismatch),
+    }
 }
 
 /// Base64 as senders actually produce it: surrounding whitespace, a `+` that
@@ -178,10 +176,7 @@ fn decode_lenient(sign: &str) -> Result<Vec<u8>, SignError> {
 
 /// Compare without an early exit on the first differing byte.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 #[cfg(test)]
@@ -239,14 +234,14 @@ mod tests {
             "DOWN20240101001",
             Some("mlkj230412165954TEST"),
         );
-        assert_eq!(by_down, Ok(SignMatch::OrderNo));
+        assert_eq!(by_down, Ok(SignedOver::OrderId));
         let by_172 = verify_callback(
             &keys,
             Some("g7irqooKAx/5Ot8iTthYUaGld3I8G6ZpmzSHTPectTA="),
             "DOWN20240101001",
             Some("mlkj230412165954TEST"),
         );
-        assert_eq!(by_172, Ok(SignMatch::OrderNo172));
+        assert_eq!(by_172, Ok(SignedOver::VendorOrderNo));
     }
 
     #[test]
@@ -261,7 +256,7 @@ mod tests {
         ] {
             assert_eq!(
                 verify_callback(&keys, Some(&variant), "x", Some("mlkj230412165954TEST")),
-                Ok(SignMatch::OrderNo172),
+                Ok(SignedOver::VendorOrderNo),
                 "{variant:?}"
             );
         }
@@ -278,7 +273,7 @@ mod tests {
         let (plain, s) = found.expect("some signature contains a '+'");
         assert_eq!(
             verify_callback(&keys, Some(&s.replace('+', " ")), &plain, None),
-            Ok(SignMatch::OrderNo)
+            Ok(SignedOver::OrderId)
         );
     }
 
@@ -323,7 +318,7 @@ mod tests {
                 "DOWN20240101001",
                 None
             ),
-            Ok(SignMatch::OrderNo)
+            Ok(SignedOver::OrderId)
         );
     }
 
