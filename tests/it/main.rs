@@ -13,4 +13,5 @@ mod gaps;
 mod helpers;
 mod outage;
 mod poller;
+mod security;
 mod store;
