@@ -18,12 +18,15 @@
 //! - `CALLBACK_MAX_BODY_BYTES` (default 65536), `DB_POOL_SIZE` (default 16),
 //!   `DB_TIMEOUT_SECS` (default 3), `INGEST_WRITERS` (default 2),
 //!   `INGEST_MAX_BATCH` (default 256)
+//! - `CALLBACK_ALLOWED_SOURCES` (comma-separated CIDRs or bare IPs; unset =
+//!   any source), `TRUSTED_PROXY_HEADER` (unset = judge the TCP peer),
+//!   `TRUSTED_PROXIES` (default `127.0.0.0/8,::1/128`)
 //!
 //! Secrets never appear in `Debug` output or logs.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::poller::gaps::GapPolicy;
@@ -257,6 +260,13 @@ pub struct Config {
     pub db_timeout: Duration,
     pub ingest_writers: usize,
     pub ingest_max_batch: usize,
+    /// Addresses callbacks are accepted from; `None` accepts any.
+    pub callback_allowed_sources: Option<Vec<ipnet::IpNet>>,
+    /// The header a reverse proxy sets with the client address; `None`
+    /// judges the TCP peer.
+    pub trusted_proxy_header: Option<String>,
+    /// Peers whose `trusted_proxy_header` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// One bad variable: the message is the one line the user sees.
@@ -268,6 +278,9 @@ pub struct ConfigError {
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/haoka_sync";
+
+/// Loopback: a reverse proxy on the same host.
+pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128";
 
 impl Config {
     /// From the process environment (after `.env` was loaded by the caller).
@@ -393,6 +406,18 @@ impl Config {
                 ),
             ));
         }
+        let callback_allowed_sources = var("CALLBACK_ALLOWED_SOURCES")
+            .map(|v| parse_nets(&v))
+            .transpose()
+            .map_err(|m| err("CALLBACK_ALLOWED_SOURCES", m))?
+            .filter(|nets| !nets.is_empty());
+        let trusted_proxy_header = var("TRUSTED_PROXY_HEADER")
+            .map(|v| validate_header_name(&v))
+            .transpose()
+            .map_err(|m| err("TRUSTED_PROXY_HEADER", m))?;
+        let trusted_proxies =
+            parse_nets(&var("TRUSTED_PROXIES").unwrap_or_else(|| DEFAULT_TRUSTED_PROXIES.into()))
+                .map_err(|m| err("TRUSTED_PROXIES", m))?;
         Ok(Config {
             database_url,
             bind,
@@ -412,6 +437,9 @@ impl Config {
             db_timeout: Duration::from_secs(parse_num("DB_TIMEOUT_SECS", 3, 1, 600)?),
             ingest_writers,
             ingest_max_batch: parse_num("INGEST_MAX_BATCH", 256, 1, 10_000)? as usize,
+            callback_allowed_sources,
+            trusted_proxy_header,
+            trusted_proxies,
         })
     }
 
@@ -423,6 +451,35 @@ impl Config {
             .collect();
         Self::from_lookup(|k| map.get(k).cloned())
     }
+}
+
+/// `203.0.113.0/24, 198.51.100.7, 2001:db8::/32`: operators copy single
+/// addresses out of logs, so a bare IP is accepted as its /32 or /128.
+fn parse_nets(spec: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .map(|n| n.trunc())
+                .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    format!("`{p}` is not an IP address or CIDR range (e.g. 203.0.113.0/24 or 2001:db8::/32)")
+                })
+        })
+        .collect()
+}
+
+/// Checked here, without the HTTP types, so a typo stops the start instead
+/// of silently disabling the header: a name is an RFC 9110 token.
+fn validate_header_name(name: &str) -> Result<String, String> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !name.chars().all(tchar) {
+        return Err(format!(
+            "`{name}` is not a valid HTTP header name (e.g. X-Forwarded-For or X-Real-IP)"
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 /// Six fields (with seconds), as tokio-cron-scheduler expects.
@@ -513,6 +570,19 @@ mod tests {
             ("DAMAIJIA_BATCH_SIZE", "0", "out of range"),
             ("HAOKA172_CALLBACK_GAP", "silence=1h,quiet=2h", "not one of"),
             ("HAOKA172_CALLBACK_GAP", "expected=0", "at least 1"),
+            ("CALLBACK_ALLOWED_SOURCES", "300.1.2.3/8", "`300.1.2.3/8`"),
+            (
+                "CALLBACK_ALLOWED_SOURCES",
+                "203.0.113.0/24, 10.0.0.0/33",
+                "`10.0.0.0/33` is not an IP address or CIDR range",
+            ),
+            ("TRUSTED_PROXIES", "localhost", "`localhost`"),
+            ("TRUSTED_PROXY_HEADER", "bad header", "`bad header`"),
+            (
+                "TRUSTED_PROXY_HEADER",
+                "X-Forwarded-For:",
+                "not a valid HTTP header name",
+            ),
         ];
         for (k, v, want) in cases {
             let e = Config::with(&[(k, v)]).unwrap_err();
@@ -523,6 +593,48 @@ mod tests {
             );
             assert!(!e.to_string().contains('\n'));
         }
+    }
+
+    #[test]
+    fn every_source_is_allowed_and_the_peer_judged_unless_configured() {
+        let c = Config::with(&[]).unwrap();
+        assert_eq!(c.callback_allowed_sources, None);
+        assert_eq!(c.trusted_proxy_header, None);
+        let loopback: Vec<ipnet::IpNet> =
+            vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        assert_eq!(c.trusted_proxies, loopback);
+        let c = Config::with(&[("CALLBACK_ALLOWED_SOURCES", " , ")]).unwrap();
+        assert_eq!(c.callback_allowed_sources, None, "empty means unset");
+    }
+
+    #[test]
+    fn allowed_sources_take_cidrs_and_bare_ips_of_both_families() {
+        let c = Config::with(&[
+            (
+                "CALLBACK_ALLOWED_SOURCES",
+                "203.0.113.0/24, 198.51.100.7,2001:db8::/32 , 2001:db8::1",
+            ),
+            ("TRUSTED_PROXY_HEADER", "X-Forwarded-For"),
+            ("TRUSTED_PROXIES", "10.1.2.3/8"),
+        ])
+        .unwrap();
+        let nets: Vec<String> = c
+            .callback_allowed_sources
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            nets,
+            [
+                "203.0.113.0/24",
+                "198.51.100.7/32",
+                "2001:db8::/32",
+                "2001:db8::1/128"
+            ]
+        );
+        assert_eq!(c.trusted_proxy_header.as_deref(), Some("X-Forwarded-For"));
+        assert_eq!(c.trusted_proxies[0].to_string(), "10.0.0.0/8");
     }
 
     #[test]
