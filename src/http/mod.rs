@@ -5,6 +5,7 @@
 mod api;
 mod callbacks;
 mod health;
+pub mod source;
 
 use std::sync::Arc;
 
