@@ -9,6 +9,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::config::Config;
 use crate::db::{self, PgPool};
+use crate::http::source::SourcePolicy;
 use crate::http::{self, AppState};
 use crate::poller::schedule::Schedule;
 use crate::poller::Poller;
@@ -45,11 +46,14 @@ impl Application {
             .flatten()
             .map(|s| CallbackKey::from_secret(s.expose()))
             .collect();
+        let callback_sources = SourcePolicy::from_config(config)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             ingest: Arc::clone(&ingest),
             haoka172_keys: keys,
             callback_max_body_bytes: config.callback_max_body_bytes,
+            callback_sources,
             admin_token: config.admin_token.clone(),
             schedule,
         });

@@ -1,6 +1,8 @@
 //! `POST /callbacks/haoka172`: read the raw body (bounded), let the vendor
-//! module judge it, let the store commit it, answer. Every request leaves a
-//! row in `inbound_callbacks`; nothing is acknowledged before it commits.
+//! module judge it, let the store commit it, answer. A sender that
+//! `CALLBACK_ALLOWED_SOURCES` does not allow is refused before its body is
+//! judged. Every request leaves a row in `inbound_callbacks`; nothing is
+//! acknowledged before it commits.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -38,6 +40,14 @@ pub async fn haoka172(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    // The sender first: a request from an address that may not send
+    // callbacks is stored as it came, but never judged as one.
+    let source = state
+        .callback_sources
+        .judge(req.peer_addr().map(|a| a.ip()), req.headers());
+    let forbidden = source
+        .refusal
+        .map(|error| reject(Outcome::ForbiddenSource, error));
     let body = read_bounded(payload, state.callback_max_body_bytes).await;
     let sign_header = req.headers().get("sign").and_then(|v| v.to_str().ok());
     let content_type = req
@@ -46,31 +56,31 @@ pub async fn haoka172(
         .and_then(|v| v.to_str().ok());
     let (bytes, disposition, truncated, size) = match body {
         Body::Complete(bytes) => {
-            let d = judge(content_type, &bytes, sign_header, &state);
+            let d = forbidden.unwrap_or_else(|| judge(content_type, &bytes, sign_header, &state));
             let size = bytes.len();
             (bytes, d, false, size)
         }
         Body::TooLarge { sample, size } => {
-            let d = reject(
-                Outcome::TooLarge,
-                format!(
-                    "body of {size} bytes exceeds the limit of {} bytes",
-                    state.callback_max_body_bytes
-                ),
-            );
+            let d = forbidden.unwrap_or_else(|| {
+                reject(
+                    Outcome::TooLarge,
+                    format!(
+                        "body of {size} bytes exceeds the limit of {} bytes",
+                        state.callback_max_body_bytes
+                    ),
+                )
+            });
             (sample, d, true, size)
         }
         Body::Broken { partial, error } => {
             let size = partial.len();
-            (
-                partial,
+            let d = forbidden.unwrap_or_else(|| {
                 reject(
                     Outcome::Malformed,
                     format!("body could not be read: {error}"),
-                ),
-                false,
-                size,
-            )
+                )
+            });
+            (partial, d, false, size)
         }
     };
     let (text, raw_bytes) = RawRequest::body_fields(&bytes);
@@ -78,7 +88,7 @@ pub async fn haoka172(
         vendor: "haoka172",
         content_type: content_type.map(str::to_owned),
         remote_addr: req.peer_addr().map(|a| a.to_string()),
-        source_addr: req.peer_addr().map(|a| a.ip().to_string()),
+        source_addr: source.addr.map(|a| a.to_string()),
         headers: headers_json(&req),
         body: text,
         body_raw: raw_bytes,

@@ -16,6 +16,7 @@ use crate::db::PgPool;
 use crate::poller::schedule::Schedule;
 use crate::store::ingest::Ingest;
 use crate::vendors::haoka172::sign::CallbackKey;
+use source::SourcePolicy;
 
 /// Shared by every worker.
 pub struct AppState {
@@ -24,6 +25,8 @@ pub struct AppState {
     /// Keys for 172 callback signatures (current first; empty = not configured).
     pub haoka172_keys: Vec<CallbackKey>,
     pub callback_max_body_bytes: usize,
+    /// Who may send callbacks, and how the sender's address is found.
+    pub callback_sources: SourcePolicy,
     pub admin_token: Option<Secret>,
     pub schedule: Arc<Schedule>,
 }
