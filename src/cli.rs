@@ -236,6 +236,7 @@ async fn serve(config: Config) -> CliResult {
     if config.admin_token.is_none() {
         log::info!("ADMIN_TOKEN is not set: /api/* answers 403");
     }
+    log_callback_sources(&config);
     let app = Application::build(&config)?;
     log::info!(
         "haoka-sync listening on {} (database {}); callback URL path /callbacks/haoka172",
@@ -251,6 +252,28 @@ async fn serve(config: Config) -> CliResult {
     app.run_until_stopped().await?;
     log::info!("stopped");
     Ok(())
+}
+
+/// The sender's address is the only check a forger cannot pass by knowing
+/// an order number, so an operator should see at start whether it is on.
+fn log_callback_sources(config: &Config) {
+    let Some(nets) = &config.callback_allowed_sources else {
+        log::info!(
+            "CALLBACK_ALLOWED_SOURCES is not set: callbacks are accepted from any address; setting it to the vendor's addresses is the strongest defence against forged callbacks (the vendor's signature covers only the order number)"
+        );
+        return;
+    };
+    let judged = match &config.trusted_proxy_header {
+        Some(h) => format!(
+            "the address in {h} is judged when the peer is one of the {} TRUSTED_PROXIES ranges, else the peer",
+            config.trusted_proxies.len()
+        ),
+        None => "the TCP peer address is judged (no TRUSTED_PROXY_HEADER)".to_owned(),
+    };
+    log::info!(
+        "callbacks accepted only from the {} address ranges in CALLBACK_ALLOWED_SOURCES; {judged}",
+        nets.len()
+    );
 }
 
 async fn show(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
