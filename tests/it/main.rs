@@ -14,4 +14,5 @@ mod helpers;
 mod outage;
 mod poller;
 mod security;
+mod sources;
 mod store;
