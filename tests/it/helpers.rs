@@ -161,6 +161,14 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// The app polling a fake 172 on 127.0.0.1, with `extra` configuration.
+    pub async fn with_fake172(extra: &[(&str, &str)]) -> (TestApp, crate::fake172::Fake172) {
+        let fake = crate::fake172::Fake172::start("demo", SECRET).await;
+        let mut env = fake.env();
+        env.extend_from_slice(extra);
+        (TestApp::spawn_with(&env).await, fake)
+    }
+
     /// Register 172 orders through the admin API.
     pub async fn track(&self, ids: &[&str]) {
         self.track_for("haoka172", ids).await

@@ -5,20 +5,12 @@ use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 
-use crate::fake172::{Answer, Fake172};
+use crate::fake172::Answer;
 use crate::helpers::*;
-
-async fn setup(extra: &[(&str, &str)]) -> (TestApp, Fake172) {
-    let fake = Fake172::start("demo", SECRET).await;
-    let mut env = fake.env();
-    env.extend_from_slice(extra);
-    let app = TestApp::spawn_with(&env).await;
-    (app, fake)
-}
 
 #[tokio::test]
 async fn by_default_fresh_orders_and_orders_just_called_back_are_not_queried() {
-    let (app, fake) = setup(&[]).await;
+    let (app, fake) = TestApp::with_fake172(&[]).await;
     fake.answer_all(Some(Answer::Label("已发货".into())));
     app.track(&["T1", "T2", "T3"]).await;
     assert_eq!(app.send("R1", "C1", "待处理").await.0, 200);
@@ -30,7 +22,8 @@ async fn by_default_fresh_orders_and_orders_just_called_back_are_not_queried() {
 
 #[tokio::test]
 async fn with_zero_overdue_one_pass_queries_each_non_terminal_order_once_and_no_terminal_one() {
-    let (app, fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE), CONFIRM_OFF]).await;
+    let (app, fake) =
+        TestApp::with_fake172(&[("HAOKA172_OVERDUE", ZERO_OVERDUE), CONFIRM_OFF]).await;
     fake.answer_all(Some(Answer::Label("已提运营商".into())));
     let tracked = ["T1", "T2", "T3", "T4"];
     app.track(&tracked).await;
@@ -63,7 +56,7 @@ async fn with_zero_overdue_one_pass_queries_each_non_terminal_order_once_and_no_
 
 #[tokio::test]
 async fn a_poll_moves_an_order_forward_but_never_back() {
-    let (app, fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let (app, fake) = TestApp::with_fake172(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
     assert_eq!(app.send("R1", "UP", "待处理").await.0, 200);
     assert_eq!(app.send("R2", "DOWN", "已完成").await.0, 200);
     fake.answer("UP", Answer::Label("已发货".into()));
@@ -91,7 +84,7 @@ async fn a_poll_moves_an_order_forward_but_never_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_due_orders_never_exceed_the_per_minute_limit_and_the_rest_come_later() {
     // Only `new` is overdue at once; answered `submitted`, an order waits 2 days.
-    let (app, fake) = setup(&[
+    let (app, fake) = TestApp::with_fake172(&[
         ("HAOKA172_OVERDUE", "new=0"),
         ("HAOKA172_MAX_CALLS_PER_MINUTE", "200"),
     ])
@@ -122,7 +115,7 @@ async fn three_hundred_due_orders_never_exceed_the_per_minute_limit_and_the_rest
 
 #[tokio::test]
 async fn repeated_passes_never_query_an_order_more_than_the_daily_limit() {
-    let (app, fake) = setup(&[
+    let (app, fake) = TestApp::with_fake172(&[
         ("HAOKA172_OVERDUE", ZERO_OVERDUE),
         ("HAOKA172_MAX_CALLS_PER_ORDER_PER_DAY", "10"),
     ])
@@ -150,7 +143,7 @@ async fn repeated_passes_never_query_an_order_more_than_the_daily_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_pollers_on_one_database_query_each_due_order_once_in_total() {
-    let (app, fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let (app, fake) = TestApp::with_fake172(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
     fake.answer_all(Some(Answer::Label("已提运营商".into())));
     fake.delay(Duration::from_millis(20));
     let ids: Vec<String> = (0..60).map(|i| format!("TW{i:02}")).collect();
@@ -182,7 +175,7 @@ async fn two_pollers_on_one_database_query_each_due_order_once_in_total() {
 
 #[tokio::test]
 async fn not_found_500_timeout_and_garbage_are_recorded_backed_off_and_the_pass_finishes() {
-    let (app, fake) = setup(&[
+    let (app, fake) = TestApp::with_fake172(&[
         ("HAOKA172_OVERDUE", ZERO_OVERDUE),
         ("HAOKA172_TIMEOUT_SECS", "1"),
     ])
@@ -231,7 +224,7 @@ async fn not_found_500_timeout_and_garbage_are_recorded_backed_off_and_the_pass_
 
 #[tokio::test]
 async fn a_blocked_answer_pauses_polling_and_the_pause_ends_by_itself() {
-    let (app, fake) = setup(&[
+    let (app, fake) = TestApp::with_fake172(&[
         ("HAOKA172_OVERDUE", ZERO_OVERDUE),
         ("HAOKA172_COOLOFF", "2s"),
     ])
@@ -261,7 +254,7 @@ async fn a_blocked_answer_pauses_polling_and_the_pause_ends_by_itself() {
 
 #[tokio::test]
 async fn the_cron_schedule_runs_passes_inside_serve() {
-    let (app, fake) = setup(&[
+    let (app, fake) = TestApp::with_fake172(&[
         ("HAOKA172_OVERDUE", ZERO_OVERDUE),
         ("POLL_CRON", "*/1 * * * * *"),
     ])
@@ -283,7 +276,7 @@ async fn the_cron_schedule_runs_passes_inside_serve() {
 
 #[tokio::test]
 async fn orders_silent_past_the_horizon_stop_being_polled_and_are_listed() {
-    let (app, fake) = setup(&[
+    let (app, fake) = TestApp::with_fake172(&[
         ("HAOKA172_OVERDUE", ZERO_OVERDUE),
         ("TRACKING_HORIZON", "1d"),
     ])
@@ -313,7 +306,8 @@ async fn orders_silent_past_the_horizon_stop_being_polled_and_are_listed() {
 
 #[tokio::test]
 async fn ops_views_show_what_is_due_and_why_and_counts_per_status() {
-    let (app, _fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE), CONFIRM_OFF]).await;
+    let (app, _fake) =
+        TestApp::with_fake172(&[("HAOKA172_OVERDUE", ZERO_OVERDUE), CONFIRM_OFF]).await;
     app.track(&["V1", "V2"]).await;
     assert_eq!(app.send("R1", "V3", "已结算").await.0, 200);
     let mut c = app.db.conn();
@@ -336,7 +330,7 @@ async fn ops_views_show_what_is_due_and_why_and_counts_per_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_ticks_never_run_two_passes_in_one_process() {
-    let (app, fake) = setup(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let (app, fake) = TestApp::with_fake172(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
     fake.answer_all(Some(Answer::Label("已发货".into())));
     fake.delay(Duration::from_millis(300));
     app.track(&["OV1", "OV2"]).await;
