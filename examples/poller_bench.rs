@@ -26,11 +26,13 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Date, Integer, Text, Timestamptz};
 
 use haoka_sync::config::Config;
-use haoka_sync::poller::gaps::HISTORY_DAYS;
-use haoka_sync::poller::schedule::{china_day, next_china_midnight, Schedule};
+use haoka_sync::rules::gaps::HISTORY_DAYS;
 use haoka_sync::poller::LEASE;
+use haoka_sync::rules::schedule::{china_day, next_china_midnight, Schedule};
+use haoka_sync::rules::status::{
+    Observation, OrderFields, SignedOver, Source, Status,
+};
 use haoka_sync::sim::lifecycle::{haoka172_with_gaps, Lifecycle172, Rng};
-use haoka_sync::status::{haoka172_status, Observation, OrderFields, SignedOver, Source, Status};
 use haoka_sync::store::gaps as gstore;
 use haoka_sync::store::poll::{self as pstore, PassStart, PollResult};
 use haoka_sync::store::{apply_batch, Applied, Item};
@@ -161,7 +163,7 @@ fn schedule(overdue: &str, callback_gap: &str) -> Res<Schedule> {
     if !callback_gap.is_empty() {
         vars.push(("HAOKA172_CALLBACK_GAP", callback_gap));
     }
-    Ok(Schedule::from_config(&Config::with(&vars)?))
+    Ok(Config::with(&vars)?.schedule())
 }
 
 // ---------------------------------------------------------------- pass-cost
@@ -568,7 +570,7 @@ fn observation(o: &Lifecycle172, label: &str, source: Source) -> Observation {
         order_id: o.order_no.clone(),
         source,
         vendor_status: Some(label.to_owned()),
-        status: haoka172_status(label),
+        status: haoka_sync::vendors::haoka172::labels::status_of(label),
         fields: OrderFields {
             vendor_order_no: Some(o.order_no_172.clone()),
             ..Default::default()
@@ -691,7 +693,7 @@ fn converge(sc: &Scenario) -> Res<()> {
             if k == 0 {
                 sim.set_held(i, Status::New);
             }
-            sim.set_truth(i, haoka172_status(label));
+            sim.set_truth(i, haoka_sync::vendors::haoka172::labels::status_of(label));
         }
         let later = now + chrono::Duration::seconds(30);
         if !register.is_empty() {

@@ -280,11 +280,10 @@ async fn show(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
     let pool = db::pool(&config.database_url, 1, config.db_timeout);
     let id = order_id.to_owned();
     let found = db::run(&pool, move |conn| {
-        let order = crate::store::find_order(conn, vendor, &id).map_err(db::DbError::from_query)?;
+        let order = crate::store::find_order(conn, vendor, &id)?;
         let history =
-            crate::store::order_history(conn, vendor, &id).map_err(db::DbError::from_query)?;
-        let confirmations = crate::store::order_confirmations(conn, vendor, &id)
-            .map_err(db::DbError::from_query)?;
+            crate::store::order_history(conn, vendor, &id)?;
+        let confirmations = crate::store::order_confirmations(conn, vendor, &id)?;
         Ok(order.map(|o| (o, history, confirmations)))
     })
     .await?;
@@ -310,7 +309,7 @@ async fn show(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
         "  phone:         {}",
         o.third_phone
             .as_deref()
-            .map(crate::mask::phone)
+            .map(crate::rules::mask::phone)
             .unwrap_or_else(|| "-".into())
     );
     println!(
@@ -393,11 +392,10 @@ async fn track(
     let ids = crate::store::poll::clean_order_ids(ids).map_err(CliError::Usage)?;
     prepare(config).await?;
     let pool = db::pool(&config.database_url, 1, config.db_timeout);
-    let schedule = crate::poller::schedule::Schedule::from_config(config);
+    let schedule = config.schedule();
     let n = ids.len();
     let created = db::run(&pool, move |conn| {
         crate::store::poll::register(conn, vendor, &ids, &schedule, chrono::Utc::now())
-            .map_err(db::DbError::from_query)
     })
     .await?;
     println!(
@@ -410,7 +408,7 @@ async fn track(
 async fn poll_once(config: &Config, vendor: Option<Vendor>) -> CliResult {
     prepare(config).await?;
     let pool = db::pool(&config.database_url, 4, config.db_timeout);
-    let schedule = std::sync::Arc::new(crate::poller::schedule::Schedule::from_config(config));
+    let schedule = std::sync::Arc::new(config.schedule());
     let poller = crate::poller::Poller::new(config, pool, schedule).map_err(CliError::Usage)?;
     if vendor.is_none() && poller.enabled().is_empty() {
         return Err(CliError::Usage(
@@ -587,7 +585,6 @@ fn recreate_database(url: &crate::config::DatabaseUrl) -> Result<(), db::DbError
     let mut conn = diesel::PgConnection::establish(admin.expose())
         .map_err(|e| db::DbError::Unavailable(format!("cannot connect to {admin}: {e}")))?;
     let name = url.database_name().replace('"', "\"\"");
-    conn.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .map_err(db::DbError::from_query)?;
+    conn.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))?;
     db::prepare(url).map(|_| ())
 }

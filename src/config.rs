@@ -29,27 +29,10 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::poller::gaps::GapPolicy;
-use crate::status::Status;
-
-/// A value that must never be printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+use crate::rules::gaps::GapPolicy;
+use crate::rules::schedule::{parse_duration, Schedule, StatusDurations};
+use crate::rules::Vendor;
+pub use crate::secret::Secret;
 
 /// A database URL whose password is masked when printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -102,100 +85,6 @@ impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DatabaseUrl({self})")
     }
-}
-
-/// Per-status durations, e.g. `new=30m,pending=6h,submitted=2d`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusDurations(pub BTreeMap<&'static str, Duration>);
-
-impl StatusDurations {
-    /// Statuses that can be waited on (every non-terminal one).
-    pub const KEYS: [Status; 6] = [
-        Status::New,
-        Status::Pending,
-        Status::Submitted,
-        Status::Shipped,
-        Status::Completed,
-        Status::Unknown,
-    ];
-
-    /// Parse `key=duration,...` over `defaults`; omitted keys keep the default.
-    pub fn parse(spec: &str, defaults: &StatusDurations) -> Result<Self, String> {
-        let mut out = defaults.clone();
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("`{part}` is not key=duration"))?;
-            let k = k.trim();
-            let key = Self::KEYS
-                .into_iter()
-                .find(|s| s.as_str() == k)
-                .ok_or_else(|| {
-                    format!("`{k}` is not a non-terminal status (new, pending, submitted, shipped, completed, unknown)")
-                })?
-                .as_str();
-            out.0.insert(key, parse_duration(v.trim())?);
-        }
-        Ok(out)
-    }
-
-    pub fn get(&self, status: Status) -> Option<Duration> {
-        self.0.get(status.as_str()).copied()
-    }
-
-    fn from_pairs(pairs: &[(Status, u64)]) -> Self {
-        StatusDurations(
-            pairs
-                .iter()
-                .map(|(s, secs)| (s.as_str(), Duration::from_secs(*secs)))
-                .collect(),
-        )
-    }
-
-    /// The 172 defaults from `contract.md`.
-    pub fn haoka172_default() -> Self {
-        const H: u64 = 3600;
-        Self::from_pairs(&[
-            (Status::New, 30 * 60),
-            (Status::Pending, 6 * H),
-            (Status::Submitted, 2 * 24 * H),
-            (Status::Shipped, 7 * 24 * H),
-            (Status::Completed, 15 * 24 * H),
-            (Status::Unknown, H),
-        ])
-    }
-
-    /// 大麦家: how stale an order may get before it is re-read.
-    pub fn damaijia_default() -> Self {
-        const H: u64 = 3600;
-        Self::from_pairs(&[
-            (Status::New, 0),
-            (Status::Pending, 2 * H),
-            (Status::Submitted, 6 * H),
-            (Status::Shipped, 12 * H),
-            (Status::Completed, 24 * H),
-            (Status::Unknown, H),
-        ])
-    }
-}
-
-/// `30s`, `15m`, `6h`, `2d`, or a bare `0`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 15m, 6h or 2d"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("`{s}` has no unit (s, m, h or d)")),
-    };
-    Ok(Duration::from_secs(n * mult))
 }
 
 #[derive(Debug, Clone)]
@@ -349,8 +238,8 @@ impl Config {
         }
         let haoka172 = Haoka172Config {
             user_id: var("HAOKA172_USER_ID"),
-            secret: var("HAOKA172_SECRET").map(Secret),
-            previous_secret: var("HAOKA172_SECRET_PREVIOUS").map(Secret),
+            secret: var("HAOKA172_SECRET").map(Secret::new),
+            previous_secret: var("HAOKA172_SECRET_PREVIOUS").map(Secret::new),
             base_url: parse_url("HAOKA172_BASE_URL", "https://haokaopenapi.lot-ml.com")?,
             overdue: StatusDurations::parse(
                 &var("HAOKA172_OVERDUE").unwrap_or_default(),
@@ -373,11 +262,11 @@ impl Config {
             confirm_terminal: parse_switch("HAOKA172_CONFIRM_TERMINAL", true)?,
         };
         let damaijia = DamaijiaConfig {
-            token: var("DAMAIJIA_TOKEN").map(Secret),
+            token: var("DAMAIJIA_TOKEN").map(Secret::new),
             owner_id: var("DAMAIJIA_OWNER_ID"),
             base_url: parse_url("DAMAIJIA_BASE_URL", "http://www.damaijia168.com")?,
             app_id: var("DAMAIJIA_APP_ID"),
-            app_secret: var("DAMAIJIA_APP_SECRET").map(Secret),
+            app_secret: var("DAMAIJIA_APP_SECRET").map(Secret::new),
             refresh: StatusDurations::parse(
                 &var("DAMAIJIA_REFRESH").unwrap_or_default(),
                 &StatusDurations::damaijia_default(),
@@ -426,7 +315,7 @@ impl Config {
             poll_cron,
             tracking_horizon: parse_dur("TRACKING_HORIZON", "60d")?,
             poll_min_recheck: parse_dur("POLL_MIN_RECHECK", "1m")?,
-            admin_token: var("ADMIN_TOKEN").map(Secret),
+            admin_token: var("ADMIN_TOKEN").map(Secret::new),
             callback_max_body_bytes: parse_num(
                 "CALLBACK_MAX_BODY_BYTES",
                 64 * 1024,
@@ -441,6 +330,22 @@ impl Config {
             trusted_proxy_header,
             trusted_proxies,
         })
+    }
+
+    /// The "when to ask" rules this configuration sets, built once by the
+    /// caller (startup, a CLI command) and shared.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            waits: [
+                (Vendor::Haoka172, self.haoka172.overdue.clone()),
+                (Vendor::Damaijia, self.damaijia.refresh.clone()),
+            ]
+            .into(),
+            horizon: self.tracking_horizon,
+            min_recheck: self.poll_min_recheck,
+            callback_gap: self.haoka172.callback_gap.clone(),
+            confirm_terminal: self.haoka172.confirm_terminal && self.haoka172.can_poll(),
+        }
     }
 
     /// A configuration for tests and tools: defaults, then `overrides`.
@@ -497,6 +402,7 @@ fn validate_cron(expr: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use crate::rules::Status;
     use super::*;
 
     #[test]

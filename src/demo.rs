@@ -9,7 +9,7 @@ use diesel::prelude::*;
 
 use crate::config::{Config, DatabaseUrl};
 use crate::db::{self, DbError, PgPool};
-use crate::poller::schedule::Schedule;
+use crate::rules::schedule::Schedule;
 use crate::sim::{SimConfig, SimStats, Simulator, Truth};
 use crate::startup::Application;
 use crate::vendors::Vendor;
@@ -145,7 +145,7 @@ impl Demo {
             sim.placements(),
             sim.started_at().unwrap_or_else(std::time::Instant::now),
             pool.clone(),
-            Schedule::from_config(&config),
+            config.schedule(),
         ));
         Ok(Demo {
             sim,
@@ -204,7 +204,6 @@ async fn track_as_placed(
             let schedule = std::sync::Arc::clone(&schedule);
             let r = db::run(&pool, move |conn| {
                 crate::store::poll::register(conn, vendor, &ids, &schedule, chrono::Utc::now())
-                    .map_err(DbError::from_query)
             })
             .await;
             match r {
@@ -234,10 +233,9 @@ struct OrderStatus {
     status: String,
 }
 
-fn progress_from_db(conn: &mut PgConnection, truth: &Truth) -> Result<Progress, DbError> {
-    let q = DbError::from_query;
-    let pairs = |sql: &str, conn: &mut PgConnection| -> Result<BTreeMap<String, i64>, DbError> {
-        let rows: Vec<KeyCount> = diesel::sql_query(sql).load(conn).map_err(q)?;
+fn progress_from_db(conn: &mut PgConnection, truth: &Truth) -> QueryResult<Progress> {
+    let pairs = |sql: &str, conn: &mut PgConnection| -> QueryResult<BTreeMap<String, i64>> {
+        let rows: Vec<KeyCount> = diesel::sql_query(sql).load(conn)?;
         Ok(rows.into_iter().map(|r| (r.key, r.n)).collect())
     };
     let callbacks = pairs(
@@ -257,8 +255,7 @@ fn progress_from_db(conn: &mut PgConnection, truth: &Truth) -> Result<Progress, 
         conn,
     )?;
     let rows: Vec<OrderStatus> = diesel::sql_query("SELECT vendor, order_id, status FROM orders")
-        .load(conn)
-        .map_err(q)?;
+        .load(conn)?;
     let held: BTreeMap<(String, String), String> = rows
         .into_iter()
         .map(|r| ((r.vendor, r.order_id), r.status))

@@ -11,7 +11,6 @@ use crate::config::Config;
 use crate::db::{self, PgPool};
 use crate::http::source::SourcePolicy;
 use crate::http::{self, AppState};
-use crate::poller::schedule::Schedule;
 use crate::poller::Poller;
 use crate::store::ingest::Ingest;
 use crate::vendors::haoka172::sign::CallbackKey;
@@ -30,7 +29,7 @@ impl Application {
     /// connects lazily), so it starts even while PostgreSQL is down.
     pub fn build(config: &Config) -> std::io::Result<Application> {
         let pool = db::pool(&config.database_url, config.db_pool_size, config.db_timeout);
-        let schedule = Arc::new(Schedule::from_config(config));
+        let schedule = Arc::new(config.schedule());
         let ingest = Ingest::start(
             pool.clone(),
             config.ingest_writers,

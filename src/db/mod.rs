@@ -26,14 +26,16 @@ pub enum DbError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
-    Query(#[from] diesel::result::Error),
+    Query(diesel::result::Error),
     #[error("migration failed: {0}")]
     Migration(String),
 }
 
-impl DbError {
-    /// Connection-level failures are "unavailable"; everything else is ours.
-    pub fn from_query(e: diesel::result::Error) -> DbError {
+/// The one place a diesel error becomes ours: connection-level failures are
+/// "unavailable" (answered 503, retried), everything else is a query error.
+/// Every `?` on a diesel result goes through here.
+impl From<diesel::result::Error> for DbError {
+    fn from(e: diesel::result::Error) -> DbError {
         use diesel::result::{DatabaseErrorKind, Error};
         match &e {
             Error::DatabaseError(
@@ -50,7 +52,9 @@ impl DbError {
             _ => DbError::Query(e),
         }
     }
+}
 
+impl DbError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, DbError::Unavailable(_))
     }
@@ -75,15 +79,17 @@ pub fn pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> PgPool {
 }
 
 /// Run sync diesel work on the blocking pool, never on an async worker.
+/// Its errors arrive classified (`From<diesel::result::Error>`): a lost
+/// connection is `Unavailable` wherever it happened.
 pub async fn run<T, F>(pool: &PgPool, f: F) -> Result<T, DbError>
 where
     T: Send + 'static,
-    F: FnOnce(&mut PgConnection) -> Result<T, DbError> + Send + 'static,
+    F: FnOnce(&mut PgConnection) -> diesel::QueryResult<T> + Send + 'static,
 {
     let pool = pool.clone();
     tokio::task::spawn_blocking(move || {
         let mut conn = pool.get()?;
-        f(&mut conn)
+        Ok(f(&mut conn)?)
     })
     .await
     .map_err(|e| DbError::Unavailable(format!("database task failed: {e}")))?
@@ -105,7 +111,7 @@ pub fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, DbError> {
         diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
             .bind::<diesel::sql_types::Text, _>(&name)
             .get_result(&mut conn)
-            .map_err(DbError::from_query)?;
+?;
     if row.exists {
         return Ok(false);
     }
@@ -118,15 +124,14 @@ pub fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, DbError> {
         {
             Ok(false)
         }
-        Err(e) => Err(DbError::from_query(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Apply pending embedded migrations; returns their names.
 pub fn migrate(conn: &mut PgConnection) -> Result<Vec<String>, DbError> {
     // Serialize concurrent migrators (two `serve` starting at once).
-    conn.batch_execute("SELECT pg_advisory_lock(7217200001)")
-        .map_err(DbError::from_query)?;
+    conn.batch_execute("SELECT pg_advisory_lock(7217200001)")?;
     let result = conn
         .run_pending_migrations(MIGRATIONS)
         .map(|v| v.iter().map(|m| m.to_string()).collect())
@@ -146,6 +151,6 @@ pub fn prepare(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
 }
 
 /// `SELECT 1` through the pool.
-pub fn ping(conn: &mut PgConnection) -> Result<(), DbError> {
-    conn.batch_execute("SELECT 1").map_err(DbError::from_query)
+pub fn ping(conn: &mut PgConnection) -> diesel::QueryResult<()> {
+    conn.batch_execute("SELECT 1")
 }

@@ -6,7 +6,8 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::schema::{callback_confirmations, inbound_callbacks, order_events, orders};
-use crate::status::{OrderFields, OrderState, Status};
+use crate::rules::schedule::NextCheck;
+use crate::rules::status::{OrderFields, OrderState, Status};
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
@@ -112,13 +113,6 @@ pub struct OrderUpdate<'a> {
     pub next_check_at: Option<DateTime<Utc>>,
     pub quiet_polls: i32,
     pub tracking_expired_at: Option<DateTime<Utc>>,
-}
-
-/// When the poller should look at the order next, decided with the merge.
-#[derive(Debug, Clone, Copy)]
-pub struct NextCheck {
-    pub at: Option<DateTime<Utc>>,
-    pub quiet_polls: i32,
 }
 
 impl<'a> OrderUpdate<'a> {

@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
-use crate::error::AppError;
+use crate::http::error::AppError;
 use crate::vendors::Vendor;
 use crate::{db, store};
 
@@ -43,16 +43,16 @@ pub async fn get_order(
     require_admin(&req, &state)?;
     let (vendor, order_id) = path.into_inner();
     let vendor: Vendor = vendor.parse().map_err(AppError::BadRequest)?;
-    crate::ids::check("order id", &order_id).map_err(AppError::BadRequest)?;
+    crate::rules::ids::check("order id", &order_id).map_err(AppError::BadRequest)?;
     let id = order_id.clone();
     let found = db::run(&state.pool, move |conn| {
-        let order = store::find_order(conn, vendor, &id).map_err(db::DbError::from_query)?;
+        let order = store::find_order(conn, vendor, &id)?;
         let Some(order) = order else {
             return Ok(None);
         };
-        let history = store::order_history(conn, vendor, &id).map_err(db::DbError::from_query)?;
+        let history = store::order_history(conn, vendor, &id)?;
         let confirmations =
-            store::order_confirmations(conn, vendor, &id).map_err(db::DbError::from_query)?;
+            store::order_confirmations(conn, vendor, &id)?;
         Ok(Some((order, history, confirmations)))
     })
     .await?;
@@ -88,7 +88,6 @@ pub async fn track_orders(
     let n = ids.len();
     let created = db::run(&state.pool, move |conn| {
         crate::store::poll::register(conn, vendor, &ids, &schedule, chrono::Utc::now())
-            .map_err(db::DbError::from_query)
     })
     .await?;
     let status = if created > 0 {

@@ -4,16 +4,18 @@
 
 mod api;
 mod callbacks;
+pub mod error;
 mod health;
+mod inbound;
 pub mod source;
 
 use std::sync::Arc;
 
 use actix_web::web;
 
-use crate::config::Secret;
 use crate::db::PgPool;
-use crate::poller::schedule::Schedule;
+use crate::rules::schedule::Schedule;
+use crate::secret::Secret;
 use crate::store::ingest::Ingest;
 use crate::vendors::haoka172::sign::CallbackKey;
 use source::SourcePolicy;

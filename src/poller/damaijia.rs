@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::schedule::china_day;
 use super::{paused_summary, DamaijiaPoll, PassSummary, PollError, Poller, FAILURES_BEFORE_PAUSE};
-use crate::config::Secret;
 use crate::db::{self, DbError};
+use crate::rules::schedule::china_day;
+use crate::secret::Secret;
 use crate::store::poll::{self as pstore, CallBudget, PassStart, PollResult};
 use crate::store::{tokens, Applied};
 use crate::vendors::damaijia::client::{Batch, DamaijiaError};
@@ -127,7 +127,7 @@ impl Poller {
     /// configured one; with neither, log in.
     async fn damaijia_token(&self, p: &DamaijiaPoll) -> Result<Option<Secret>, PollError> {
         let stored = db::run(&self.pool, |conn| {
-            tokens::stored(conn, VENDOR).map_err(DbError::from_query)
+            tokens::stored(conn, VENDOR)
         })
         .await?;
         match stored.or_else(|| p.env_token.clone()) {
@@ -160,7 +160,6 @@ impl Poller {
                     caller: &owner,
                 };
                 pstore::reserve_call(conn, &budget, &ids, china_day(Utc::now()))
-                    .map_err(DbError::from_query)
             })
             .await?;
             if call_id.is_some() {
@@ -188,7 +187,6 @@ impl Poller {
         };
         db::run(&self.pool, move |conn| {
             pstore::finish_call(conn, call_id, outcome, http, took, error.as_deref(), cost)
-                .map_err(DbError::from_query)
         })
         .await?;
         Ok(Some(result))
@@ -200,7 +198,6 @@ impl Poller {
         let schedule = std::sync::Arc::clone(&self.schedule);
         let owner = self.owner.clone();
         db::run(&self.pool, move |conn| {
-            let q = DbError::from_query;
             let now = Utc::now();
             let mut changed = 0;
             for obs in &b.found {
@@ -214,8 +211,7 @@ impl Poller {
                     now,
                     now,
                     &[],
-                )
-                .map_err(q)?;
+                )?;
                 changed += u32::from(matches!(
                     applied.applied,
                     Some(Applied::Event { changed: true, .. })
@@ -225,8 +221,7 @@ impl Poller {
                 let failed = PollResult::Failed {
                     outcome: "not_found",
                 };
-                pstore::record_poll(conn, VENDOR, sn, &owner, failed, &schedule, now, now, &[])
-                    .map_err(q)?;
+                pstore::record_poll(conn, VENDOR, sn, &owner, failed, &schedule, now, now, &[])?;
             }
             Ok(changed)
         })
@@ -250,8 +245,7 @@ impl Poller {
                     now,
                     now,
                     &[],
-                )
-                .map_err(DbError::from_query)?;
+                )?;
             }
             Ok(())
         })
@@ -270,16 +264,15 @@ impl Poller {
         for _ in 0..80 {
             let owner = self.owner.clone();
             let (won, stored) = db::run(&self.pool, move |conn| {
-                let q = DbError::from_query;
-                let won = tokens::acquire_login(conn, VENDOR, &owner, LOGIN_LEASE).map_err(q)?;
-                Ok((won, tokens::stored(conn, VENDOR).map_err(q)?))
+                let won = tokens::acquire_login(conn, VENDOR, &owner, LOGIN_LEASE)?;
+                Ok((won, tokens::stored(conn, VENDOR)?))
             })
             .await?;
             if let Some(t) = is_new(&stored) {
                 if won {
                     let owner = self.owner.clone();
                     db::run(&self.pool, move |conn| {
-                        tokens::release_login(conn, VENDOR, &owner).map_err(DbError::from_query)
+                        tokens::release_login(conn, VENDOR, &owner)
                     })
                     .await?;
                 }
@@ -294,7 +287,6 @@ impl Poller {
                         Some(t) => tokens::store(conn, VENDOR, &owner, t),
                         None => tokens::release_login(conn, VENDOR, &owner),
                     }
-                    .map_err(DbError::from_query)
                 })
                 .await?;
                 if login.is_ok() {

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use diesel::Connection;
 
-use super::schedule::{china_day, Schedule};
 use super::{paused_summary, Haoka172Poll, PassSummary, PollError, Poller, FAILURES_BEFORE_PAUSE};
 use crate::db::{self, DbError, PgPool};
-use crate::store::ingest::{self, Disposition, InboundRequest, Receipt};
+use crate::rules::schedule::{china_day, Schedule};
+use crate::store::ingest::{self, InboundRequest, Receipt};
 use crate::store::poll::{self as pstore, CallBudget, PassStart, PollResult, Settled};
 use crate::store::Applied;
 use crate::vendors::haoka172::callback;
@@ -157,10 +157,9 @@ async fn poll_one(
             window: RATE_WINDOW,
             caller: &owner2,
         };
-        let id = pstore::reserve_call(conn, &budget, &ids, china_day(Utc::now()))
-            .map_err(DbError::from_query)?;
+        let id = pstore::reserve_call(conn, &budget, &ids, china_day(Utc::now()))?;
         if id.is_none() {
-            pstore::release(conn, VENDOR, &ids, &owner2).map_err(DbError::from_query)?;
+            pstore::release(conn, VENDOR, &ids, &owner2)?;
         }
         Ok(id)
     })
@@ -174,7 +173,6 @@ async fn poll_one(
     let took = started.elapsed();
     let id = order_id.clone();
     let recorded = db::run(&pool, move |conn| {
-        let q = DbError::from_query;
         let now = Utc::now();
         conn.transaction(|conn| match &result {
             Ok(obs) => {
@@ -183,12 +181,12 @@ async fn poll_one(
                     .iter()
                     .map(|r| {
                         r.replay(|r| {
-                            Disposition::judged(callback::check(
+                            callback::check(
                                 r.content_type.as_deref(),
                                 r.body(),
                                 r.sign.as_deref(),
                                 &keys,
-                            ))
+                            )
                         })
                     })
                     .collect();
@@ -234,7 +232,6 @@ async fn poll_one(
                 Ok(OneOutcome::Failed(e.clone()))
             }
         })
-        .map_err(q)
     })
     .await?;
     match &recorded {

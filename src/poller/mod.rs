@@ -7,9 +7,7 @@
 //! number of processes), or query one order from two processes at once.
 
 mod damaijia;
-pub mod gaps;
 mod haoka172;
-pub mod schedule;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,15 +15,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::db::{self, DbError, PgPool};
+use crate::rules::gaps;
+use crate::rules::schedule::Schedule;
+use crate::secret::Secret;
 use crate::store::gaps::{self as gstore, GapEvent};
 use crate::store::poll::{self as pstore, PassStart, PassWork};
 use crate::vendors::damaijia::client::DamaijiaClient;
 use crate::vendors::haoka172::client::Haoka172Client;
 use crate::vendors::haoka172::sign::CallbackKey;
 use crate::vendors::Vendor;
-use schedule::Schedule;
 
 /// How long a claimed order stays ours (well above one call's timeout).
 pub const LEASE: Duration = Duration::from_secs(300);
@@ -241,7 +241,6 @@ impl Poller {
                 LEASE,
                 limit,
             )
-            .map_err(DbError::from_query)
         })
         .await?;
         if let PassStart::Work(PassWork {
@@ -262,7 +261,7 @@ impl Poller {
             return;
         };
         let found = db::run(&self.pool, move |conn| {
-            gstore::check(conn, vendor, Utc::now(), &policy).map_err(DbError::from_query)
+            gstore::check(conn, vendor, Utc::now(), &policy)
         })
         .await;
         match found {
@@ -281,7 +280,7 @@ impl Poller {
         let until = Utc::now() + chrono::Duration::from_std(cooloff).unwrap_or_default();
         let r = reason.clone();
         let newly = db::run(&self.pool, move |conn| {
-            pstore::pause(conn, vendor, until, &r, Utc::now()).map_err(DbError::from_query)
+            pstore::pause(conn, vendor, until, &r, Utc::now())
         })
         .await?;
         if newly {
@@ -300,7 +299,7 @@ impl Poller {
         }
         let owner = self.owner.clone();
         db::run(&self.pool, move |conn| {
-            pstore::release(conn, vendor, &ids, &owner).map_err(DbError::from_query)
+            pstore::release(conn, vendor, &ids, &owner)
         })
         .await
         .map(|_| ())

@@ -93,7 +93,7 @@ pub(super) async fn get_order_info(
         return HttpResponse::Ok()
             .json(json!({"code": -1, "message": "调用过于频繁,已拦截", "errs": null}));
     }
-    let day = crate::poller::schedule::china_day(now);
+    let day = crate::rules::schedule::china_day(now);
     let n = {
         let c = s
             .calls_per_order_day

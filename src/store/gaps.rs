@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Timestamptz};
 
-use crate::poller::gaps::{expected_per_day, GapPolicy, GapStep, OpenGap, HISTORY_DAYS};
+use crate::rules::gaps::{expected_per_day, GapPolicy, GapStep, OpenGap, HISTORY_DAYS};
 use crate::vendors::Vendor;
 
 /// What a look found or did, for the log.

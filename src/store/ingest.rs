@@ -18,10 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::{apply_batch, insert_inbound, Applied, Item};
 use crate::db::models::NewInboundCallback;
 use crate::db::{DbError, PgConn, PgPool};
-use crate::poller::schedule::Schedule;
-use crate::status::{Effect, Observation, SignedOver, Status};
-use crate::vendors::haoka172::callback::{Partial, Rejection, Verdict};
-use crate::vendors::Vendor;
+use crate::rules::inbound::{Outcome, Verdict};
+use crate::rules::schedule::Schedule;
+use crate::rules::status::{Effect, Status};
+use crate::rules::Vendor;
 
 /// The raw request, as it will be kept in `inbound_callbacks`.
 #[derive(Debug, Clone)]
@@ -41,6 +41,11 @@ pub struct RawRequest {
 }
 
 impl RawRequest {
+    /// The exact bytes received (a sample, when too large).
+    pub fn bytes(&self) -> &[u8] {
+        self.body_raw.as_deref().unwrap_or(self.body.as_bytes())
+    }
+
     /// Keep `bytes` as text when that is lossless, else as text plus bytes.
     pub fn body_fields(bytes: &[u8]) -> (String, Option<Vec<u8>>) {
         match std::str::from_utf8(bytes) {
@@ -50,89 +55,6 @@ impl RawRequest {
                 Some(bytes.to_vec()),
             ),
         }
-    }
-}
-
-/// How a request was judged before storage.
-#[derive(Debug, Clone)]
-pub enum Disposition {
-    /// Signed: apply the observation (deduplicated on `request_id`) as far
-    /// as the signature reaches (`store::apply_batch`).
-    Apply {
-        request_id: String,
-        signed_over: SignedOver,
-        observation: Box<Observation>,
-    },
-    /// The back office's test push: record, change nothing.
-    Test { request_id: String },
-    /// Rejected: record (quarantine) only.
-    Reject {
-        outcome: Outcome,
-        error: String,
-        request_id: Option<String>,
-        order_id: Option<String>,
-    },
-}
-
-/// The `inbound_callbacks.outcome` of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Applied,
-    Duplicate,
-    Test,
-    /// Signed over a vendor order number we cannot tie to the order yet.
-    Unverified,
-    BadSignature,
-    Malformed,
-    TooLarge,
-    NotConfigured,
-    ForbiddenSource,
-    /// Could not be stored in full; kept raw.
-    InternalError,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 10] = [
-        Outcome::Applied,
-        Outcome::Duplicate,
-        Outcome::Test,
-        Outcome::Unverified,
-        Outcome::BadSignature,
-        Outcome::Malformed,
-        Outcome::TooLarge,
-        Outcome::NotConfigured,
-        Outcome::ForbiddenSource,
-        Outcome::InternalError,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Applied => "applied",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Test => "test",
-            Outcome::Unverified => "unverified",
-            Outcome::BadSignature => "bad_signature",
-            Outcome::Malformed => "malformed",
-            Outcome::TooLarge => "too_large",
-            Outcome::NotConfigured => "not_configured",
-            Outcome::ForbiddenSource => "forbidden_source",
-            Outcome::InternalError => "internal_error",
-        }
-    }
-
-    /// Acknowledged to the sender as received.
-    pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Applied | Outcome::Duplicate | Outcome::Test)
-    }
-}
-
-impl std::str::FromStr for Outcome {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Outcome::ALL
-            .into_iter()
-            .find(|o| o.as_str() == s)
-            .ok_or_else(|| format!("unknown callback outcome `{s}`"))
     }
 }
 
@@ -148,52 +70,28 @@ pub struct Receipt {
     pub error: Option<String>,
     /// The held or unverified request made its order due for a query now.
     pub expedited: bool,
+    /// The request's ids, when it had usable ones (for the log).
+    pub request_id: Option<String>,
+    pub order_id: Option<String>,
 }
 
 impl Receipt {
+    /// The request's ids and, for a rejection, its reason.
+    fn with_ids(&mut self, verdict: &Verdict) {
+        let (rid, oid) = verdict.ids();
+        self.request_id = rid.map(str::to_owned);
+        self.order_id = oid.map(str::to_owned);
+        if self.error.is_none() {
+            self.error = verdict.error().map(str::to_owned);
+        }
+    }
+
     fn of(outcome: Outcome) -> Self {
         Receipt {
             outcome,
             effect: None,
             error: None,
             expedited: false,
-        }
-    }
-}
-
-impl Disposition {
-    /// The vendor module's judgement, as the store takes it.
-    pub fn judged(judged: Result<Verdict, (Rejection, Partial)>) -> Disposition {
-        match judged {
-            Ok(Verdict::Apply {
-                request_id,
-                signed_over,
-                observation,
-            }) => Disposition::Apply {
-                request_id,
-                signed_over,
-                observation,
-            },
-            Ok(Verdict::Test { request_id }) => Disposition::Test { request_id },
-            Err((rejection, partial)) => Disposition::Reject {
-                outcome: match rejection {
-                    Rejection::Malformed(_) => Outcome::Malformed,
-                    Rejection::BadSignature(_) => Outcome::BadSignature,
-                    Rejection::NotConfigured => Outcome::NotConfigured,
-                },
-                error: rejection.to_string(),
-                request_id: partial.request_id,
-                order_id: partial.order_id,
-            },
-        }
-    }
-
-    /// A request refused before it was judged (too large, unreadable, from
-    /// a source that is not allowed).
-    pub fn refused(outcome: Outcome, error: String) -> Disposition {
-        Disposition::Reject {
-            outcome,
-            error,
             request_id: None,
             order_id: None,
         }
@@ -213,7 +111,7 @@ pub enum Record {
 #[derive(Debug, Clone)]
 pub struct InboundRequest {
     pub record: Record,
-    pub disposition: Disposition,
+    pub verdict: Verdict,
 }
 
 struct Job {
@@ -411,9 +309,9 @@ fn keep_raw(
     r: &InboundRequest,
     cause: &DbError,
 ) -> Result<Receipt, DbError> {
-    let (vendor, request_id, order_id) = ids_of(&r.disposition);
+    let (request_id, order_id) = r.verdict.ids();
     log::error!(
-        "ingest: callback {vendor} order={} request_id={} could not be stored in full ({cause}); kept raw as internal_error",
+        "ingest: callback order={} request_id={} could not be stored in full ({cause}); kept raw as internal_error",
         order_id.unwrap_or("-"),
         request_id.unwrap_or("-")
     );
@@ -425,7 +323,7 @@ fn keep_raw(
                 outcome: Outcome::InternalError.as_str(),
                 error: Some(&error),
                 event_id: None,
-                ..inbound_row(raw, &r.disposition, Outcome::InternalError, None, None, now)
+                ..inbound_row(raw, &r.verdict, Outcome::InternalError, None, None, now)
             };
             insert_inbound(conn, std::slice::from_ref(&row)).map(|_| ())
         }
@@ -434,35 +332,19 @@ fn keep_raw(
         }
     });
     match stored {
-        Ok(()) => Ok(Receipt {
-            error: Some(error),
-            ..Receipt::of(Outcome::InternalError)
-        }),
+        Ok(()) => {
+            let mut receipt = Receipt {
+                error: Some(error),
+                ..Receipt::of(Outcome::InternalError)
+            };
+            receipt.with_ids(&r.verdict);
+            Ok(receipt)
+        }
         Err(e) => {
-            let e = DbError::from_query(e);
+            let e = DbError::from(e);
             log::error!("ingest: not even the raw row could be stored: {e}");
             Err(e)
         }
-    }
-}
-
-fn ids_of(d: &Disposition) -> (&'static str, Option<&str>, Option<&str>) {
-    match d {
-        Disposition::Apply {
-            request_id,
-            observation,
-            ..
-        } => (
-            observation.vendor.as_str(),
-            Some(request_id.as_str()),
-            Some(observation.order_id.as_str()),
-        ),
-        Disposition::Test { request_id } => ("haoka172", Some(request_id.as_str()), None),
-        Disposition::Reject {
-            request_id,
-            order_id,
-            ..
-        } => ("haoka172", request_id.as_deref(), order_id.as_deref()),
     }
 }
 
@@ -476,7 +358,7 @@ fn commit_retrying(
         match conn.transaction(|conn| commit(conn, reqs, schedule)) {
             Ok(v) => return Ok(v),
             Err(e) if attempt < 3 && is_retryable(&e) => attempt += 1,
-            Err(e) => return Err(DbError::from_query(e)),
+            Err(e) => return Err(DbError::from(e)),
         }
     }
 }
@@ -510,11 +392,11 @@ pub fn commit(
     let mut applying = Vec::new();
     let mut items = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
-        if let Disposition::Apply {
+        if let Verdict::Apply {
             request_id,
             observation,
             signed_over,
-        } = &r.disposition
+        } = &r.verdict
         {
             applying.push(i);
             items.push(Item {
@@ -532,10 +414,10 @@ pub fn commit(
     let mut receipts: Vec<Receipt> = reqs
         .iter()
         .map(|r| {
-            Receipt::of(match &r.disposition {
-                Disposition::Test { .. } => Outcome::Test,
-                Disposition::Reject { outcome, .. } => *outcome,
-                Disposition::Apply { .. } => Outcome::Duplicate,
+            Receipt::of(match &r.verdict {
+                Verdict::Test { .. } => Outcome::Test,
+                Verdict::Reject { outcome, .. } => *outcome,
+                Verdict::Apply { .. } => Outcome::Duplicate,
             })
         })
         .collect();
@@ -578,13 +460,16 @@ pub fn commit(
             },
         };
     }
+    for (r, receipt) in reqs.iter().zip(&mut receipts) {
+        receipt.with_ids(&r.verdict);
+    }
     let mut rows = Vec::new();
     let mut replayed = Vec::new();
     for ((r, receipt), event_id) in reqs.iter().zip(&receipts).zip(&event_ids) {
         match &r.record {
             Record::New(raw) => rows.push(inbound_row(
                 raw,
-                &r.disposition,
+                &r.verdict,
                 receipt.outcome,
                 *event_id,
                 receipt.error.as_deref(),
@@ -630,14 +515,14 @@ fn mark_replayed(
 
 fn inbound_row<'a>(
     raw: &'a RawRequest,
-    disposition: &'a Disposition,
+    verdict: &'a Verdict,
     outcome: Outcome,
     event_id: Option<i64>,
     store_error: Option<&'a str>,
     now: chrono::DateTime<Utc>,
 ) -> NewInboundCallback<'a> {
-    let (request_id, order_id, sign_matched, error) = match disposition {
-        Disposition::Apply {
+    let (request_id, order_id, sign_matched, error) = match verdict {
+        Verdict::Apply {
             request_id,
             signed_over,
             observation,
@@ -647,8 +532,8 @@ fn inbound_row<'a>(
             Some(signed_over.as_str()),
             store_error,
         ),
-        Disposition::Test { request_id } => (Some(request_id.as_str()), None, None, None),
-        Disposition::Reject {
+        Verdict::Test { request_id } => (Some(request_id.as_str()), None, None, None),
+        Verdict::Reject {
             error,
             request_id,
             order_id,
@@ -703,10 +588,10 @@ impl StoredRequest {
     }
 
     /// The request for the commit path, judged by `judge`.
-    pub fn replay(&self, judge: impl FnOnce(&StoredRequest) -> Disposition) -> InboundRequest {
+    pub fn replay(&self, judge: impl FnOnce(&StoredRequest) -> Verdict) -> InboundRequest {
         InboundRequest {
             record: Record::Replay { inbox_id: self.id },
-            disposition: judge(self),
+            verdict: judge(self),
         }
     }
 }

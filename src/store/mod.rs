@@ -17,12 +17,12 @@ use diesel::dsl::sql;
 use diesel::sql_types::{Bool, Timestamptz};
 
 use crate::db::models::{
-    Confirmation, NewConfirmation, NewInboundCallback, NewOrderEvent, NewOrderKey, NextCheck,
-    Order, OrderEvent, OrderUpdate,
+    Confirmation, NewConfirmation, NewInboundCallback, NewOrderEvent, NewOrderKey, Order,
+    OrderEvent, OrderUpdate,
 };
 use crate::db::schema::{callback_confirmations, inbound_callbacks, order_events, orders};
-use crate::poller::schedule::{jitter, Schedule};
-use crate::status::{self, Corroboration, Effect, Observation, SignedOver, Source, Status};
+use crate::rules::schedule::{Event, NextCheck, Schedule};
+use crate::rules::status::{self, Corroboration, Effect, Observation, SignedOver, Source, Status};
 use crate::vendors::Vendor;
 
 /// Take a transaction-scoped advisory lock on `vendor` within the lock
@@ -261,23 +261,12 @@ pub fn apply_batch(
             continue;
         }
         let st = merged.state.status;
-        w.next = if obs.source != Source::Poll {
-            NextCheck {
-                at: schedule.after_news(obs.vendor, st, now),
-                quiet_polls: 0,
-            }
-        } else if merged.changed {
-            NextCheck {
-                at: schedule.after_poll_news(obs.vendor, st, now),
-                quiet_polls: 0,
-            }
-        } else {
-            let quiet = w.next.quiet_polls.saturating_add(1);
-            NextCheck {
-                at: schedule.after_quiet(obs.vendor, st, now, quiet, jitter(&obs.order_id, now)),
-                quiet_polls: quiet,
-            }
+        let event = match (obs.source, merged.changed) {
+            (Source::Poll, true) => Event::PollNews { status: st },
+            (Source::Poll, false) => Event::PollQuiet { status: st },
+            _ => Event::News { status: st },
         };
+        w.next = schedule.next_check(obs.vendor, &obs.order_id, event, w.next, now);
         w.changed |= merged.changed;
         w.heard = true;
         w.source = obs.source.as_str();
@@ -306,7 +295,16 @@ pub fn apply_batch(
         }
     }
     if !pending.is_empty() {
-        request_confirmations(conn, items, &pending, &ids, &mut work, &mut outcomes, now)?;
+        request_confirmations(
+            conn,
+            items,
+            &pending,
+            &ids,
+            &mut work,
+            &mut outcomes,
+            schedule,
+            now,
+        )?;
     }
     // Orders created only for requests that did not count are not kept.
     let unused: Vec<(&str, &str)> = work
@@ -395,6 +393,7 @@ fn request_confirmations(
     event_ids: &[i64],
     work: &mut std::collections::BTreeMap<(String, String), Working>,
     outcomes: &mut [Applied],
+    schedule: &Schedule,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
     let (v, o): (Vec<&str>, Vec<&str>) = pending
@@ -430,7 +429,7 @@ fn request_confirmations(
         }
         if expedite {
             w.expedited = true;
-            w.next.at = Some(now);
+            w.next = schedule.next_check(obs.vendor, &obs.order_id, Event::Confirm, w.next, now);
         }
         match &mut outcomes[p.item] {
             Applied::Held { expedited, .. } | Applied::Unverified { expedited } => {

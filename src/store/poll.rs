@@ -15,8 +15,8 @@ use diesel::sql_types::{Array, BigInt, Date, Integer, Nullable, Text, Timestampt
 use super::ingest::{self, InboundRequest, Receipt};
 use super::{apply_observation, Applied};
 use crate::db::schema::{orders, vendor_calls, vendor_pauses};
-use crate::poller::schedule::{china_day, jitter, next_china_midnight, Schedule};
-use crate::status::{Observation, Status};
+use crate::rules::schedule::{china_day, Event, NextCheck, Schedule};
+use crate::rules::status::{Observation, Status};
 use crate::vendors::Vendor;
 
 /// Trim, drop blanks and duplicates; refuse ids no vendor would issue.
@@ -27,7 +27,7 @@ pub fn clean_order_ids(ids: impl IntoIterator<Item = String>) -> Result<Vec<Stri
         if id.is_empty() {
             continue;
         }
-        if let Err(why) = crate::ids::check("order id", id) {
+        if let Err(why) = crate::rules::ids::check("order id", id) {
             let shown: String = id.chars().take(40).filter(|c| !c.is_control()).collect();
             return Err(format!("`{shown}`: {why}"));
         }
@@ -52,7 +52,9 @@ pub fn register(
     schedule: &Schedule,
     now: DateTime<Utc>,
 ) -> QueryResult<usize> {
-    let next = schedule.after_news(vendor, Status::New, now);
+    let next = schedule
+        .next_check(vendor, "", Event::Registered, NextCheck::default(), now)
+        .at;
     conn.transaction(|conn| {
         let mut created = 0;
         for chunk in order_ids.chunks(1000) {
@@ -303,7 +305,14 @@ pub fn start_pass(
     let expired = expire_silent(conn, vendor, schedule.horizon_cutoff(now), now)?;
     let due = count_due(conn, vendor, now)?;
     let per_day = per_day.unwrap_or(i32::MAX);
-    let deferred = defer_exhausted(conn, vendor, now, today, per_day, next_china_midnight(now))?;
+    let deferred = defer_exhausted(
+        conn,
+        vendor,
+        now,
+        today,
+        per_day,
+        schedule.after_daily_budget(now),
+    )?;
     let limit = limit(conn)?.max(0);
     let claimed = if limit > 0 {
         claim_due(conn, vendor, now, limit, owner, lease, today, per_day)?
@@ -515,13 +524,17 @@ pub fn record_poll(
                     .select((orders::status, orders::quiet_polls))
                     .for_update()
                     .first(conn)?;
-                let quiet = quiet.saturating_add(1);
                 let status: Status = status.parse().unwrap_or(Status::Unknown);
-                let next = schedule.after_quiet(vendor, status, now, quiet, jitter(order_id, now));
+                let held = NextCheck {
+                    at: None,
+                    quiet_polls: quiet,
+                };
+                let next =
+                    schedule.next_check(vendor, order_id, Event::PollQuiet { status }, held, now);
                 diesel::update(orders::table.find((vendor.as_str(), order_id)))
                     .set((
-                        orders::next_check_at.eq(next),
-                        orders::quiet_polls.eq(quiet),
+                        orders::next_check_at.eq(next.at),
+                        orders::quiet_polls.eq(next.quiet_polls),
                     ))
                     .execute(conn)?;
                 outcome

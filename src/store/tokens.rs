@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
-use crate::config::Secret;
 use crate::db::schema::vendor_tokens;
+use crate::secret::Secret;
 use crate::vendors::Vendor;
 
 /// The token stored by the latest login, if any.

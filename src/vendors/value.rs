@@ -1,6 +1,8 @@
-//! Reading loosely typed vendor JSON: the same field may come as a string,
-//! a number, a bool or null. Shared by every vendor parser.
+//! Reading loosely typed vendor values: the same field may come as a
+//! string, a number, a bool or null, and times in China time. Shared by
+//! every vendor parser, so each spelling is handled in one place.
 
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde_json::Value;
 
 /// A value as trimmed text, whatever its JSON type; empty and null are None.
@@ -38,6 +40,25 @@ pub fn int(v: &Value) -> Option<i64> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
+}
+
+/// `yyyy-MM-dd HH:mm:ss` in China time (UTC+8), or RFC 3339.
+pub fn parse_china_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let china = chrono::FixedOffset::east_opt(8 * 3600)?;
+    [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y/%m/%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .and_then(|n| china.from_local_datetime(&n).single())
+    .map(|t| t.with_timezone(&Utc))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Nullable, Text, Timestamptz};
-use haoka_sync::poller::gaps::GapPolicy;
+use haoka_sync::rules::gaps::GapPolicy;
 use haoka_sync::store::gaps::{check, sweep, GapEvent};
 use haoka_sync::vendors::Vendor;
 

@@ -1,8 +1,7 @@
 //! `store::apply_batch` directly: the batch semantics the ingest relies on.
 
 use haoka_sync::config::Config;
-use haoka_sync::poller::schedule::Schedule;
-use haoka_sync::status::{Observation, OrderFields, SignedOver, Source, Status};
+use haoka_sync::rules::status::{Observation, OrderFields, SignedOver, Source, Status};
 use haoka_sync::store::{apply_batch, Applied, Item};
 use haoka_sync::vendors::Vendor;
 
@@ -23,7 +22,7 @@ fn obs(order: &str, status: Status, label: &str) -> Observation {
 fn one_batch_merges_in_arrival_order_and_a_repeated_key_applies_once() {
     let db = TestDb::new();
     let mut c = db.conn();
-    let schedule = Schedule::from_config(&Config::with(&[]).unwrap());
+    let schedule = Config::with(&[]).unwrap().schedule();
     let (a1, a2, a3, b1) = (
         obs("A", Status::Shipped, "已发货"),
         obs("A", Status::Submitted, "已提运营商"),

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::parse::{self, Reply};
-use crate::config::Secret;
-use crate::status::Observation;
+use crate::rules::status::Observation;
+use crate::secret::Secret;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DamaijiaError {

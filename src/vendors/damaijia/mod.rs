@@ -2,4 +2,5 @@
 //! tolerant answer parser. See `vendors.md` §5.
 
 pub mod client;
+pub mod labels;
 pub mod parse;

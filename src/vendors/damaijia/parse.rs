@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
-use crate::mask;
-use crate::status::{damaijia_status, Observation, OrderFields, Source};
-use crate::vendors::haoka172::callback::parse_china_time;
-use crate::vendors::value::{int, text};
+use super::labels::status_of;
+use crate::rules::mask;
+use crate::rules::status::{Observation, OrderFields, Source};
+use crate::vendors::value::{int, parse_china_time, text};
 use crate::vendors::Vendor;
 
 /// The envelope: `{"status":0,"data":…}` or `{"status":N,"err":"…"}`.
@@ -174,7 +174,7 @@ pub fn observation(order: &Value) -> Option<Observation> {
     let sn = text(get(m, "order_sn"))?;
     let order_status = get(m, "order_status").and_then(int);
     let refund_status = get(m, "refund_status").and_then(int);
-    let status = damaijia_status(order_status, refund_status);
+    let status = status_of(order_status, refund_status);
     let mut label = order_status_label(order_status).to_owned();
     if let Some(r) = refund_status.filter(|r| *r != 1) {
         label.push('|');
@@ -261,7 +261,7 @@ pub fn observation(order: &Value) -> Option<Observation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::Status;
+    use crate::rules::status::Status;
     use serde_json::json;
 
     fn order_snake(sn: &str) -> Value {

@@ -5,14 +5,15 @@
 //! Pure and synchronous: no I/O, no clock. It never logs the body, the sign
 //! or personal data; the handler stores the raw request whatever happens here.
 
-use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
+use super::labels::status_of;
 use super::sign::{verify_callback, CallbackKey, SignError};
-use crate::ids;
-use crate::status::{haoka172_status, Observation, OrderFields, SignedOver, Source};
-use crate::vendors::value::{flag, text};
-use crate::vendors::Vendor;
+use crate::rules::ids;
+use crate::rules::inbound::{Outcome, Verdict};
+use crate::rules::status::{Observation, OrderFields, Source};
+use crate::rules::Vendor;
+use crate::vendors::value::{flag, parse_china_time, text};
 
 /// `OrderNo172` and `Remark` of the back office's test push.
 pub const TEST_ORDER_172: &str = "TestOrder172";
@@ -39,7 +40,7 @@ impl Callback {
     pub fn into_observation(self) -> Observation {
         Observation {
             vendor: Vendor::Haoka172,
-            status: haoka172_status(&self.order_status),
+            status: status_of(&self.order_status),
             vendor_status: Some(self.order_status),
             order_id: self.order_no,
             source: Source::Callback,
@@ -60,25 +61,38 @@ pub enum Rejection {
     NotConfigured,
 }
 
-/// What to do with a parsed, checked callback.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
-    /// The signature decrypts to one of the order numbers. Over `OrderNo172`
-    /// it still has to be corroborated against the number we hold
-    /// (`status::corroborate`), which only the store can do.
-    Apply {
-        request_id: String,
-        signed_over: SignedOver,
-        observation: Box<Observation>,
-    },
-    Test {
-        request_id: String,
-    },
+impl Rejection {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Rejection::Malformed(_) => Outcome::Malformed,
+            Rejection::BadSignature(_) => Outcome::BadSignature,
+            Rejection::NotConfigured => Outcome::NotConfigured,
+        }
+    }
 }
 
-/// Parse and verify. `Err` carries what we could read (request id, order id)
-/// so the quarantined row is as useful as possible.
+/// Parse and verify. A signature that decrypts to `OrderNo172` still has to
+/// be corroborated against the number we hold (`status::corroborate`),
+/// which only the store can do. A rejection keeps what could be read
+/// (request id, order id) so the quarantined row is as useful as possible.
 pub fn check(
+    content_type: Option<&str>,
+    body: &[u8],
+    sign_header: Option<&str>,
+    keys: &[CallbackKey],
+) -> Verdict {
+    match judge(content_type, body, sign_header, keys) {
+        Ok(v) => v,
+        Err((rejection, partial)) => Verdict::Reject {
+            outcome: rejection.outcome(),
+            error: rejection.to_string(),
+            request_id: partial.request_id,
+            order_id: partial.order_id,
+        },
+    }
+}
+
+fn judge(
     content_type: Option<&str>,
     body: &[u8],
     sign_header: Option<&str>,
@@ -190,25 +204,6 @@ fn get<'a>(m: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {
         .map(|(_, v)| v)
 }
 
-/// `yyyy-MM-dd HH:mm:ss` in China time (UTC+8), or RFC 3339.
-pub fn parse_china_time(s: &str) -> Option<DateTime<Utc>> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    let china = chrono::FixedOffset::east_opt(8 * 3600)?;
-    [
-        "%Y-%m-%d %H:%M:%S",
-        "%Y/%m/%d %H:%M:%S",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%d %H:%M",
-    ]
-    .iter()
-    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
-    .and_then(|n| china.from_local_datetime(&n).single())
-    .map(|t| t.with_timezone(&Utc))
-}
-
 fn from_envelope(env: &Map<String, Value>) -> Result<Callback, (Rejection, Partial)> {
     let request_id = text(get(env, &["RequidId", "RequestId"]));
     let no_order = || Partial {
@@ -294,7 +289,8 @@ fn from_envelope(env: &Map<String, Value>) -> Result<Callback, (Rejection, Parti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::Status;
+    use crate::rules::status::{SignedOver, Status};
+    use chrono::{TimeZone, Utc};
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -471,7 +467,7 @@ mod tests {
             ("DOWN20240101001", SignedOver::OrderId),
             ("mlkj230412165954TEST", SignedOver::VendorOrderNo),
         ] {
-            let v = check(
+            let v = judge(
                 Some("application/json"),
                 &body,
                 Some(&key.encrypt(plain)),
@@ -493,7 +489,7 @@ mod tests {
         }))
         .unwrap();
         assert!(matches!(
-            check(Some("application/json"), &body, None, &keys()),
+            judge(Some("application/json"), &body, None, &keys()),
             Ok(Verdict::Apply { .. })
         ));
     }
@@ -501,19 +497,19 @@ mod tests {
     #[test]
     fn check_rejects_bad_signatures_and_unconfigured_keys() {
         let body = json_body(&data());
-        let err = check(Some("application/json"), &body, None, &keys()).unwrap_err();
+        let err = judge(Some("application/json"), &body, None, &keys()).unwrap_err();
         assert_eq!(err.0, Rejection::BadSignature(SignError::Missing));
         assert_eq!(err.1.request_id.as_deref(), Some("R1"));
-        let err = check(Some("application/json"), &body, Some("garbage!!"), &keys()).unwrap_err();
+        let err = judge(Some("application/json"), &body, Some("garbage!!"), &keys()).unwrap_err();
         assert_eq!(err.0, Rejection::BadSignature(SignError::NotBase64));
-        let err = check(Some("application/json"), &body, Some("x"), &[]).unwrap_err();
+        let err = judge(Some("application/json"), &body, Some("x"), &[]).unwrap_err();
         assert_eq!(err.0, Rejection::NotConfigured);
     }
 
     #[test]
     fn test_push_needs_no_signature() {
         let d = serde_json::json!({"OrderNo": "T1", "OrderNo172": "TestOrder172", "OrderStatus": "待处理", "Remark": "推送测试"});
-        let v = check(Some("application/json"), &json_body(&d), None, &keys()).unwrap();
+        let v = judge(Some("application/json"), &json_body(&d), None, &keys()).unwrap();
         assert_eq!(
             v,
             Verdict::Test {
@@ -522,7 +518,7 @@ mod tests {
         );
         // Without keys configured too.
         assert!(matches!(
-            check(Some("application/json"), &json_body(&d), None, &[]),
+            judge(Some("application/json"), &json_body(&d), None, &[]),
             Ok(Verdict::Test { .. })
         ));
     }
@@ -578,7 +574,7 @@ mod tests {
             let body = serde_json::to_vec(&env).unwrap();
             assert!(
                 matches!(
-                    check(Some("application/json"), &body, None, &keys()),
+                    judge(Some("application/json"), &body, None, &keys()),
                     Ok(Verdict::Apply { .. })
                 ),
                 "{a} then {b}"
@@ -662,7 +658,7 @@ mod tests {
                 ],
             ) {
                 let keys = keys();
-                if let Ok(Verdict::Apply { signed_over, observation, .. }) =
+                if let Verdict::Apply { signed_over, observation, .. } =
                     check(ct.as_deref(), &body, sign.as_deref(), &keys)
                 {
                     let plain = keys[0].decrypt(sign.as_deref().unwrap_or_default()).unwrap();

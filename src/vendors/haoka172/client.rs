@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::callback::parse_china_time;
+use super::labels::status_of;
 use super::sign::user_sign;
-use crate::config::Secret;
-use crate::status::{haoka172_status, Observation, OrderFields, Source};
-use crate::vendors::value::{flag, text};
+use crate::rules::status::{Observation, OrderFields, Source};
+use crate::secret::Secret;
+use crate::vendors::value::{flag, parse_china_time, text};
 use crate::vendors::Vendor;
 
 /// Why a query produced no observation. Each variant is one recorded outcome.
@@ -236,7 +236,7 @@ fn observation(order_id: &str, d: &Map<String, Value>) -> Result<Observation, Qu
     // an answer with an unusable one is not an answer.
     let vendor_order_no = text(get(d, "orderNo"));
     if let Some(n) = &vendor_order_no {
-        crate::ids::check("orderNo", n).map_err(QueryError::Unparseable)?;
+        crate::rules::ids::check("orderNo", n).map_err(QueryError::Unparseable)?;
     }
     let mut details = std::collections::BTreeMap::new();
     if let Some(t) = text(get(d, "createTime")) {
@@ -251,7 +251,7 @@ fn observation(order_id: &str, d: &Map<String, Value>) -> Result<Observation, Qu
         vendor: Vendor::Haoka172,
         order_id: order_id.to_owned(),
         source: Source::Poll,
-        status: haoka172_status(&label),
+        status: status_of(&label),
         vendor_status: Some(label),
         fields: OrderFields {
             vendor_order_no,
@@ -272,7 +272,7 @@ fn observation(order_id: &str, d: &Map<String, Value>) -> Result<Observation, Qu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::Status;
+    use crate::rules::status::Status;
 
     const SEED_SUCCESS: &str = r#"{"data":{"orderNo":"mlkj230412165954****","downOrderNo":"4278****",
         "name":"田**","expressName":"京东","expressCode":"JDV01098242****","orderStatus":"已发货",

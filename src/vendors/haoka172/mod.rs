@@ -3,4 +3,5 @@
 
 pub mod callback;
 pub mod client;
+pub mod labels;
 pub mod sign;

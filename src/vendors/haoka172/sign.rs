@@ -12,7 +12,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD_INDIFFERENT};
 use base64::Engine;
 use md5::{Digest, Md5};
 
-use crate::status::SignedOver;
+use crate::rules::status::SignedOver;
 
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;

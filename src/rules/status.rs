@@ -1,6 +1,7 @@
 //! The normalized order-status model: one vocabulary for every vendor and for
-//! both paths (callback and poll), the vendor-label mappings, and the rules
-//! that merge one observation into an order's current state.
+//! both paths (callback and poll), and the rules that merge one observation
+//! into an order's current state (docs/contract.md#normalized-status). Each
+//! vendor maps its own labels onto it (`vendors::<name>::labels`).
 //!
 //! Pure: no I/O, no clock, no database. Nothing here may depend on which
 //! source (callback, poll, manual) spoke; the store persists what `merge`
@@ -13,7 +14,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::vendors::Vendor;
+use super::vendor::Vendor;
 
 /// Where an order stands. `New` is ours: the order is tracked but no source
 /// has said anything about it yet. Vendor labels never map to `New`.
@@ -105,38 +106,6 @@ impl FromStr for Status {
             .into_iter()
             .find(|st| st.as_str() == s)
             .ok_or_else(|| format!("unknown status `{s}`"))
-    }
-}
-
-/// 172号卡 order-status labels (seed 000 §2.5, vendors.md §4). Any other
-/// label is `Unknown` and is kept verbatim by the caller.
-pub fn haoka172_status(label: &str) -> Status {
-    match label.trim() {
-        "待处理" | "正在进单" => Status::Pending,
-        "已提运营商" => Status::Submitted,
-        "已发货" => Status::Shipped,
-        "已完成" => Status::Completed,
-        "已结算" => Status::Settled,
-        "无法结算" => Status::SettlementFailed,
-        "已撤单" => Status::Revoked,
-        "审核不通过" | "审核失败" => Status::Rejected,
-        "已取消" => Status::Cancelled,
-        _ => Status::Unknown,
-    }
-}
-
-/// 大麦家 / PDD: `order_status` 1 待发货, 2 已发货待签收, 3 已签收;
-/// `refund_status` 4 (退款成功) cancels whatever the order status says. Other
-/// refund states do not change the status (the caller keeps them as fields).
-pub fn damaijia_status(order_status: Option<i64>, refund_status: Option<i64>) -> Status {
-    if refund_status == Some(4) {
-        return Status::Cancelled;
-    }
-    match order_status {
-        Some(1) => Status::Pending,
-        Some(2) => Status::Shipped,
-        Some(3) => Status::Completed,
-        _ => Status::Unknown,
     }
 }
 
@@ -477,50 +446,6 @@ mod tests {
     }
 
     #[test]
-    fn every_172_label_maps_to_its_contract_status() {
-        let table = [
-            ("待处理", Status::Pending),
-            ("正在进单", Status::Pending),
-            ("已提运营商", Status::Submitted),
-            ("已发货", Status::Shipped),
-            ("已完成", Status::Completed),
-            ("已结算", Status::Settled),
-            ("无法结算", Status::SettlementFailed),
-            ("已撤单", Status::Revoked),
-            ("审核不通过", Status::Rejected),
-            ("审核失败", Status::Rejected),
-            ("已取消", Status::Cancelled),
-            ("已失效", Status::Unknown),
-            ("", Status::Unknown),
-            ("shipped", Status::Unknown),
-        ];
-        for (label, want) in table {
-            assert_eq!(haoka172_status(label), want, "label {label:?}");
-        }
-        assert_eq!(haoka172_status(" 已发货\n"), Status::Shipped);
-    }
-
-    #[test]
-    fn every_damaijia_value_maps_to_its_contract_status() {
-        let table = [
-            (Some(1), Some(1), Status::Pending),
-            (Some(2), Some(1), Status::Shipped),
-            (Some(3), Some(1), Status::Completed),
-            (Some(1), Some(4), Status::Cancelled),
-            (Some(3), Some(4), Status::Cancelled),
-            (None, Some(4), Status::Cancelled),
-            (Some(2), Some(2), Status::Shipped),
-            (Some(2), Some(3), Status::Shipped),
-            (Some(0), Some(1), Status::Unknown),
-            (Some(7), None, Status::Unknown),
-            (None, None, Status::Unknown),
-        ];
-        for (os, rs, want) in table {
-            assert_eq!(damaijia_status(os, rs), want, "{os:?} {rs:?}");
-        }
-    }
-
-    #[test]
     fn exactly_the_five_contract_statuses_are_terminal() {
         let terminal: Vec<_> = Status::ALL
             .into_iter()
@@ -536,12 +461,6 @@ mod tests {
                 Status::Cancelled
             ]
         );
-        for label in ["已撤单", "审核不通过", "已取消", "已结算", "无法结算"] {
-            assert!(haoka172_status(label).is_terminal(), "{label}");
-        }
-        for label in ["待处理", "已提运营商", "已发货", "已完成", "正在进单"] {
-            assert!(!haoka172_status(label).is_terminal(), "{label}");
-        }
     }
 
     #[test]
