@@ -26,12 +26,10 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Date, Integer, Text, Timestamptz};
 
 use haoka_sync::config::Config;
-use haoka_sync::rules::gaps::HISTORY_DAYS;
 use haoka_sync::poller::LEASE;
+use haoka_sync::rules::gaps::HISTORY_DAYS;
 use haoka_sync::rules::schedule::{china_day, next_china_midnight, Schedule};
-use haoka_sync::rules::status::{
-    Observation, OrderFields, SignedOver, Source, Status,
-};
+use haoka_sync::rules::status::{Observation, OrderFields, SignedOver, Source, Status};
 use haoka_sync::sim::lifecycle::{haoka172_with_gaps, Lifecycle172, Rng};
 use haoka_sync::store::gaps as gstore;
 use haoka_sync::store::poll::{self as pstore, PassStart, PollResult};

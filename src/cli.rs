@@ -281,8 +281,7 @@ async fn show(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
     let id = order_id.to_owned();
     let found = db::run(&pool, move |conn| {
         let order = crate::store::find_order(conn, vendor, &id)?;
-        let history =
-            crate::store::order_history(conn, vendor, &id)?;
+        let history = crate::store::order_history(conn, vendor, &id)?;
         let confirmations = crate::store::order_confirmations(conn, vendor, &id)?;
         Ok(order.map(|o| (o, history, confirmations)))
     })

@@ -402,8 +402,8 @@ fn validate_cron(expr: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::rules::Status;
     use super::*;
+    use crate::rules::Status;
 
     #[test]
     fn defaults_match_the_contract() {

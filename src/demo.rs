@@ -254,8 +254,8 @@ fn progress_from_db(conn: &mut PgConnection, truth: &Truth) -> QueryResult<Progr
         "SELECT COALESCE(result, 'pending') AS key, count(*) AS n FROM callback_confirmations GROUP BY 1",
         conn,
     )?;
-    let rows: Vec<OrderStatus> = diesel::sql_query("SELECT vendor, order_id, status FROM orders")
-        .load(conn)?;
+    let rows: Vec<OrderStatus> =
+        diesel::sql_query("SELECT vendor, order_id, status FROM orders").load(conn)?;
     let held: BTreeMap<(String, String), String> = rows
         .into_iter()
         .map(|r| ((r.vendor, r.order_id), r.status))

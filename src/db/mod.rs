@@ -110,8 +110,7 @@ pub fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, DbError> {
     let row: Exists =
         diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
             .bind::<diesel::sql_types::Text, _>(&name)
-            .get_result(&mut conn)
-?;
+            .get_result(&mut conn)?;
     if row.exists {
         return Ok(false);
     }

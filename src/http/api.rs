@@ -51,8 +51,7 @@ pub async fn get_order(
             return Ok(None);
         };
         let history = store::order_history(conn, vendor, &id)?;
-        let confirmations =
-            store::order_confirmations(conn, vendor, &id)?;
+        let confirmations = store::order_confirmations(conn, vendor, &id)?;
         Ok(Some((order, history, confirmations)))
     })
     .await?;

@@ -126,10 +126,7 @@ impl Poller {
     /// The token to use: the one the deployment last logged in for, else the
     /// configured one; with neither, log in.
     async fn damaijia_token(&self, p: &DamaijiaPoll) -> Result<Option<Secret>, PollError> {
-        let stored = db::run(&self.pool, |conn| {
-            tokens::stored(conn, VENDOR)
-        })
-        .await?;
+        let stored = db::run(&self.pool, |conn| tokens::stored(conn, VENDOR)).await?;
         match stored.or_else(|| p.env_token.clone()) {
             Some(t) => Ok(Some(t)),
             None => Ok(self.relogin(p, None).await?.ok()),
@@ -282,11 +279,9 @@ impl Poller {
                 let login = p.client.login().await;
                 let owner = self.owner.clone();
                 let token = login.clone().ok();
-                db::run(&self.pool, move |conn| {
-                    match &token {
-                        Some(t) => tokens::store(conn, VENDOR, &owner, t),
-                        None => tokens::release_login(conn, VENDOR, &owner),
-                    }
+                db::run(&self.pool, move |conn| match &token {
+                    Some(t) => tokens::store(conn, VENDOR, &owner, t),
+                    None => tokens::release_login(conn, VENDOR, &owner),
                 })
                 .await?;
                 if login.is_ok() {

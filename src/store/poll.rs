@@ -559,8 +559,10 @@ pub fn record_poll(
 /// answer `obs` to a question asked at `asked_at`: a held terminal claim is
 /// confirmed when the vendor answers that status (the answer itself made the
 /// order terminal) and refuted otherwise; an unverified vendor number is
-/// verified when it is the one the order now holds. An expedited request
-/// still waiting (it came while the question was out) keeps the order due.
+/// verified when it is the one the order now holds. A request that came
+/// while the question was out waits for the next answer (and keeps the order
+/// due when it was expedited), unless this answer made the order terminal:
+/// a terminal order is never asked again, and its status is final.
 fn settle_confirmations(
     conn: &mut PgConnection,
     vendor: Vendor,
@@ -576,7 +578,8 @@ fn settle_confirmations(
                          ELSE CASE WHEN c.claimed_vendor_order_no = o.vendor_order_no THEN 'verified' ELSE 'rejected' END END \
          FROM orders o \
          WHERE o.vendor = c.vendor AND o.order_id = c.order_id \
-           AND c.vendor = $1 AND c.order_id = $2 AND c.resolved_at IS NULL AND c.requested_at <= $6 \
+           AND c.vendor = $1 AND c.order_id = $2 AND c.resolved_at IS NULL \
+           AND (c.requested_at <= $6 OR o.is_terminal) \
            AND (c.reason = 'terminal' OR o.vendor_order_no IS NOT NULL) \
          RETURNING c.reason, c.request_id, c.claimed_status, c.result",
     )

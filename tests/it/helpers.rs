@@ -23,12 +23,74 @@ pub fn admin_url() -> String {
 }
 
 /// A database of this test's own, dropped when the value is dropped.
+/// The migrated template every test database is cloned from, named after
+/// the migrations' contents so a changed migration gets a new one. Made
+/// under a temporary name and renamed when complete, under an advisory lock
+/// (several test processes may start at once); older templates are dropped.
+fn template() -> &'static str {
+    static TEMPLATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let mut files: Vec<_> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+        files.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for dir in files {
+            dir.file_name().hash(&mut h);
+            std::fs::read(dir.join("up.sql"))
+                .unwrap_or_default()
+                .hash(&mut h);
+        }
+        let name = format!("haoka_test_tpl_{:016x}", h.finish());
+        let mut c = PgConnection::establish(&admin_url()).expect("connect to the admin database");
+        c.batch_execute("SELECT pg_advisory_lock(7217209999)")
+            .unwrap();
+        #[derive(QueryableByName)]
+        struct Name {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            datname: String,
+        }
+        let existing: Vec<String> = diesel::sql_query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'haoka_test_tpl_%'",
+        )
+        .load::<Name>(&mut c)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.datname)
+        .collect();
+        if !existing.contains(&name) {
+            let building = format!("{name}_building");
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"
+            ));
+            let admin = DatabaseUrl::parse(&admin_url()).unwrap();
+            db::prepare(&admin.with_database(&building)).expect("create and migrate the template");
+            c.batch_execute(&format!(
+                "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
+            ))
+            .unwrap();
+            for old in existing.iter().filter(|e| **e != name) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{old}\" WITH (FORCE)"));
+            }
+        }
+        c.batch_execute("SELECT pg_advisory_unlock(7217209999)")
+            .unwrap();
+        name
+    })
+}
+
 pub struct TestDb {
     pub name: String,
     pub url: DatabaseUrl,
 }
 
 impl TestDb {
+    /// A fresh database cloned from the migrated template (made once per
+    /// migration set, see `template`): cheaper than migrating each one as
+    /// the migrations grow, and every test starts from the same schema.
     pub fn new() -> TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
@@ -43,7 +105,12 @@ impl TestDb {
         );
         let admin = DatabaseUrl::parse(&admin_url()).unwrap();
         let url = admin.with_database(&name);
-        db::prepare(&url).expect("create and migrate the test database");
+        let mut c = PgConnection::establish(&admin_url()).expect("connect to the admin database");
+        c.batch_execute(&format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE \"{}\"",
+            template()
+        ))
+        .expect("create the test database from the template");
         TestDb { name, url }
     }
 

@@ -84,3 +84,55 @@ fn one_batch_merges_in_arrival_order_and_a_repeated_key_applies_once() {
     assert_eq!(again, [Applied::Duplicate, Applied::Duplicate]);
     assert_eq!(count(&mut c, "SELECT count(*) AS n FROM order_events"), 4);
 }
+
+#[test]
+fn an_answer_that_makes_the_order_terminal_settles_even_claims_made_while_it_was_asked() {
+    use haoka_sync::store::poll::{record_poll, PollResult};
+    let db = TestDb::new();
+    let mut c = db.conn();
+    let schedule = Config::with(&[("HAOKA172_USER_ID", "u"), ("HAOKA172_SECRET", "s")])
+        .unwrap()
+        .schedule();
+    assert!(schedule.confirm_terminal);
+    let now = chrono::Utc::now();
+    // A claim of `settled`, held; the question is asked before it came.
+    let claim = obs("T", Status::Settled, "已结算");
+    let held = apply_batch(
+        &mut c,
+        &[Item {
+            obs: &claim,
+            request_id: Some("late-claim"),
+            signed_over: Some(SignedOver::OrderId),
+        }],
+        now,
+        &schedule,
+    )
+    .unwrap();
+    assert!(matches!(held[0], Applied::Held { .. }), "{held:?}");
+    let mut answer = obs("T", Status::Settled, "已结算");
+    answer.source = Source::Poll;
+    let asked_at = now - chrono::Duration::seconds(5);
+    let rec = record_poll(
+        &mut c,
+        Vendor::Haoka172,
+        "T",
+        "owner",
+        PollResult::Observed(&answer),
+        &schedule,
+        now,
+        asked_at,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(rec.settled.len(), 1, "{rec:?}");
+    assert_eq!(rec.settled[0].result, "confirmed");
+    assert_eq!(order(&mut c, "T").unwrap().status, "settled");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM callback_confirmations WHERE resolved_at IS NULL"
+        ),
+        0,
+        "nothing left waiting on a terminal order"
+    );
+}
