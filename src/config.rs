@@ -13,7 +13,8 @@
 //! - `HAOKA172_COOLOFF` (default 10m), `HAOKA172_TIMEOUT_SECS` (default 10),
 //!   `HAOKA172_CALLBACK_GAP` (default `silence=1h,expected=20,settle=15m,resweep=1d`),
 //!   `HAOKA172_CONFIRM_TERMINAL` (default on)
-//! - `TRACKING_HORIZON` (default 60d), `POLL_MIN_RECHECK` (default 1m)
+//! - `TRACKING_HORIZON` (default 60d), `POLL_MIN_RECHECK` (default 1m),
+//!   `POLL_LEASE` (default 5m)
 //! - `POLL_CRON`, `ADMIN_TOKEN`
 //! - `CALLBACK_MAX_BODY_BYTES` (default 65536), `DB_POOL_SIZE` (default 16),
 //!   `DB_TIMEOUT_SECS` (default 3), `INGEST_WRITERS` (default 2),
@@ -143,6 +144,9 @@ pub struct Config {
     pub tracking_horizon: Duration,
     /// The shortest re-check interval after a poll.
     pub poll_min_recheck: Duration,
+    /// How long a claimed order stays leased to the process that claimed
+    /// it; a crashed process's orders are claimed again after it.
+    pub poll_lease: Duration,
     pub admin_token: Option<Secret>,
     pub callback_max_body_bytes: usize,
     pub db_pool_size: u32,
@@ -315,6 +319,7 @@ impl Config {
             poll_cron,
             tracking_horizon: parse_dur("TRACKING_HORIZON", "60d")?,
             poll_min_recheck: parse_dur("POLL_MIN_RECHECK", "1m")?,
+            poll_lease: parse_dur("POLL_LEASE", "5m")?,
             admin_token: var("ADMIN_TOKEN").map(Secret::new),
             callback_max_body_bytes: parse_num(
                 "CALLBACK_MAX_BODY_BYTES",

@@ -27,7 +27,8 @@ use crate::vendors::haoka172::client::Haoka172Client;
 use crate::vendors::haoka172::sign::CallbackKey;
 use crate::vendors::Vendor;
 
-/// How long a claimed order stays ours (well above one call's timeout).
+/// How long a claimed order stays ours by default (well above one call's
+/// timeout; `POLL_LEASE`).
 pub const LEASE: Duration = Duration::from_secs(300);
 /// Consecutive transport/HTTP/garbage failures that pause a vendor.
 const FAILURES_BEFORE_PAUSE: u32 = 5;
@@ -97,6 +98,7 @@ pub struct Poller {
     damaijia: Option<DamaijiaPoll>,
     /// Identifies this process in leases and the call log.
     owner: String,
+    lease: Duration,
     /// Held for the length of a pass: overlapping ticks never run two.
     running: Mutex<()>,
 }
@@ -154,6 +156,7 @@ impl Poller {
                 Utc::now().timestamp_subsec_nanos()
             ),
             running: Mutex::new(()),
+            lease: config.poll_lease,
         })
     }
 
@@ -230,6 +233,7 @@ impl Poller {
     {
         let schedule = Arc::clone(&self.schedule);
         let owner = self.owner.clone();
+        let lease = self.lease;
         let start = db::run(&self.pool, move |conn| {
             pstore::start_pass(
                 conn,
@@ -238,7 +242,7 @@ impl Poller {
                 &schedule,
                 per_day,
                 &owner,
-                LEASE,
+                lease,
                 limit,
             )
         })
