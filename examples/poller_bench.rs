@@ -32,7 +32,7 @@ use haoka_sync::rules::schedule::{china_day, next_china_midnight, Schedule};
 use haoka_sync::rules::status::{Observation, OrderFields, SignedOver, Source, Status};
 use haoka_sync::sim::lifecycle::{haoka172_with_gaps, Lifecycle172, Rng};
 use haoka_sync::store::gaps as gstore;
-use haoka_sync::store::poll::{self as pstore, PassStart, PollResult};
+use haoka_sync::store::poll::{self as pstore, ClaimLimit, PassStart, PollResult};
 use haoka_sync::store::{apply_batch, Applied, Item};
 use haoka_sync::vendors::Vendor;
 
@@ -378,9 +378,13 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
     for _ in 0..runs {
         let started = Instant::now();
         conn.batch_execute("BEGIN")?;
-        let start = pstore::start_pass(&mut conn, V, now, &sched, Some(10), OWNER, LEASE, |_| {
-            Ok(150)
-        });
+        let limit = ClaimLimit {
+            per_call: 1,
+            per_pass: Some(150),
+            window: None,
+            per_order_per_day: Some(10),
+        };
+        let start = pstore::start_pass(&mut conn, V, now, &sched, &limit, OWNER, LEASE);
         conn.batch_execute("ROLLBACK")?;
         if let PassStart::Work(w) = start? {
             claimed = w.claimed.len();
@@ -926,10 +930,13 @@ fn haoka_sync_pass(
             println!("  day {:.2}: {e:?}", at.as_secs_f64() / DAY as f64);
         }
     }
-    let per_minute = sc.per_minute;
-    let start = pstore::start_pass(conn, V, now, sched, Some(sc.per_day), OWNER, LEASE, |_| {
-        Ok(per_minute)
-    })?;
+    let limit = ClaimLimit {
+        per_call: 1,
+        per_pass: Some(sc.per_minute),
+        window: None,
+        per_order_per_day: Some(sc.per_day),
+    };
+    let start = pstore::start_pass(conn, V, now, sched, &limit, OWNER, LEASE)?;
     let PassStart::Work(work) = start else {
         return Ok(0);
     };

@@ -11,9 +11,80 @@ use crate::config::Config;
 use crate::db::{self, PgPool};
 use crate::http::source::SourcePolicy;
 use crate::http::{self, AppState};
-use crate::poller::Poller;
+use crate::poller::{Askers, Poller};
 use crate::store::ingest::Ingest;
+use crate::vendors::damaijia::ask::DamaijiaAsker;
+use crate::vendors::damaijia::client::DamaijiaClient;
+use crate::vendors::haoka172::ask::Haoka172Asker;
+use crate::vendors::haoka172::client::Haoka172Client;
 use crate::vendors::haoka172::sign::CallbackKey;
+use crate::vendors::{Asker, Vendor};
+
+/// The keys 172 callbacks are verified with: the current secret first, the
+/// previous one during a rotation.
+pub fn callback_keys(config: &Config) -> Vec<CallbackKey> {
+    [&config.haoka172.secret, &config.haoka172.previous_secret]
+        .into_iter()
+        .flatten()
+        .map(|s| CallbackKey::from_secret(s.expose()))
+        .collect()
+}
+
+/// Per vendor: how to ask it, or exactly what to set to turn its polling
+/// on. Built once; the one answer to "does this vendor poll" for `serve`'s
+/// start-up lines, `poll-once` and the poller. `Err` for a configuration
+/// that cannot work (a bad base URL).
+pub fn askers(config: &Config) -> Result<Askers, String> {
+    let mut out = Askers::new();
+    let c = &config.haoka172;
+    let haoka172: Result<Arc<dyn Asker>, String> = match (&c.user_id, &c.secret) {
+        (Some(user), Some(secret)) => Ok(Arc::new(Haoka172Asker::new(
+            Haoka172Client::new(&c.base_url, user, secret.clone(), c.timeout)?,
+            callback_keys(config),
+            c.max_calls_per_minute,
+            c.max_calls_per_order_per_day,
+            c.cooloff,
+        ))),
+        (None, Some(_)) => {
+            Err("set HAOKA172_USER_ID (the 172 login; HAOKA172_SECRET is set)".into())
+        }
+        (Some(_), None) => Err("set HAOKA172_SECRET (HAOKA172_USER_ID is set)".into()),
+        (None, None) => Err("set HAOKA172_USER_ID and HAOKA172_SECRET".into()),
+    };
+    out.insert(Vendor::Haoka172, haoka172);
+    let d = &config.damaijia;
+    let app = match (&d.app_id, &d.app_secret) {
+        (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+        _ => None,
+    };
+    let damaijia: Result<Arc<dyn Asker>, String> = match (&d.owner_id, &d.token, &app) {
+        (Some(owner), token, app) if token.is_some() || app.is_some() => Ok(Arc::new(DamaijiaAsker::new(
+            DamaijiaClient::new(&d.base_url, owner, d.edition.clone(), app.clone(), d.timeout)?,
+            token.clone(),
+            d.batch_size as usize,
+            d.cooloff,
+        ))),
+        (None, _, _) => Err("set DAMAIJIA_OWNER_ID, and DAMAIJIA_TOKEN (or DAMAIJIA_APP_ID and DAMAIJIA_APP_SECRET)".into()),
+        _ => Err(match (&d.app_id, &d.app_secret) {
+            (Some(_), None) => "set DAMAIJIA_APP_SECRET (DAMAIJIA_APP_ID is set), or DAMAIJIA_TOKEN",
+            (None, Some(_)) => "set DAMAIJIA_APP_ID (DAMAIJIA_APP_SECRET is set), or DAMAIJIA_TOKEN",
+            _ => "set DAMAIJIA_TOKEN, or DAMAIJIA_APP_ID and DAMAIJIA_APP_SECRET (DAMAIJIA_OWNER_ID is set)",
+        }
+        .into()),
+    };
+    out.insert(Vendor::Damaijia, damaijia);
+    Ok(out)
+}
+
+/// The poller a command runs on its own (`poll-once`, tests).
+pub fn poller(config: &Config, pool: PgPool) -> Result<Poller, String> {
+    Ok(Poller::new(
+        pool,
+        Arc::new(config.schedule()),
+        askers(config)?,
+        config.poll_lease,
+    ))
+}
 
 pub struct Application {
     port: u16,
@@ -36,15 +107,14 @@ impl Application {
             config.ingest_max_batch,
             Arc::clone(&schedule),
         );
-        let poller = Arc::new(
-            Poller::new(config, pool.clone(), Arc::clone(&schedule))
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-        );
-        let keys = [&config.haoka172.secret, &config.haoka172.previous_secret]
-            .into_iter()
-            .flatten()
-            .map(|s| CallbackKey::from_secret(s.expose()))
-            .collect();
+        let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let poller = Arc::new(Poller::new(
+            pool.clone(),
+            Arc::clone(&schedule),
+            askers(config).map_err(invalid)?,
+            config.poll_lease,
+        ));
+        let keys = callback_keys(config);
         let callback_sources = SourcePolicy::from_config(config)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let state = web::Data::new(AppState {

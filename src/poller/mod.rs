@@ -6,26 +6,22 @@
 //! Must never: query a terminal order, exceed a vendor budget (whatever the
 //! number of processes), or query one order from two processes at once.
 
-mod damaijia;
-mod haoka172;
+mod pass;
+mod token;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
-use crate::config::Config;
 use crate::db::{self, DbError, PgPool};
 use crate::rules::gaps;
 use crate::rules::schedule::Schedule;
-use crate::secret::Secret;
 use crate::store::gaps::{self as gstore, GapEvent};
-use crate::store::poll::{self as pstore, PassStart, PassWork};
-use crate::vendors::damaijia::client::DamaijiaClient;
-use crate::vendors::haoka172::client::Haoka172Client;
-use crate::vendors::haoka172::sign::CallbackKey;
-use crate::vendors::Vendor;
+use crate::store::poll::{self as pstore, ClaimLimit, PassStart, PassWork};
+use crate::vendors::{Asker, Limits, Vendor};
 
 /// How long a claimed order stays ours by default (well above one call's
 /// timeout; `POLL_LEASE`).
@@ -33,18 +29,25 @@ pub const LEASE: Duration = Duration::from_secs(300);
 /// Consecutive transport/HTTP/garbage failures that pause a vendor.
 const FAILURES_BEFORE_PAUSE: u32 = 5;
 
+/// Per vendor: how to ask it, or why its polling is off (what to set).
+pub type Askers = BTreeMap<Vendor, Result<Arc<dyn Asker>, String>>;
+
 /// What one pass did, for logs and `poll-once`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PassSummary {
     pub vendor: Option<Vendor>,
     pub due: i64,
-    /// Orders asked about (for 大麦家: order numbers sent, in `calls` calls).
+    /// Orders asked about (in `calls` calls when a call asks about several).
     pub queried: u32,
     pub calls: u32,
+    /// Several orders per call: the summary shows `calls`.
+    pub batched: bool,
     pub changed: u32,
     pub not_found: u32,
     pub errors: u32,
     pub skipped_for_limits: u32,
+    /// Claimed but left unasked because the pass paused the vendor.
+    pub left_by_pause: u32,
     pub expired: u32,
     pub paused_until: Option<DateTime<Utc>>,
 }
@@ -57,8 +60,11 @@ impl std::fmt::Display for PassSummary {
             "{vendor}: due {}, queried {}, changed {}, not found {}, errors {}, skipped for limits {}",
             self.due, self.queried, self.changed, self.not_found, self.errors, self.skipped_for_limits
         )?;
-        if self.vendor == Some(Vendor::Damaijia) {
+        if self.batched {
             write!(f, ", calls {}", self.calls)?;
+        }
+        if self.left_by_pause > 0 {
+            write!(f, ", left unasked by the pause {}", self.left_by_pause)?;
         }
         if self.expired > 0 {
             write!(
@@ -74,28 +80,11 @@ impl std::fmt::Display for PassSummary {
     }
 }
 
-struct Haoka172Poll {
-    client: Haoka172Client,
-    /// Callback keys, to judge stored callbacks again after an answer.
-    keys: Arc<Vec<CallbackKey>>,
-    per_minute: i64,
-    per_day: i32,
-    cooloff: Duration,
-}
-
-struct DamaijiaPoll {
-    client: DamaijiaClient,
-    env_token: Option<Secret>,
-    batch_size: usize,
-    cooloff: Duration,
-}
-
 /// One per process. Cheap to share behind an `Arc`.
 pub struct Poller {
     pool: PgPool,
     schedule: Arc<Schedule>,
-    haoka172: Option<Haoka172Poll>,
-    damaijia: Option<DamaijiaPoll>,
+    askers: Askers,
     /// Identifies this process in leases and the call log.
     owner: String,
     lease: Duration,
@@ -106,70 +95,45 @@ pub struct Poller {
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
     #[error("{0} polling is off: {1}")]
-    Disabled(Vendor, &'static str),
+    Disabled(Vendor, String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
 
 impl Poller {
-    pub fn new(config: &Config, pool: PgPool, schedule: Arc<Schedule>) -> Result<Poller, String> {
-        let c = &config.haoka172;
-        let haoka172 = match (&c.user_id, &c.secret) {
-            (Some(user), Some(secret)) => Some(Haoka172Poll {
-                client: Haoka172Client::new(&c.base_url, user, secret.clone(), c.timeout)?,
-                keys: Arc::new(
-                    [Some(secret), c.previous_secret.as_ref()]
-                        .into_iter()
-                        .flatten()
-                        .map(|s| CallbackKey::from_secret(s.expose()))
-                        .collect(),
-                ),
-                per_minute: i64::from(c.max_calls_per_minute),
-                per_day: i32::try_from(c.max_calls_per_order_per_day).unwrap_or(i32::MAX),
-                cooloff: c.cooloff,
-            }),
-            _ => None,
-        };
-        let d = &config.damaijia;
-        let app = match (&d.app_id, &d.app_secret) {
-            (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
-            _ => None,
-        };
-        let damaijia = match &d.owner_id {
-            Some(owner) if d.token.is_some() || app.is_some() => Some(DamaijiaPoll {
-                client: DamaijiaClient::new(&d.base_url, owner, d.edition.clone(), app, d.timeout)?,
-                env_token: d.token.clone(),
-                batch_size: d.batch_size as usize,
-                cooloff: d.cooloff,
-            }),
-            _ => None,
-        };
+    /// `askers` is built once at startup (`startup::askers`): it is the one
+    /// answer to "does this vendor poll", for `serve`, `poll-once` and here.
+    pub fn new(pool: PgPool, schedule: Arc<Schedule>, askers: Askers, lease: Duration) -> Poller {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
-        Ok(Poller {
+        Poller {
             pool,
             schedule,
-            haoka172,
-            damaijia,
+            askers,
             owner: format!(
                 "{host}:{}:{:x}",
                 std::process::id(),
                 Utc::now().timestamp_subsec_nanos()
             ),
+            lease,
             running: Mutex::new(()),
-            lease: config.poll_lease,
-        })
+        }
+    }
+
+    /// Vendors whose polling is off, and what to set to turn it on.
+    pub fn off(&self) -> Vec<(Vendor, &str)> {
+        self.askers
+            .iter()
+            .filter_map(|(v, a)| a.as_ref().err().map(|why| (*v, why.as_str())))
+            .collect()
     }
 
     /// Vendors this process can poll (credentials configured).
     pub fn enabled(&self) -> Vec<Vendor> {
-        let mut v = Vec::new();
-        if self.haoka172.is_some() {
-            v.push(Vendor::Haoka172);
-        }
-        if self.damaijia.is_some() {
-            v.push(Vendor::Damaijia);
-        }
-        v
+        self.askers
+            .iter()
+            .filter(|(_, a)| a.is_ok())
+            .map(|(v, _)| *v)
+            .collect()
     }
 
     /// One pass over `vendor` (or every enabled vendor). Returns None when a
@@ -185,18 +149,10 @@ impl Poller {
         };
         let mut out = Vec::new();
         for v in vendors {
-            out.push(match v {
-                Vendor::Haoka172 => match &self.haoka172 {
-                    Some(p) => self.haoka172_pass(p).await,
-                    None => Err(PollError::Disabled(v, "set HAOKA172_USER_ID and HAOKA172_SECRET")),
-                },
-                Vendor::Damaijia => match &self.damaijia {
-                    Some(p) => self.damaijia_pass(p).await,
-                    None => Err(PollError::Disabled(
-                        v,
-                        "set DAMAIJIA_OWNER_ID and DAMAIJIA_TOKEN (or DAMAIJIA_APP_ID and DAMAIJIA_APP_SECRET)",
-                    )),
-                },
+            out.push(match self.askers.get(&v) {
+                Some(Ok(asker)) => self.pass(asker).await,
+                Some(Err(why)) => Err(PollError::Disabled(v, why.clone())),
+                None => Err(PollError::Disabled(v, "not configured".into())),
             });
         }
         Some(out)
@@ -222,29 +178,18 @@ impl Poller {
 
     /// The start of every pass (`store::poll::start_pass`), in one trip to
     /// the blocking pool; logs a pause that ended.
-    async fn prepare<F>(
-        &self,
-        vendor: Vendor,
-        per_day: Option<i32>,
-        limit: F,
-    ) -> Result<PassStart, DbError>
-    where
-        F: FnOnce(&mut diesel::PgConnection) -> diesel::QueryResult<i64> + Send + 'static,
-    {
+    async fn prepare(&self, vendor: Vendor, limits: &Limits) -> Result<PassStart, DbError> {
         let schedule = Arc::clone(&self.schedule);
         let owner = self.owner.clone();
         let lease = self.lease;
+        let claim = ClaimLimit {
+            per_call: limits.per_call,
+            per_pass: limits.per_pass,
+            window: (!limits.wait_for_slot).then_some((limits.per_window, limits.window)),
+            per_order_per_day: limits.per_order_per_day,
+        };
         let start = db::run(&self.pool, move |conn| {
-            pstore::start_pass(
-                conn,
-                vendor,
-                Utc::now(),
-                &schedule,
-                per_day,
-                &owner,
-                lease,
-                limit,
-            )
+            pstore::start_pass(conn, vendor, Utc::now(), &schedule, &claim, &owner, lease)
         })
         .await?;
         if let PassStart::Work(PassWork {
@@ -311,9 +256,10 @@ impl Poller {
 }
 
 impl PassWork {
-    fn summary(&self, vendor: Vendor) -> PassSummary {
+    fn summary(&self, vendor: Vendor, batched: bool) -> PassSummary {
         PassSummary {
             vendor: Some(vendor),
+            batched,
             due: self.due,
             expired: u32::try_from(self.expired).unwrap_or(u32::MAX),
             skipped_for_limits: u32::try_from(self.deferred).unwrap_or(u32::MAX),

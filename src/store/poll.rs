@@ -282,20 +282,33 @@ pub struct PassWork {
     pub claimed: Vec<String>,
 }
 
+/// How many due orders a pass may claim: data from the vendor's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimLimit {
+    /// Orders per call.
+    pub per_call: usize,
+    /// Calls one pass makes at most.
+    pub per_pass: Option<i64>,
+    /// `(calls, window)`: claim only what the deployment-wide budget has
+    /// left in the window now (for a pass that does not wait for slots).
+    pub window: Option<(i64, Duration)>,
+    /// Calls per order per China-time day.
+    pub per_order_per_day: Option<i32>,
+}
+
 /// How a pass starts, in one place for every vendor: lift a pause that ran
 /// out, stop if paused, stop tracking silent orders, count what is due, defer
-/// orders out of daily budget, and lease up to `limit(conn)` due orders.
-/// Every statement costs O(due), whatever the number of orders tracked.
-#[allow(clippy::too_many_arguments)]
+/// orders out of daily budget, and lease as many due orders as `limit` lets
+/// the pass ask about. Every statement costs O(due), whatever the number of
+/// orders tracked.
 pub fn start_pass(
     conn: &mut PgConnection,
     vendor: Vendor,
     now: DateTime<Utc>,
     schedule: &Schedule,
-    per_day: Option<i32>,
+    limit: &ClaimLimit,
     owner: &str,
     lease: Duration,
-    limit: impl FnOnce(&mut PgConnection) -> QueryResult<i64>,
 ) -> QueryResult<PassStart> {
     let today = china_day(now);
     let resumed = clear_expired_pause(conn, vendor, now)?;
@@ -304,7 +317,7 @@ pub fn start_pass(
     }
     let expired = expire_silent(conn, vendor, schedule.horizon_cutoff(now), now)?;
     let due = count_due(conn, vendor, now)?;
-    let per_day = per_day.unwrap_or(i32::MAX);
+    let per_day = limit.per_order_per_day.unwrap_or(i32::MAX);
     let deferred = defer_exhausted(
         conn,
         vendor,
@@ -313,9 +326,15 @@ pub fn start_pass(
         per_day,
         schedule.after_daily_budget(now),
     )?;
-    let limit = limit(conn)?.max(0);
-    let claimed = if limit > 0 {
-        claim_due(conn, vendor, now, limit, owner, lease, today, per_day)?
+    let mut calls = limit.per_pass.unwrap_or(i64::MAX);
+    if let Some((per_window, window)) = limit.window {
+        calls = calls.min(per_window - recent_calls(conn, vendor, window)?);
+    }
+    let orders = calls
+        .max(0)
+        .saturating_mul(i64::try_from(limit.per_call.max(1)).unwrap_or(1));
+    let claimed = if orders > 0 {
+        claim_due(conn, vendor, now, orders, owner, lease, today, per_day)?
     } else {
         Vec::new()
     };

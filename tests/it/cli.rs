@@ -307,3 +307,85 @@ fn simulate_serves_both_vendors_and_writes_its_truth_on_sigterm() {
         serde_json::from_slice(&std::fs::read(&truth).unwrap()).unwrap();
     assert_eq!(written, body);
 }
+
+/// `serve`'s start-up lines for these variables (it is stopped at once).
+fn serve_log(db: &TestDb, vars: &[(&str, &str)]) -> String {
+    let mut c = cmd();
+    c.arg("serve")
+        .env("DATABASE_URL", db.url.expose())
+        .env("HAOKA_SYNC_BIND", "127.0.0.1:0")
+        .env("POLL_CRON", "0 0 0 1 1 *")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    log
+}
+
+#[test]
+fn serve_and_poll_once_agree_on_which_vendors_poll() {
+    let db = TestDb::new();
+    let poll_once = |vars: &[(&str, &str)]| {
+        let mut c = cmd();
+        c.args(["poll-once", "--vendor", "damaijia"])
+            .env("DATABASE_URL", db.url.expose())
+            .env("RUST_LOG", "warn");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // Only app credentials for 大麦家, no token: it polls (it can log in).
+    let app_only = [
+        ("DAMAIJIA_OWNER_ID", "shop-1"),
+        ("DAMAIJIA_APP_ID", "app-1"),
+        ("DAMAIJIA_APP_SECRET", "app-secret-1"),
+        ("DAMAIJIA_BASE_URL", "http://127.0.0.1:9"),
+    ];
+    let log = serve_log(&db, &app_only);
+    assert!(!log.contains("damaijia poller is off"), "{log}");
+    assert!(
+        log.contains("the haoka172 poller is off: set HAOKA172_USER_ID and HAOKA172_SECRET"),
+        "{log}"
+    );
+    let out = poll_once(&app_only);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("damaijia: due 0"), "{stdout}");
+    assert!(!stderr.contains("polling is off"), "{stderr}");
+
+    // The app id alone: both name the one variable that is missing.
+    let half = [
+        ("DAMAIJIA_OWNER_ID", "shop-1"),
+        ("DAMAIJIA_APP_ID", "app-1"),
+    ];
+    let log = serve_log(&db, &half);
+    assert!(
+        log.contains("the damaijia poller is off: set DAMAIJIA_APP_SECRET (DAMAIJIA_APP_ID is set), or DAMAIJIA_TOKEN"),
+        "{log}"
+    );
+    let out = poll_once(&half);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("set DAMAIJIA_APP_SECRET (DAMAIJIA_APP_ID is set)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

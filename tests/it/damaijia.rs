@@ -159,8 +159,7 @@ async fn two_processes_with_a_rejected_token_log_in_only_once() {
     ];
     let config = haoka_sync::config::Config::with(&env).unwrap();
     let pool = haoka_sync::db::pool(&config.database_url, 4, Duration::from_secs(2));
-    let schedule = std::sync::Arc::new(config.schedule());
-    let other = haoka_sync::poller::Poller::new(&config, pool, schedule).unwrap();
+    let other = haoka_sync::startup::poller(&config, pool).unwrap();
     let (a, b) = tokio::join!(
         app.poller.run_pass(Some(Vendor::Damaijia)),
         other.run_pass(Some(Vendor::Damaijia))

@@ -158,8 +158,7 @@ async fn two_pollers_on_one_database_query_each_due_order_once_in_total() {
     ]);
     let config = haoka_sync::config::Config::with(&env).unwrap();
     let pool = haoka_sync::db::pool(&config.database_url, 4, Duration::from_secs(2));
-    let schedule = std::sync::Arc::new(config.schedule());
-    let other = haoka_sync::poller::Poller::new(&config, pool, schedule).unwrap();
+    let other = haoka_sync::startup::poller(&config, pool).unwrap();
 
     let vendor = Some(haoka_sync::vendors::Vendor::Haoka172);
     let (a, b) = tokio::join!(app.poller.run_pass(vendor), other.run_pass(vendor));

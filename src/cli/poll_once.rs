@@ -1,0 +1,41 @@
+//! `haoka-sync poll-once [--vendor V]`: one reconciliation pass now, in the
+//! foreground, one summary line per vendor.
+
+use super::{failed, prepare, CliError, CliResult};
+use crate::config::Config;
+use crate::db;
+use crate::rules::Vendor;
+
+pub(super) async fn run(config: &Config, vendor: Option<Vendor>) -> CliResult {
+    prepare(config).await?;
+    let pool = db::pool(&config.database_url, 4, config.db_timeout);
+    let poller = crate::startup::poller(config, pool).map_err(CliError::Usage)?;
+    if vendor.is_none() && poller.enabled().is_empty() {
+        let why: Vec<String> = poller
+            .off()
+            .iter()
+            .map(|(v, why)| format!("{v}: {why}"))
+            .collect();
+        return Err(CliError::Usage(format!(
+            "no vendor has polling credentials ({})",
+            why.join("; ")
+        )));
+    }
+    let results = poller
+        .run_pass(vendor)
+        .await
+        .ok_or_else(|| failed("a pass is already running".into()))?;
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(summary) => println!("{summary}"),
+            Err(crate::poller::PollError::Disabled(v, why)) => {
+                first_err.get_or_insert(CliError::Usage(format!("{v} polling is off: {why}")));
+            }
+            Err(e) => {
+                first_err.get_or_insert(failed(e.to_string()));
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}

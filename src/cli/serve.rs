@@ -1,0 +1,70 @@
+//! `haoka-sync serve`: migrate, then serve HTTP and run the poll schedule
+//! until SIGINT/SIGTERM; say at start what is on and off.
+
+use super::{prepare, CliResult};
+use crate::config::Config;
+use crate::startup::{shutdown_signal, Application};
+
+pub(super) async fn run(config: Config) -> CliResult {
+    prepare(&config).await?;
+    if config.haoka172.secret.is_none() {
+        log::warn!(
+            "HAOKA172_SECRET is not set: 172 callbacks cannot be verified (they are stored and answered 503) and the 172 poller is off"
+        );
+    }
+    match (config.haoka172.confirm_terminal, config.haoka172.can_poll()) {
+        (true, true) => log::info!(
+            "a 172 callback that would make its order terminal is held until GetOrderInfo confirms it (HAOKA172_CONFIRM_TERMINAL=off applies it at once)"
+        ),
+        (true, false) => log::warn!(
+            "HAOKA172_USER_ID is not set, so nothing can confirm a callback's terminal status: such callbacks apply at once, and a replayed signature can make an order terminal; callbacks signed over an OrderNo172 we cannot corroborate stay unverified"
+        ),
+        (false, _) => log::warn!(
+            "HAOKA172_CONFIRM_TERMINAL=off: a callback's terminal status applies at once; the vendor's signature covers only the order number, so a replayed signature can make an order terminal"
+        ),
+    }
+    if config.admin_token.is_none() {
+        log::info!("ADMIN_TOKEN is not set: /api/* answers 403");
+    }
+    log_callback_sources(&config);
+    let app = Application::build(&config)?;
+    for (vendor, why) in app.poller().off() {
+        log::info!("the {vendor} poller is off: {why}");
+    }
+    log::info!(
+        "haoka-sync listening on {} (database {}); callback URL path /callbacks/haoka172",
+        config.bind.ip().to_string() + ":" + &app.port().to_string(),
+        config.database_url.database_name()
+    );
+    let handle = app.handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        log::info!("shutdown requested: finishing in-flight requests");
+        handle.stop(true).await;
+    });
+    app.run_until_stopped().await?;
+    log::info!("stopped");
+    Ok(())
+}
+
+/// The sender's address is the only check a forger cannot pass by knowing
+/// an order number, so an operator should see at start whether it is on.
+fn log_callback_sources(config: &Config) {
+    let Some(nets) = &config.callback_allowed_sources else {
+        log::info!(
+            "CALLBACK_ALLOWED_SOURCES is not set: callbacks are accepted from any address; setting it to the vendor's addresses is the strongest defence against forged callbacks (the vendor's signature covers only the order number)"
+        );
+        return;
+    };
+    let judged = match &config.trusted_proxy_header {
+        Some(h) => format!(
+            "the address in {h} is judged when the peer is one of the {} TRUSTED_PROXIES ranges, else the peer",
+            config.trusted_proxies.len()
+        ),
+        None => "the TCP peer address is judged (no TRUSTED_PROXY_HEADER)".to_owned(),
+    };
+    log::info!(
+        "callbacks accepted only from the {} address ranges in CALLBACK_ALLOWED_SOURCES; {judged}",
+        nets.len()
+    );
+}
