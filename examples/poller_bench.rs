@@ -199,15 +199,22 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
     // over the next 30 days; among the first rows, `due` tracked ones are
     // due now (up to 10 minutes overdue).
     diesel::sql_query(
-        "INSERT INTO orders (vendor, order_id, status, last_heard_at, next_check_at, created_at, tracked_at) \
+        "INSERT INTO orders (vendor, order_id, status, last_heard_at, created_at) \
          SELECT 'haoka172', 'BP' || lpad(g::text, 9, '0'), \
                 CASE WHEN g % 10 < 7 THEN 'settled' WHEN g % 10 = 7 THEN 'pending' \
                      WHEN g % 10 = 8 THEN 'shipped' ELSE 'submitted' END, \
-                now() - (g % 1000) * interval '1 minute', \
+                now() - (g % 1000) * interval '1 minute', now() - interval '1 day' \
+         FROM generate_series(1, $1) g",
+    )
+    .bind::<BigInt, _>(orders)
+    .execute(&mut conn)?;
+    diesel::sql_query(
+        "INSERT INTO order_polls (vendor, order_id, next_check_at, tracked_at) \
+         SELECT 'haoka172', 'BP' || lpad(g::text, 9, '0'), \
                 CASE WHEN g % 10 < 7 THEN NULL \
                      WHEN g <= $2 * 10 / 3 THEN now() - (g % 600) * interval '1 second' \
                      ELSE now() + interval '1 hour' + (g * 7919 % 43200) * interval '1 minute' END, \
-                now() - interval '1 day', now() - interval '1 day' \
+                now() - interval '1 day' \
          FROM generate_series(1, $1) g",
     )
     .bind::<BigInt, _>(orders)
@@ -230,6 +237,7 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
     // The service relies on autovacuum for statistics; this machine may have
     // it off, so analyze explicitly.
     conn.batch_execute("VACUUM ANALYZE orders")?;
+    conn.batch_execute("VACUUM ANALYZE order_polls")?;
     conn.batch_execute("VACUUM ANALYZE inbound_callbacks")?;
     let fill_s = fill_started.elapsed().as_secs_f64();
 
@@ -245,7 +253,7 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
         .ok_or("callback-gap recovery is off")?;
     // The orders the first chunk of a sweep of everything would update.
     let first_chunk: Vec<String> = diesel::sql_query(
-        "SELECT order_id FROM orders WHERE vendor = $1 AND next_check_at > $2 \
+        "SELECT order_id FROM order_polls WHERE vendor = $1 AND next_check_at > $2 \
          ORDER BY next_check_at, order_id LIMIT $3",
     )
     .bind::<Text, _>(V.as_str())
@@ -311,6 +319,8 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
                 .bind::<Timestamptz, _>(now)
                 .bind::<Timestamptz, _>(now)
                 .bind::<Array<Text>, _>(&first_chunk)
+                .bind::<Array<Text>, _>(vec!["pending", "submitted", "shipped", "completed"])
+                .bind::<Array<Timestamptz>, _>(vec![now; 4])
                 .load(conn),
             _ => q.bind::<Text, _>(V.as_str()).load(conn),
         };
@@ -848,7 +858,7 @@ struct NextDue {
 /// The minute of the next pass that will find something due.
 fn next_due_minute(conn: &mut PgConnection, t0: DateTime<Utc>) -> Res<i64> {
     let r: NextDue = diesel::sql_query(
-        "SELECT min(next_check_at) AS at FROM orders WHERE vendor = 'haoka172' AND next_check_at IS NOT NULL",
+        "SELECT min(next_check_at) AS at FROM order_polls WHERE vendor = 'haoka172' AND next_check_at IS NOT NULL",
     )
     .get_result(conn)?;
     Ok(match r.at {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::schema::{callback_confirmations, inbound_callbacks, order_events, orders};
+use super::schema::{callback_confirmations, inbound_callbacks, order_events, order_polls, orders};
 use crate::rules::schedule::NextCheck;
 use crate::rules::status::{OrderFields, OrderState, Status};
 
@@ -35,6 +35,14 @@ pub struct Order {
     pub status_changed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// How and when the poller asks about an order (`order_polls`).
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = order_polls, check_for_backend(diesel::pg::Pg))]
+pub struct OrderPoll {
+    pub vendor: String,
+    pub order_id: String,
     pub next_check_at: Option<DateTime<Utc>>,
     pub quiet_polls: i32,
     pub lease_owner: Option<String>,
@@ -44,6 +52,28 @@ pub struct Order {
     pub last_poll_outcome: Option<String>,
     pub tracking_expired_at: Option<DateTime<Utc>>,
     pub tracked_at: DateTime<Utc>,
+}
+
+impl OrderPoll {
+    pub fn next(&self) -> NextCheck {
+        NextCheck {
+            at: self.next_check_at,
+            quiet_polls: self.quiet_polls,
+        }
+    }
+}
+
+/// An order's schedule as a merge leaves it, written for many orders at once
+/// with `INSERT … ON CONFLICT DO UPDATE` (a callback's first order creates
+/// its row). Any observation revives an order whose tracking had expired.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = order_polls)]
+pub struct ScheduleUpdate<'a> {
+    pub vendor: &'a str,
+    pub order_id: &'a str,
+    pub next_check_at: Option<DateTime<Utc>>,
+    pub quiet_polls: i32,
+    pub tracking_expired_at: Option<DateTime<Utc>>,
 }
 
 impl Order {
@@ -110,9 +140,6 @@ pub struct OrderUpdate<'a> {
     pub last_heard_at: Option<DateTime<Utc>>,
     pub status_changed_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
-    pub next_check_at: Option<DateTime<Utc>>,
-    pub quiet_polls: i32,
-    pub tracking_expired_at: Option<DateTime<Utc>>,
 }
 
 impl<'a> OrderUpdate<'a> {
@@ -122,7 +149,6 @@ impl<'a> OrderUpdate<'a> {
         source: &'a str,
         now: DateTime<Utc>,
         changed: bool,
-        next: NextCheck,
     ) -> Self {
         let f = &state.fields;
         let status_moved = state.status.as_str() != before.status;
@@ -152,10 +178,6 @@ impl<'a> OrderUpdate<'a> {
                 before.status_changed_at
             },
             updated_at: if changed { now } else { before.updated_at },
-            next_check_at: next.at,
-            quiet_polls: next.quiet_polls,
-            // Any observation revives an order whose tracking had expired.
-            tracking_expired_at: None,
         }
     }
 }

@@ -92,6 +92,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    order_polls (vendor, order_id) {
+        vendor -> Text,
+        order_id -> Text,
+        next_check_at -> Nullable<Timestamptz>,
+        quiet_polls -> Int4,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Timestamptz>,
+        calls_day -> Nullable<Date>,
+        calls_today -> Int4,
+        last_poll_outcome -> Nullable<Text>,
+        tracking_expired_at -> Nullable<Timestamptz>,
+        tracked_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     orders (vendor, order_id) {
         vendor -> Text,
         order_id -> Text,
@@ -116,15 +132,6 @@ diesel::table! {
         status_changed_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
-        next_check_at -> Nullable<Timestamptz>,
-        quiet_polls -> Int4,
-        lease_owner -> Nullable<Text>,
-        lease_until -> Nullable<Timestamptz>,
-        calls_day -> Nullable<Date>,
-        calls_today -> Int4,
-        last_poll_outcome -> Nullable<Text>,
-        tracking_expired_at -> Nullable<Timestamptz>,
-        tracked_at -> Timestamptz,
     }
 }
 
@@ -170,6 +177,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     inbound_callbacks,
     order_events,
     order_link_overrides,
+    order_polls,
     orders,
     vendor_calls,
     vendor_pauses,

@@ -139,8 +139,11 @@ pub enum Event {
     /// A query brought nothing new, did not find the order, or failed.
     PollQuiet { status: Status },
     /// A callback waits for the vendor's word: ask at once (the caller
-    /// allows this once per order and reason).
-    Confirm,
+    /// allows this once per order and reason); `status` is the order's.
+    Confirm { status: Status },
+    /// A callback gap may have hidden news of the order: ask at once, the
+    /// earlier statuses a moment first (they change soonest).
+    Swept { status: Status },
 }
 
 /// The "when to ask" rules, built once at startup from the configuration.
@@ -191,8 +194,12 @@ impl Schedule {
                     quiet_polls: quiet,
                 }
             }
-            Event::Confirm => NextCheck {
-                at: Some(now),
+            Event::Confirm { status } => NextCheck {
+                at: (!status.is_terminal()).then_some(now),
+                ..held
+            },
+            Event::Swept { status } => NextCheck {
+                at: swept_at(status, now),
                 ..held
             },
         }
@@ -253,6 +260,21 @@ impl Schedule {
     pub fn after_daily_budget(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         next_china_midnight(now)
     }
+}
+
+/// When an order of `status` that a callback gap may have hidden news of
+/// comes due (`Event::Swept`): now, the earlier statuses a moment first
+/// (they change soonest); never for a terminal order. The same for every
+/// vendor and order, so a sweep can apply it to many orders in one update.
+pub fn swept_at(status: Status, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let lead = match status {
+        _ if status.is_terminal() => return None,
+        Status::Submitted => 2,
+        Status::Shipped => 1,
+        Status::Completed => 0,
+        _ => 3,
+    };
+    Some(now - chrono::Duration::seconds(lead))
 }
 
 fn to_chrono(d: Duration) -> chrono::Duration {
@@ -451,7 +473,15 @@ mod tests {
             t0(),
         );
         assert_eq!(q.quiet_polls, 3);
-        let c = s.next_check(Vendor::Haoka172, "D1", Event::Confirm, q, t0());
+        let c = s.next_check(
+            Vendor::Haoka172,
+            "D1",
+            Event::Confirm {
+                status: Status::Pending,
+            },
+            q,
+            t0(),
+        );
         assert_eq!(
             c,
             NextCheck {

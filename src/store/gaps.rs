@@ -12,6 +12,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Timestamptz};
 
 use crate::rules::gaps::{expected_per_day, GapPolicy, GapStep, OpenGap, HISTORY_DAYS};
+use crate::rules::schedule::swept_at;
+use crate::rules::Status;
 use crate::vendors::Vendor;
 
 /// What a look found or did, for the log.
@@ -65,15 +67,15 @@ pub const HISTORY_SQL: &str = "SELECT count(*) AS n FROM ( \
        LIMIT $5) s";
 
 /// One chunk of a sweep, first the walk: the next $6 tracked orders after
-/// the cursor ($4, $5) in `orders_due_idx` order; of those, the ones due
-/// later than $3 (now) and not heard from since $2. Returns how many it
+/// the cursor ($4, $5) in `order_polls_due_idx` order; of those, the ones
+/// due later than $3 (now) and not heard from since $2. Returns how many it
 /// walked, those orders, and the new cursor.
 pub const SWEEP_WALK_SQL: &str = "WITH c AS ( \
-       SELECT order_id, next_check_at, \
-              next_check_at > $3 AND COALESCE(last_heard_at, tracked_at) < $2 AS stale \
-       FROM orders \
-       WHERE vendor = $1 AND next_check_at >= $4 AND (next_check_at, order_id) > ($4, $5) \
-       ORDER BY next_check_at, order_id LIMIT $6) \
+       SELECT p.order_id, p.next_check_at, \
+              p.next_check_at > $3 AND COALESCE(o.last_heard_at, p.tracked_at) < $2 AS stale \
+       FROM order_polls p JOIN orders o ON o.vendor = p.vendor AND o.order_id = p.order_id \
+       WHERE p.vendor = $1 AND p.next_check_at >= $4 AND (p.next_check_at, p.order_id) > ($4, $5) \
+       ORDER BY p.next_check_at, p.order_id LIMIT $6) \
      SELECT count(*) AS walked, \
             COALESCE(array_agg(order_id) FILTER (WHERE stale), '{}') AS stale, \
             (array_agg(next_check_at ORDER BY next_check_at DESC, order_id DESC))[1] AS at, \
@@ -81,15 +83,15 @@ pub const SWEEP_WALK_SQL: &str = "WITH c AS ( \
      FROM c";
 
 /// Then the update of the orders the walk found ($4), their conditions
-/// checked again (a callback may have come in between): due at $3 (now), the
-/// earlier statuses a moment first (they change soonest). Swept orders end
-/// up at or before $3, out of the range later chunks (and a sweep taken
-/// over) walk.
-pub const SWEEP_SQL: &str = "UPDATE orders SET next_check_at = $3 - CASE status \
-         WHEN 'submitted' THEN interval '2 seconds' WHEN 'shipped' THEN interval '1 second' \
-         WHEN 'completed' THEN interval '0' ELSE interval '3 seconds' END \
-     WHERE vendor = $1 AND order_id = ANY($4) \
-       AND next_check_at > $3 AND COALESCE(last_heard_at, tracked_at) < $2";
+/// checked again (a callback may have come in between): due when the rules
+/// say for their status (`Event::Swept`: $5 statuses, $6 times, all at or
+/// before $3, now), out of the range later chunks (and a sweep taken over)
+/// walk.
+pub const SWEEP_SQL: &str = "UPDATE order_polls p SET next_check_at = d.at \
+     FROM orders o, unnest($5::text[], $6::timestamptz[]) AS d(status, at) \
+     WHERE o.vendor = p.vendor AND o.order_id = p.order_id AND o.status = d.status \
+       AND p.vendor = $1 AND p.order_id = ANY($4) \
+       AND p.next_check_at > $3 AND COALESCE(o.last_heard_at, p.tracked_at) < $2";
 
 /// Orders a sweep chunk walks (and at most updates, in one transaction: the
 /// row locks it holds, which callbacks for those orders wait on, last a few
@@ -389,6 +391,10 @@ pub fn sweep(
     now: DateTime<Utc>,
     chunk: i64,
 ) -> QueryResult<Swept> {
+    let (statuses, ats): (Vec<&str>, Vec<DateTime<Utc>>) = Status::ALL
+        .into_iter()
+        .filter_map(|status| Some((status.as_str(), swept_at(status, now)?)))
+        .unzip();
     let mut cursor = (now, String::new());
     let mut done = Swept {
         orders: 0,
@@ -409,6 +415,8 @@ pub fn sweep(
                 .bind::<Timestamptz, _>(since)
                 .bind::<Timestamptz, _>(now)
                 .bind::<diesel::sql_types::Array<Text>, _>(&w.stale)
+                .bind::<diesel::sql_types::Array<Text>, _>(&statuses)
+                .bind::<diesel::sql_types::Array<Timestamptz>, _>(&ats)
                 .execute(conn)?;
         }
         done.chunks += 1;

@@ -18,9 +18,11 @@ use diesel::sql_types::{Bool, Timestamptz};
 
 use crate::db::models::{
     Confirmation, NewConfirmation, NewInboundCallback, NewOrderEvent, NewOrderKey, Order,
-    OrderEvent, OrderUpdate,
+    OrderEvent, OrderPoll, OrderUpdate, ScheduleUpdate,
 };
-use crate::db::schema::{callback_confirmations, inbound_callbacks, order_events, orders};
+use crate::db::schema::{
+    callback_confirmations, inbound_callbacks, order_events, order_polls, orders,
+};
 use crate::rules::schedule::{Event, NextCheck, Schedule};
 use crate::rules::status::{self, Corroboration, Effect, Observation, SignedOver, Source, Status};
 use crate::vendors::Vendor;
@@ -110,7 +112,11 @@ pub fn apply_observation(
 struct Working {
     before: Order,
     state: status::OrderState,
-    next: NextCheck,
+    /// The schedule it has now (read only when a rule needs it: a quiet
+    /// poll counts on from it).
+    held: NextCheck,
+    /// The schedule to write, when the batch decided one.
+    next: Option<NextCheck>,
     changed: bool,
     source: &'static str,
     /// Created by this batch (it did not exist before).
@@ -192,16 +198,13 @@ pub fn apply_batch(
     let mut work: BTreeMap<(String, String), Working> = locked
         .into_iter()
         .map(|(o, created)| {
-            let next = NextCheck {
-                at: o.next_check_at,
-                quiet_polls: o.quiet_polls,
-            };
             (
                 (o.vendor.clone(), o.order_id.clone()),
                 Working {
                     state: o.state(),
                     before: o,
-                    next,
+                    held: NextCheck::default(),
+                    next: None,
                     changed: false,
                     source: "callback",
                     created,
@@ -211,6 +214,21 @@ pub fn apply_batch(
             )
         })
         .collect();
+    // A quiet poll backs off from the order's current quiet count; callbacks
+    // need nothing of the current schedule, so the callback path skips this.
+    if items.iter().any(|i| i.obs.source == Source::Poll) {
+        let (v, o): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+        let held: Vec<OrderPoll> = order_polls::table
+            .filter(order_polls::vendor.eq_any(&v))
+            .filter(order_polls::order_id.eq_any(&o))
+            .select(OrderPoll::as_select())
+            .load(conn)?;
+        for p in held {
+            if let Some(w) = work.get_mut(&(p.vendor.clone(), p.order_id.clone())) {
+                w.held = p.next();
+            }
+        }
+    }
     // Merge in arrival order.
     let mut events = Vec::new();
     let mut pending: Vec<Pending> = Vec::new();
@@ -266,7 +284,9 @@ pub fn apply_batch(
             (Source::Poll, false) => Event::PollQuiet { status: st },
             _ => Event::News { status: st },
         };
-        w.next = schedule.next_check(obs.vendor, &obs.order_id, event, w.next, now);
+        let next = schedule.next_check(obs.vendor, &obs.order_id, event, w.held, now);
+        w.held = next;
+        w.next = Some(next);
         w.changed |= merged.changed;
         w.heard = true;
         w.source = obs.source.as_str();
@@ -322,17 +342,42 @@ pub fn apply_batch(
         .bind::<Array<Text>, _>(&o)
         .execute(conn)?;
     }
-    // Expedited for an unverified request only: nothing heard, only due now.
+    // A new order heard of only through a held callback still gets its
+    // schedule row, as registered (due now when expedited).
+    for w in work
+        .values_mut()
+        .filter(|w| w.created && w.heard && w.next.is_none())
+    {
+        let Ok(vendor) = w.before.vendor.parse::<Vendor>() else {
+            continue;
+        };
+        let registered = schedule.next_check(
+            vendor,
+            &w.before.order_id,
+            Event::Registered,
+            NextCheck::default(),
+            now,
+        );
+        w.next = Some(if w.expedited {
+            NextCheck {
+                at: Some(now),
+                ..registered
+            }
+        } else {
+            registered
+        });
+    }
+    // Expedited, with no new schedule decided: only due now.
     let due_now: Vec<(&str, &str)> = work
         .values()
-        .filter(|w| w.expedited && !w.heard && !w.created)
+        .filter(|w| w.expedited && w.next.is_none() && !w.created)
         .map(|w| (w.before.vendor.as_str(), w.before.order_id.as_str()))
         .collect();
     if !due_now.is_empty() {
         let (v, o): (Vec<&str>, Vec<&str>) = due_now.into_iter().unzip();
         diesel::sql_query(
-            "UPDATE orders SET next_check_at = $3 FROM unnest($1::text[], $2::text[]) AS k(vendor, order_id) \
-             WHERE orders.vendor = k.vendor AND orders.order_id = k.order_id",
+            "UPDATE order_polls p SET next_check_at = $3 FROM unnest($1::text[], $2::text[]) AS k(vendor, order_id) \
+             WHERE p.vendor = k.vendor AND p.order_id = k.order_id",
         )
         .bind::<Array<Text>, _>(&v)
         .bind::<Array<Text>, _>(&o)
@@ -342,10 +387,35 @@ pub fn apply_batch(
     let updates: Vec<OrderUpdate<'_>> = work
         .values()
         .filter(|w| w.heard)
-        .map(|w| OrderUpdate::from_state(&w.state, &w.before, w.source, now, w.changed, w.next))
+        .map(|w| OrderUpdate::from_state(&w.state, &w.before, w.source, now, w.changed))
         .collect();
     if !updates.is_empty() {
         write_back(conn, &updates)?;
+    }
+    let schedules: Vec<ScheduleUpdate<'_>> = work
+        .values()
+        .filter_map(|w| {
+            let next = w.next?;
+            Some(ScheduleUpdate {
+                vendor: &w.before.vendor,
+                order_id: &w.before.order_id,
+                next_check_at: next.at,
+                quiet_polls: next.quiet_polls,
+                tracking_expired_at: None,
+            })
+        })
+        .collect();
+    if !schedules.is_empty() {
+        diesel::insert_into(order_polls::table)
+            .values(&schedules)
+            .on_conflict((order_polls::vendor, order_polls::order_id))
+            .do_update()
+            .set((
+                order_polls::next_check_at.eq(excluded(order_polls::next_check_at)),
+                order_polls::quiet_polls.eq(excluded(order_polls::quiet_polls)),
+                order_polls::tracking_expired_at.eq(excluded(order_polls::tracking_expired_at)),
+            ))
+            .execute(conn)?;
     }
     Ok(outcomes)
 }
@@ -429,7 +499,16 @@ fn request_confirmations(
         }
         if expedite {
             w.expedited = true;
-            w.next = schedule.next_check(obs.vendor, &obs.order_id, Event::Confirm, w.next, now);
+            let event = Event::Confirm {
+                status: w.state.status,
+            };
+            let next = schedule.next_check(obs.vendor, &obs.order_id, event, w.held, now);
+            w.held = next;
+            // Only the time changes: an order with no new schedule keeps its
+            // quiet count in the database (`due_now` below).
+            if let Some(n) = &mut w.next {
+                *n = next;
+            }
         }
         match &mut outcomes[p.item] {
             Applied::Held { expedited, .. } | Applied::Unverified { expedited } => {
@@ -485,9 +564,6 @@ fn write_back(conn: &mut PgConnection, updates: &[OrderUpdate<'_>]) -> QueryResu
             orders::last_heard_at.eq(excluded(orders::last_heard_at)),
             orders::status_changed_at.eq(excluded(orders::status_changed_at)),
             orders::updated_at.eq(excluded(orders::updated_at)),
-            orders::next_check_at.eq(excluded(orders::next_check_at)),
-            orders::quiet_polls.eq(excluded(orders::quiet_polls)),
-            orders::tracking_expired_at.eq(excluded(orders::tracking_expired_at)),
         ))
         .execute(conn)
 }

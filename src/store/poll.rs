@@ -14,7 +14,7 @@ use diesel::sql_types::{Array, BigInt, Date, Integer, Nullable, Text, Timestampt
 
 use super::ingest::{self, InboundRequest, Receipt};
 use super::{apply_observation, Applied};
-use crate::db::schema::{orders, vendor_calls, vendor_pauses};
+use crate::db::schema::{order_polls, orders, vendor_calls, vendor_pauses};
 use crate::rules::schedule::{china_day, Event, NextCheck, Schedule};
 use crate::rules::status::{Observation, Status};
 use crate::vendors::Vendor;
@@ -60,33 +60,43 @@ pub fn register(
         for chunk in order_ids.chunks(1000) {
             // An order with callbacks kept unverified (signed over a vendor
             // number nobody vouched for yet) is asked about at once.
-            created += diesel::sql_query(
-                "INSERT INTO orders (vendor, order_id, next_check_at, created_at, updated_at, tracked_at) \
+            let new: Vec<Claimed> = diesel::sql_query(
+                "INSERT INTO orders (vendor, order_id, created_at, updated_at) \
+                 SELECT $1, k.oid, $2, $2 FROM unnest($3::text[]) AS k(oid) \
+                 ON CONFLICT (vendor, order_id) DO NOTHING RETURNING order_id",
+            )
+            .bind::<Text, _>(vendor.as_str())
+            .bind::<Timestamptz, _>(now)
+            .bind::<Array<Text>, _>(chunk)
+            .load(conn)?;
+            let new: Vec<String> = new.into_iter().map(|c| c.order_id).collect();
+            created += new.len();
+            // An order with callbacks kept unverified (signed over a vendor
+            // number nobody vouched for yet) is asked about at once.
+            diesel::sql_query(
+                "INSERT INTO order_polls (vendor, order_id, next_check_at, tracked_at) \
                  SELECT $1, k.oid, CASE WHEN EXISTS (SELECT 1 FROM inbound_callbacks i \
                                                      WHERE i.order_id = k.oid AND i.vendor = $1 AND i.outcome = 'unverified' \
                                                        AND COALESCE(i.replay_outcome, 'unverified') = 'unverified') \
-                                        THEN $3 ELSE $2 END, $3, $3, $3 \
+                                        THEN $3 ELSE $2 END, $3 \
                  FROM unnest($4::text[]) AS k(oid) \
                  ON CONFLICT (vendor, order_id) DO NOTHING",
             )
             .bind::<Text, _>(vendor.as_str())
             .bind::<Nullable<Timestamptz>, _>(next)
             .bind::<Timestamptz, _>(now)
-            .bind::<Array<Text>, _>(chunk)
+            .bind::<Array<Text>, _>(&new)
             .execute(conn)?;
-            diesel::update(
-                orders::table
-                    .filter(orders::vendor.eq(vendor.as_str()))
-                    .filter(orders::order_id.eq_any(chunk))
-                    .filter(orders::tracking_expired_at.is_not_null())
-                    .filter(orders::is_terminal.eq(false)),
+            diesel::sql_query(
+                "UPDATE order_polls p SET tracking_expired_at = NULL, tracked_at = $3, \
+                        next_check_at = $3, quiet_polls = 0 \
+                 FROM orders o \
+                 WHERE o.vendor = p.vendor AND o.order_id = p.order_id AND NOT o.is_terminal \
+                   AND p.vendor = $1 AND p.order_id = ANY($2) AND p.tracking_expired_at IS NOT NULL",
             )
-            .set((
-                orders::tracking_expired_at.eq(None::<DateTime<Utc>>),
-                orders::tracked_at.eq(now),
-                orders::next_check_at.eq(now),
-                orders::quiet_polls.eq(0),
-            ))
+            .bind::<Text, _>(vendor.as_str())
+            .bind::<Array<Text>, _>(chunk)
+            .bind::<Timestamptz, _>(now)
             .execute(conn)?;
         }
         Ok(created)
@@ -173,9 +183,11 @@ pub fn expire_silent(
 
 /// `expire_silent` ($1 vendor, $2 cutoff, $3 now).
 pub const EXPIRE_SILENT_SQL: &str =
-    "UPDATE orders SET next_check_at = NULL, tracking_expired_at = $3 \
-     WHERE vendor = $1 AND next_check_at <= $3 \
-       AND GREATEST(last_heard_at, tracked_at) < $2";
+    "UPDATE order_polls p SET next_check_at = NULL, tracking_expired_at = $3 \
+     FROM orders o \
+     WHERE o.vendor = p.vendor AND o.order_id = p.order_id \
+       AND p.vendor = $1 AND p.next_check_at <= $3 \
+       AND GREATEST(o.last_heard_at, p.tracked_at) < $2";
 
 /// Orders due now.
 pub fn count_due(conn: &mut PgConnection, vendor: Vendor, now: DateTime<Utc>) -> QueryResult<i64> {
@@ -188,7 +200,7 @@ pub fn count_due(conn: &mut PgConnection, vendor: Vendor, now: DateTime<Utc>) ->
 
 /// `count_due` ($1 vendor, $2 now).
 pub const COUNT_DUE_SQL: &str =
-    "SELECT count(*) AS n FROM orders WHERE vendor = $1 AND next_check_at <= $2";
+    "SELECT count(*) AS n FROM order_polls WHERE vendor = $1 AND next_check_at <= $2";
 
 /// Due orders that already used today's per-order budget wait for the next
 /// China-time day. Returns how many were deferred.
@@ -211,7 +223,7 @@ pub fn defer_exhausted(
 
 /// `defer_exhausted` ($1 vendor, $2 now, $3 China day, $4 per-order daily
 /// budget, $5 next China midnight).
-pub const DEFER_EXHAUSTED_SQL: &str = "UPDATE orders SET next_check_at = $5 \
+pub const DEFER_EXHAUSTED_SQL: &str = "UPDATE order_polls SET next_check_at = $5 \
      WHERE vendor = $1 AND next_check_at <= $2 AND calls_day = $3 AND calls_today >= $4";
 
 #[derive(QueryableByName)]
@@ -248,18 +260,20 @@ pub fn claim_due(
 }
 
 /// `claim_due` ($1 vendor, $2 now, $3 owner, $4 lease until, $5 China day,
-/// $6 per-order daily budget, $7 limit): walks `orders_due_idx` in
-/// `next_check_at` order and stops after `limit` rows.
-pub const CLAIM_DUE_SQL: &str = "UPDATE orders o SET lease_owner = $3, lease_until = $4 \
-     FROM (SELECT vendor, order_id FROM orders \
-           WHERE vendor = $1 AND next_check_at <= $2 AND NOT is_terminal \
-             AND (lease_until IS NULL OR lease_until < $2) \
-             AND (calls_day IS DISTINCT FROM $5 OR calls_today < $6) \
-           ORDER BY next_check_at \
+/// $6 per-order daily budget, $7 limit): walks `order_polls_due_idx` in
+/// `next_check_at` order and stops after `limit` rows; a terminal order is
+/// never claimed, whatever its schedule says.
+pub const CLAIM_DUE_SQL: &str = "UPDATE order_polls p SET lease_owner = $3, lease_until = $4 \
+     FROM (SELECT d.vendor, d.order_id FROM order_polls d \
+           JOIN orders o ON o.vendor = d.vendor AND o.order_id = d.order_id \
+           WHERE d.vendor = $1 AND d.next_check_at <= $2 AND NOT o.is_terminal \
+             AND (d.lease_until IS NULL OR d.lease_until < $2) \
+             AND (d.calls_day IS DISTINCT FROM $5 OR d.calls_today < $6) \
+           ORDER BY d.next_check_at \
            LIMIT $7 \
-           FOR UPDATE SKIP LOCKED) due \
-     WHERE o.vendor = due.vendor AND o.order_id = due.order_id \
-     RETURNING o.order_id";
+           FOR UPDATE OF d SKIP LOCKED) due \
+     WHERE p.vendor = due.vendor AND p.order_id = due.order_id \
+     RETURNING p.order_id";
 
 /// What the start of a pass found.
 #[derive(Debug)]
@@ -355,14 +369,14 @@ pub fn release(
     owner: &str,
 ) -> QueryResult<usize> {
     diesel::update(
-        orders::table
-            .filter(orders::vendor.eq(vendor.as_str()))
-            .filter(orders::order_id.eq_any(order_ids))
-            .filter(orders::lease_owner.eq(owner)),
+        order_polls::table
+            .filter(order_polls::vendor.eq(vendor.as_str()))
+            .filter(order_polls::order_id.eq_any(order_ids))
+            .filter(order_polls::lease_owner.eq(owner)),
     )
     .set((
-        orders::lease_owner.eq(None::<String>),
-        orders::lease_until.eq(None::<DateTime<Utc>>),
+        order_polls::lease_owner.eq(None::<String>),
+        order_polls::lease_until.eq(None::<DateTime<Utc>>),
     ))
     .execute(conn)
 }
@@ -435,7 +449,7 @@ pub fn count_order_calls(
     today: NaiveDate,
 ) -> QueryResult<usize> {
     diesel::sql_query(
-        "UPDATE orders SET calls_today = CASE WHEN calls_day = $3 THEN calls_today + 1 ELSE 1 END, \
+        "UPDATE order_polls SET calls_today = CASE WHEN calls_day = $3 THEN calls_today + 1 ELSE 1 END, \
                            calls_day = $3 \
          WHERE vendor = $1 AND order_id = ANY($2)",
     )
@@ -538,10 +552,14 @@ pub fn record_poll(
                 "ok"
             }
             PollResult::Failed { outcome } => {
-                let (status, quiet): (String, i32) = orders::table
+                let status: String = orders::table
                     .find((vendor.as_str(), order_id))
-                    .select((orders::status, orders::quiet_polls))
+                    .select(orders::status)
                     .for_update()
+                    .first(conn)?;
+                let quiet: i32 = order_polls::table
+                    .find((vendor.as_str(), order_id))
+                    .select(order_polls::quiet_polls)
                     .first(conn)?;
                 let status: Status = status.parse().unwrap_or(Status::Unknown);
                 let held = NextCheck {
@@ -550,24 +568,24 @@ pub fn record_poll(
                 };
                 let next =
                     schedule.next_check(vendor, order_id, Event::PollQuiet { status }, held, now);
-                diesel::update(orders::table.find((vendor.as_str(), order_id)))
+                diesel::update(order_polls::table.find((vendor.as_str(), order_id)))
                     .set((
-                        orders::next_check_at.eq(next.at),
-                        orders::quiet_polls.eq(next.quiet_polls),
+                        order_polls::next_check_at.eq(next.at),
+                        order_polls::quiet_polls.eq(next.quiet_polls),
                     ))
                     .execute(conn)?;
                 outcome
             }
         };
         diesel::update(
-            orders::table
+            order_polls::table
                 .find((vendor.as_str(), order_id))
-                .filter(orders::lease_owner.eq(owner)),
+                .filter(order_polls::lease_owner.eq(owner)),
         )
         .set((
-            orders::last_poll_outcome.eq(outcome),
-            orders::lease_owner.eq(None::<String>),
-            orders::lease_until.eq(None::<DateTime<Utc>>),
+            order_polls::last_poll_outcome.eq(outcome),
+            order_polls::lease_owner.eq(None::<String>),
+            order_polls::lease_until.eq(None::<DateTime<Utc>>),
         ))
         .execute(conn)?;
         Ok(recorded)
@@ -610,8 +628,9 @@ fn settle_confirmations(
     .bind::<Timestamptz, _>(asked_at)
     .load(conn)?;
     diesel::sql_query(
-        "UPDATE orders SET next_check_at = $3 \
-         WHERE vendor = $1 AND order_id = $2 AND NOT is_terminal AND EXISTS ( \
+        "UPDATE order_polls p SET next_check_at = $3 FROM orders o \
+         WHERE o.vendor = p.vendor AND o.order_id = p.order_id \
+           AND p.vendor = $1 AND p.order_id = $2 AND NOT o.is_terminal AND EXISTS ( \
            SELECT 1 FROM callback_confirmations c \
            WHERE c.vendor = $1 AND c.order_id = $2 AND c.resolved_at IS NULL AND c.expedited)",
     )

@@ -198,7 +198,7 @@ async fn a_rejected_token_without_credentials_pauses_with_one_call_and_a_clear_r
     assert_eq!(
         count(
             &mut c,
-            "SELECT count(*) AS n FROM orders WHERE lease_owner IS NOT NULL"
+            "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE lease_owner IS NOT NULL"
         ),
         0,
         "leases given back"
@@ -239,7 +239,7 @@ async fn transient_failures_back_off_and_2004_marks_not_found() {
     assert_eq!((s.errors, s.paused_until.is_some()), (1, false), "{s}");
     let mut c = app.db.conn();
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM orders WHERE order_id = '201117-T1' AND last_poll_outcome = 'vendor_error' AND quiet_polls = 1 AND next_check_at > now()"),
+        count(&mut c, "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE order_id = '201117-T1' AND last_poll_outcome = 'vendor_error' AND quiet_polls = 1 AND next_check_at > now()"),
         1
     );
     fake.force_status(Some(2004));
@@ -262,7 +262,7 @@ async fn a_number_missing_from_the_reply_is_not_found_and_the_others_apply() {
     assert_eq!(order_of(&mut c, "damaijia", "201117-M3"), "completed");
     assert_eq!(order_of(&mut c, "damaijia", "201117-M2"), "new");
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM orders WHERE order_id = '201117-M2' AND last_poll_outcome = 'not_found'"),
+        count(&mut c, "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE order_id = '201117-M2' AND last_poll_outcome = 'not_found'"),
         1
     );
 }

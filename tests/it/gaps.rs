@@ -66,8 +66,10 @@ fn add_order(
     tracked: DateTime<Utc>,
 ) {
     diesel::sql_query(
-        "INSERT INTO orders (vendor, order_id, status, last_heard_at, next_check_at, created_at, tracked_at) \
-         VALUES ('haoka172', $1, $2, $3, $4, $5, $5)",
+        "WITH o AS (INSERT INTO orders (vendor, order_id, status, last_heard_at, created_at) \
+                    VALUES ('haoka172', $1, $2, $3, $5)) \
+         INSERT INTO order_polls (vendor, order_id, next_check_at, tracked_at) \
+         VALUES ('haoka172', $1, $4, $5)",
     )
     .bind::<Text, _>(id)
     .bind::<Text, _>(status)
@@ -86,7 +88,7 @@ struct Next {
 
 fn next_check(conn: &mut PgConnection, id: &str) -> Option<DateTime<Utc>> {
     diesel::sql_query(
-        "SELECT next_check_at FROM orders WHERE vendor = 'haoka172' AND order_id = $1",
+        "SELECT next_check_at FROM order_polls WHERE vendor = 'haoka172' AND order_id = $1",
     )
     .bind::<Text, _>(id)
     .get_result::<Next>(conn)
@@ -214,7 +216,7 @@ fn a_silence_found_after_a_restart_sweeps_the_orders_not_heard_since_once() {
         }]
     );
     // Once: later looks neither record nor sweep it again.
-    c.batch_execute("UPDATE orders SET next_check_at = now() + interval '5 days' WHERE next_check_at IS NOT NULL")
+    c.batch_execute("UPDATE order_polls SET next_check_at = now() + interval '5 days' WHERE next_check_at IS NOT NULL")
         .unwrap();
     assert_eq!(check(c, V, t + Duration::minutes(1), &p).unwrap(), vec![]);
     assert_eq!(check(c, V, t + Duration::minutes(30), &p).unwrap(), vec![]);
@@ -222,7 +224,7 @@ fn a_silence_found_after_a_restart_sweeps_the_orders_not_heard_since_once() {
     assert_eq!(
         count(
             c,
-            "SELECT count(*) AS n FROM orders WHERE next_check_at <= now()"
+            "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE next_check_at <= now()"
         ),
         0
     );
@@ -276,7 +278,7 @@ fn an_ongoing_silence_is_reported_once_resweeps_daily_and_recovers_after_it_sett
         Some(day_later - Duration::seconds(2))
     );
     // The poller queried it (heard now); callbacks come back an hour later.
-    c.batch_execute("UPDATE orders SET next_check_at = now() + interval '20 days'")
+    c.batch_execute("UPDATE order_polls SET next_check_at = now() + interval '20 days'")
         .unwrap();
     diesel::sql_query("UPDATE orders SET last_heard_at = $1")
         .bind::<Timestamptz, _>(day_later)
@@ -368,11 +370,14 @@ fn a_quiet_night_or_a_small_deployment_is_no_gap() {
 /// odd numbers, after it for even ones.
 fn many_orders(c: &mut PgConnection, n: i64, since: DateTime<Utc>, t: DateTime<Utc>) {
     diesel::sql_query(
-        "INSERT INTO orders (vendor, order_id, status, last_heard_at, next_check_at, created_at, tracked_at) \
-         SELECT 'haoka172', 'M' || g, CASE WHEN g % 10 = 0 THEN 'settled' WHEN g % 3 = 0 THEN 'shipped' ELSE 'submitted' END, \
-                CASE WHEN g % 2 = 1 THEN $2 - interval '1 hour' ELSE $2 + interval '1 hour' END, \
-                CASE WHEN g % 10 = 0 THEN NULL ELSE $3 + (g % 7 + 1) * interval '1 day' END, \
-                $2 - interval '9 days', $2 - interval '9 days' \
+        "WITH o AS (INSERT INTO orders (vendor, order_id, status, last_heard_at, created_at) \
+           SELECT 'haoka172', 'M' || g, CASE WHEN g % 10 = 0 THEN 'settled' WHEN g % 3 = 0 THEN 'shipped' ELSE 'submitted' END, \
+                  CASE WHEN g % 2 = 1 THEN $2 - interval '1 hour' ELSE $2 + interval '1 hour' END, \
+                  $2 - interval '9 days' \
+           FROM generate_series(1, $1) g) \
+         INSERT INTO order_polls (vendor, order_id, next_check_at, tracked_at) \
+         SELECT 'haoka172', 'M' || g, CASE WHEN g % 10 = 0 THEN NULL ELSE $3 + (g % 7 + 1) * interval '1 day' END, \
+                $2 - interval '9 days' \
          FROM generate_series(1, $1) g",
     )
     .bind::<diesel::sql_types::BigInt, _>(n)
@@ -391,11 +396,11 @@ fn a_large_sweep_commits_in_chunks_and_misses_no_order() {
     many_orders(c, 2345, since, t);
     let silent_tracked = count(
         c,
-        "SELECT count(*) AS n FROM orders WHERE next_check_at IS NOT NULL AND order_id::text ~ '[13579]$'",
+        "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE next_check_at IS NOT NULL AND order_id::text ~ '[13579]$'",
     );
     let heard_tracked = count(
         c,
-        "SELECT count(*) AS n FROM orders WHERE next_check_at IS NOT NULL AND order_id::text ~ '[02468]$'",
+        "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE next_check_at IS NOT NULL AND order_id::text ~ '[02468]$'",
     );
     assert_eq!((silent_tracked, heard_tracked), (1173, 938));
 
@@ -409,7 +414,7 @@ fn a_large_sweep_commits_in_chunks_and_misses_no_order() {
     assert_eq!(
         count(
             c,
-            "SELECT count(*) AS n FROM orders WHERE next_check_at IS NOT NULL AND order_id ~ '[13579]$' \
+            "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE next_check_at IS NOT NULL AND order_id ~ '[13579]$' \
              AND next_check_at <= now()"
         ),
         silent_tracked
@@ -417,14 +422,14 @@ fn a_large_sweep_commits_in_chunks_and_misses_no_order() {
     assert_eq!(
         count(
             c,
-            "SELECT count(*) AS n FROM orders WHERE order_id ~ '[02468]$' AND next_check_at > now() + interval '23 hours'"
+            "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE order_id ~ '[02468]$' AND next_check_at > now() + interval '23 hours'"
         ),
         heard_tracked
     );
     assert_eq!(
         count(
             c,
-            "SELECT count(*) AS n FROM orders WHERE status = 'settled' AND next_check_at IS NULL"
+            "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE status = 'settled' AND next_check_at IS NULL"
         ),
         234
     );
@@ -432,14 +437,16 @@ fn a_large_sweep_commits_in_chunks_and_misses_no_order() {
     assert_eq!(
         count(
             c,
-            "SELECT count(DISTINCT next_check_at) AS n FROM orders WHERE order_id ~ '[13579]$' AND status = 'submitted'"
+            "SELECT count(DISTINCT next_check_at) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE order_id ~ '[13579]$' AND status = 'submitted'"
         ),
         1
     );
     assert!(
         count(
             c,
-            "SELECT count(*) AS n FROM orders s, orders h WHERE s.status = 'submitted' AND h.status = 'shipped' \
+            "SELECT count(*) AS n FROM orders so JOIN order_polls s ON s.vendor = so.vendor AND s.order_id = so.order_id, \
+                    orders ho JOIN order_polls h ON h.vendor = ho.vendor AND h.order_id = ho.order_id \
+             WHERE so.status = 'submitted' AND ho.status = 'shipped' \
              AND s.order_id ~ '[13579]$' AND h.order_id ~ '[13579]$' AND s.next_check_at >= h.next_check_at"
         ) == 0
     );

@@ -274,7 +274,7 @@ impl TestApp {
     /// Pretend time passed: every scheduled order is due now.
     pub fn make_all_due(&self) {
         let mut c = self.db.conn();
-        c.batch_execute("UPDATE orders SET next_check_at = now() - interval '1 second' WHERE next_check_at IS NOT NULL")
+        c.batch_execute("UPDATE order_polls SET next_check_at = now() - interval '1 second' WHERE next_check_at IS NOT NULL")
             .unwrap();
     }
 }

@@ -76,7 +76,7 @@ async fn a_poll_moves_an_order_forward_but_never_back() {
         1
     );
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM orders WHERE order_id = 'UP' AND last_source = 'poll' AND quiet_polls = 0"),
+        count(&mut c, "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE order_id = 'UP' AND last_source = 'poll' AND quiet_polls = 0"),
         1
     );
 }
@@ -135,7 +135,7 @@ async fn repeated_passes_never_query_an_order_more_than_the_daily_limit() {
     assert_eq!(
         count(
             &mut c,
-            "SELECT count(*) AS n FROM orders WHERE calls_today = 10"
+            "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE calls_today = 10"
         ),
         2
     );
@@ -201,14 +201,14 @@ async fn not_found_500_timeout_and_garbage_are_recorded_backed_off_and_the_pass_
             "{id} call recorded as {outcome}"
         );
         assert_eq!(
-            count(&mut c, &format!("SELECT count(*) AS n FROM orders WHERE order_id = '{id}' AND last_poll_outcome = '{outcome}' AND lease_owner IS NULL")),
+            count(&mut c, &format!("SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE order_id = '{id}' AND last_poll_outcome = '{outcome}' AND lease_owner IS NULL")),
             1,
             "{id} order shows {outcome}"
         );
     }
     // Failures back off (at least about a minute), never an immediate retry.
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM orders WHERE order_id IN ('NF','E500','SLOW','GARB') AND quiet_polls = 1 AND next_check_at > now() + interval '40 seconds'"),
+        count(&mut c, "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE order_id IN ('NF','E500','SLOW','GARB') AND quiet_polls = 1 AND next_check_at > now() + interval '40 seconds'"),
         4
     );
     assert_eq!(
@@ -283,7 +283,7 @@ async fn orders_silent_past_the_horizon_stop_being_polled_and_are_listed() {
     app.track(&["OLD", "FRESH"]).await;
     let mut c = app.db.conn();
     c.batch_execute(
-        "UPDATE orders SET tracked_at = now() - interval '2 days' WHERE order_id = 'OLD'",
+        "UPDATE order_polls SET tracked_at = now() - interval '2 days' WHERE order_id = 'OLD'",
     )
     .unwrap();
     let s = app.poll().await;

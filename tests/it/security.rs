@@ -574,7 +574,7 @@ async fn a_vendor_number_once_known_only_a_query_answer_replaces_it() {
     );
     // ...but the vendor's own answer does, even when its status is older.
     let mut c = app.db.conn();
-    c.batch_execute("UPDATE orders SET next_check_at = now() WHERE order_id = 'R'")
+    c.batch_execute("UPDATE order_polls SET next_check_at = now() WHERE order_id = 'R'")
         .unwrap();
     fake.answer("R", Answer::Label("已提运营商".into()));
     app.poll().await;
