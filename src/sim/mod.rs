@@ -29,6 +29,8 @@ mod damaijia;
 mod haoka172;
 pub mod lifecycle;
 pub mod sign;
+#[cfg(test)]
+mod tests;
 
 pub use damaijia::{
     DamaijiaCall, ShopState, APP_ID, APP_SECRET, RECEIVER_ADDRESS, RECEIVER_NAME, RECEIVER_PHONE,
