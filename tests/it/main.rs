@@ -7,7 +7,6 @@ mod cli;
 mod concurrency;
 mod damaijia;
 mod e2e;
-mod fakedmj;
 mod gaps;
 mod helpers;
 mod outage;
