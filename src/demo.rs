@@ -24,23 +24,22 @@ pub fn service_env(sim: &Simulator, database_url: &str) -> Vec<(String, String)>
     let c = sim.config();
     let steps = |n: u32| format!("{}s", (c.step * n).as_secs_f64().ceil().max(1.0) as u64);
     let (o, new) = (steps(6), steps(10));
+    let vendors = [
+        sim.haoka172().env(),
+        sim.damaijia().env(),
+        sim.damaijia().login_env(),
+    ];
+    let vendors = vendors.iter().flatten().map(|(k, v)| (*k, (*v).to_owned()));
     [
         ("DATABASE_URL", database_url.to_owned()),
         ("HAOKA_SYNC_BIND", "127.0.0.1:0".to_owned()),
-        ("HAOKA172_BASE_URL", sim.haoka172_url().to_owned()),
-        ("HAOKA172_USER_ID", c.user_id.clone()),
-        ("HAOKA172_SECRET", c.secret.clone()),
         (
             "HAOKA172_OVERDUE",
             format!("new={new},pending={o},submitted={o},shipped={o},completed={o},unknown={o}"),
         ),
         ("HAOKA172_MAX_CALLS_PER_MINUTE", "180".to_owned()),
         ("HAOKA172_COOLOFF", "5s".to_owned()),
-        ("DAMAIJIA_BASE_URL", sim.damaijia_url().to_owned()),
-        ("DAMAIJIA_TOKEN", c.damaijia_token.clone()),
         ("DAMAIJIA_OWNER_ID", "sim-shop".to_owned()),
-        ("DAMAIJIA_APP_ID", c.damaijia_app_id.clone()),
-        ("DAMAIJIA_APP_SECRET", c.damaijia_app_secret.clone()),
         (
             "DAMAIJIA_REFRESH",
             "new=0,pending=2s,submitted=2s,shipped=2s,completed=10s,unknown=2s".to_owned(),
@@ -50,6 +49,7 @@ pub fn service_env(sim: &Simulator, database_url: &str) -> Vec<(String, String)>
         ("POLL_MIN_RECHECK", "2s".to_owned()),
     ]
     .into_iter()
+    .chain(vendors)
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
 }

@@ -1,17 +1,20 @@
-//! Fake 172号卡: `GetOrderInfo` with the vendor's checks, and the callback
-//! push engine.
+//! Fake 172号卡: `GetOrderInfo` with the vendor's checks and the answers a
+//! test scripts per order, and the callback push engine. It signs with its
+//! own `sign.rs`, never with the service's code.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use chrono::TimeZone;
 use serde_json::{json, Value};
 
+use super::calls::{Arrival, Flight};
 use super::lifecycle::{Lifecycle172, Rng, Step};
 use super::sign::{callback_sign, expected_user_sign};
-use super::{lock, Shared, SimConfig};
+use super::{lock, Haoka172, Shared, SimConfig, State};
 
 const TERMINAL: [&str; 5] = ["已撤单", "审核不通过", "已取消", "已结算", "无法结算"];
 
@@ -26,28 +29,181 @@ fn sim_time(at: Duration) -> String {
         .to_string()
 }
 
-fn phone(o: &Lifecycle172) -> String {
-    let n: u64 = o.order_no_172.bytes().map(u64::from).sum();
-    format!("1309554{:04}", n % 10_000)
+/// What the vendor knows about one order at one moment: a lifecycle step,
+/// or a label a test scripted.
+struct Known<'a> {
+    order_no: &'a str,
+    order_no_172: &'a str,
+    label: &'a str,
+    shipped: bool,
+    activated: bool,
+    first_charge: bool,
+    /// When this status was reached and when the order was placed.
+    at: Duration,
+    created: Duration,
 }
 
-/// The order as the vendor knows it at one step, in the callback's names.
-fn callback_data(o: &Lifecycle172, s: &Step) -> Value {
-    let submitted = s.label != "待处理" && s.label != "正在进单";
-    json!({
-        "OrderNo": o.order_no,
-        "OrderNo172": o.order_no_172,
-        "OrderStatus": s.label,
-        "ThirdPhone": if submitted { Value::from(phone(o)) } else { Value::Null },
-        "Remark": format!("[{}]", s.label),
-        "ExpressName": if s.shipped { Value::from("京东") } else { Value::Null },
-        "ExpressCode": if s.shipped { Value::from(format!("JDV{}", &o.order_no_172[4..])) } else { Value::Null },
-        "CardStatus": if s.shipped { Value::from(if s.activated { "已激活" } else { "未激活" }) } else { Value::Null },
-        "ActiveTime": if s.activated { Value::from(sim_time(s.at)) } else { Value::Null },
-        "Iccid": if s.shipped { Value::from(format!("8986{}", &o.order_no_172[4..])) } else { Value::Null },
-        "IsFirstCharge": i32::from(s.first_charge),
-        "FirstCharge": if s.first_charge { "50" } else { "" },
-    })
+impl<'a> Known<'a> {
+    fn step(o: &'a Lifecycle172, s: &'a Step) -> Self {
+        Known {
+            order_no: &o.order_no,
+            order_no_172: &o.order_no_172,
+            label: s.label,
+            shipped: s.shipped,
+            activated: s.activated,
+            first_charge: s.first_charge,
+            at: s.at,
+            created: o.steps.first().map_or(s.at, |f| f.at),
+        }
+    }
+
+    /// A scripted label has no history: the express fields follow from the
+    /// label alone, and the card is never activated.
+    fn scripted(order_no: &'a str, order_no_172: &'a str, label: &'a str) -> Self {
+        Known {
+            order_no,
+            order_no_172,
+            label,
+            shipped: matches!(label, "已发货" | "已完成" | "已结算" | "无法结算"),
+            activated: false,
+            first_charge: false,
+            at: Duration::ZERO,
+            created: Duration::ZERO,
+        }
+    }
+
+    fn digits(&self) -> &str {
+        self.order_no_172
+            .strip_prefix("mlkj")
+            .unwrap_or(self.order_no_172)
+    }
+
+    fn phone(&self) -> String {
+        let n: u64 = self.order_no_172.bytes().map(u64::from).sum();
+        format!("1309554{:04}", n % 10_000)
+    }
+
+    /// The order in the callback's names.
+    fn callback_data(&self) -> Value {
+        let submitted = self.label != "待处理" && self.label != "正在进单";
+        let shipped = |v: String| {
+            if self.shipped {
+                Value::from(v)
+            } else {
+                Value::Null
+            }
+        };
+        json!({
+            "OrderNo": self.order_no,
+            "OrderNo172": self.order_no_172,
+            "OrderStatus": self.label,
+            "ThirdPhone": if submitted { Value::from(self.phone()) } else { Value::Null },
+            "Remark": format!("[{}]", self.label),
+            "ExpressName": shipped("京东".into()),
+            "ExpressCode": shipped(format!("JDV{}", self.digits())),
+            "CardStatus": shipped(if self.activated { "已激活" } else { "未激活" }.into()),
+            "ActiveTime": if self.activated { Value::from(sim_time(self.at)) } else { Value::Null },
+            "Iccid": shipped(format!("8986{}", self.digits())),
+            "IsFirstCharge": i32::from(self.first_charge),
+            "FirstCharge": if self.first_charge { "50" } else { "" },
+        })
+    }
+
+    /// The order as a GetOrderInfo success, in that answer's names.
+    fn order_info(&self) -> Value {
+        let d = self.callback_data();
+        let text = |k: &str| d[k].as_str().unwrap_or("").to_owned();
+        json!({
+            "data": {
+                "orderNo": self.order_no_172, "downOrderNo": self.order_no, "name": "田**",
+                "expressName": text("ExpressName"), "expressCode": text("ExpressCode"),
+                "orderStatus": self.label, "createTime": sim_time(self.created),
+                "thirdPhone": text("ThirdPhone"), "remark": d["Remark"],
+                "cardStatus": text("CardStatus"), "activationTime": text("ActiveTime"),
+                "isFirstCharge": if self.first_charge { "1" } else { "0" },
+                "firstCharge": d["FirstCharge"],
+            },
+            "code": 0, "message": "成功", "errs": null
+        })
+    }
+}
+
+/// The vendor's refusal when an account calls more than 200 times a minute.
+pub const BLOCKED_MESSAGE: &str = "调用过于频繁,已拦截";
+/// The vendor's answer for an order it does not know.
+pub const NOT_FOUND_MESSAGE: &str = "订单不存在";
+
+/// What GetOrderInfo answers for an order instead of its lifecycle, as a
+/// test scripts it (`Haoka172::answer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Success with this `orderStatus` label, any text.
+    Label(String),
+    /// `{"code":-1,"message":"订单不存在"}`.
+    NotFound,
+    /// This HTTP status, with a plain-text body.
+    Http(u16),
+    /// HTTP 200 with a body that is not JSON (a maintenance page).
+    Garbage,
+    /// The vendor's "called too often, blocked" refusal.
+    Blocked,
+    /// `{"code":code,"message":message}`.
+    Refusal { code: i64, message: String },
+    /// The inner answer, after this wait (beyond the client's timeout: a
+    /// timeout).
+    Delayed(Duration, Box<Answer>),
+}
+
+impl Answer {
+    pub fn label(label: &str) -> Answer {
+        Answer::Label(label.to_owned())
+    }
+
+    /// This answer, `wait` later.
+    pub fn after(self, wait: Duration) -> Answer {
+        Answer::Delayed(wait, Box::new(self))
+    }
+}
+
+/// One GetOrderInfo request that passed the signature and timestamp checks
+/// (the ones the vendor counts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub at: Instant,
+    pub order_id: String,
+}
+
+impl Arrival for Call {
+    fn at(&self) -> Instant {
+        self.at
+    }
+}
+
+/// What the fake sends back, decided under the lock and sent after it.
+enum Reply {
+    Json(Value),
+    Http(u16),
+    Garbage,
+}
+
+impl Reply {
+    fn refusal(code: i64, message: &str) -> Reply {
+        Reply::Json(json!({"code": code, "message": message, "errs": null}))
+    }
+
+    fn into_response(self) -> HttpResponse {
+        match self {
+            Reply::Json(v) => HttpResponse::Ok().json(v),
+            Reply::Http(code) => HttpResponse::build(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            )
+            .content_type("text/plain; charset=utf-8")
+            .body(format!("simulated HTTP {code}")),
+            Reply::Garbage => HttpResponse::Ok()
+                .content_type("text/html")
+                .body("<html>维护中</html>"),
+        }
+    }
 }
 
 pub(super) async fn get_order_info(
@@ -56,28 +212,56 @@ pub(super) async fn get_order_info(
     cfg: web::Data<Arc<SimConfig>>,
 ) -> HttpResponse {
     let f = |k: &str| form.get(k).cloned().unwrap_or_default();
-    let (uid, ts, down, sign) = (
-        f("user_id"),
-        f("Timestamp"),
-        f("DownOrderID"),
-        f("user_sign"),
-    );
-    let mut s = lock(&state);
-    if uid != cfg.user_id || sign != expected_user_sign(&down, &ts, &uid, &cfg.secret) {
+    let req = Request {
+        user_id: f("user_id"),
+        timestamp: f("Timestamp"),
+        down: f("DownOrderID"),
+        sign: f("user_sign"),
+    };
+    let (_flight, wait, reply) = {
+        let mut s = lock(&state);
+        let (flight, peak) =
+            Flight::enter(&state, &mut s, |s| &mut s.flight_172, [req.down.clone()]);
+        s.stats.max_concurrent_per_order = s.stats.max_concurrent_per_order.max(peak);
+        let (wait, reply) = decide(&mut s, &cfg, &req);
+        (flight, wait, reply)
+    };
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    reply.into_response()
+}
+
+struct Request {
+    user_id: String,
+    timestamp: String,
+    down: String,
+    sign: String,
+}
+
+/// The vendor's checks in its order, then the scripted answer or the
+/// lifecycle's; returns how long to wait before replying.
+fn decide(s: &mut State, cfg: &SimConfig, r: &Request) -> (Duration, Reply) {
+    let expected = expected_user_sign(&r.down, &r.timestamp, &r.user_id, &cfg.secret);
+    if r.user_id != cfg.user_id || r.sign != expected {
         s.stats.get_order_info_bad_sign += 1;
-        return HttpResponse::Ok().json(json!({"code": -1, "message": "签名错误", "errs": null}));
+        return (Duration::ZERO, Reply::refusal(-1, "签名错误"));
     }
     let now = chrono::Utc::now();
-    let fresh = ts.len() == 10
-        && ts
+    let fresh = r.timestamp.len() == 10
+        && r.timestamp
             .parse::<i64>()
             .is_ok_and(|t| (t - now.timestamp()).abs() <= 300);
     if !fresh {
         s.stats.get_order_info_bad_timestamp += 1;
-        return HttpResponse::Ok().json(json!({"code": -1, "message": "时间戳超时", "errs": null}));
+        return (Duration::ZERO, Reply::refusal(-1, "时间戳超时"));
     }
     s.stats.get_order_info_calls += 1;
     let t = Instant::now();
+    s.calls_172.push(Call {
+        at: t,
+        order_id: r.down.clone(),
+    });
     s.recent_calls.push_back(t);
     while s
         .recent_calls
@@ -88,48 +272,131 @@ pub(super) async fn get_order_info(
     }
     let in_minute = s.recent_calls.len() as u64;
     s.stats.max_calls_per_minute = s.stats.max_calls_per_minute.max(in_minute);
+    let mut wait = s.delay_172;
     if in_minute > 200 {
         s.stats.get_order_info_blocked += 1;
-        return HttpResponse::Ok()
-            .json(json!({"code": -1, "message": "调用过于频繁,已拦截", "errs": null}));
+        return (wait, Reply::refusal(-1, BLOCKED_MESSAGE));
     }
     let day = crate::rules::schedule::china_day(now);
     let n = {
         let c = s
             .calls_per_order_day
-            .entry((down.clone(), day))
+            .entry((r.down.clone(), day))
             .or_insert(0);
         *c += 1;
         *c
     };
     s.stats.max_calls_per_order_day = s.stats.max_calls_per_order_day.max(n);
-    let elapsed = s.elapsed().unwrap_or_default();
-    let Some(&i) = s.index.get(&down) else {
-        return HttpResponse::Ok().json(json!({"code": -1, "message": "订单不存在", "errs": null}));
+    let lifecycle = s.index.get(&r.down).map(|&i| &s.orders[i]);
+    let scripted = s.answers.get(&r.down).or(s.default_answer.as_ref());
+    let (label, reply) = match scripted {
+        Some(a) => {
+            let no_172 = lifecycle.map(|o| o.order_no_172.clone());
+            let no_172 = no_172.unwrap_or_else(|| format!("mlkj{}", r.down));
+            let (extra, label, reply) = scripted_reply(a, &r.down, &no_172);
+            wait += extra;
+            (label, reply)
+        }
+        None => {
+            let elapsed = s.elapsed().unwrap_or_default();
+            let step = lifecycle.and_then(|o| {
+                let step = o.steps.iter().rev().find(|st| st.at <= elapsed)?;
+                Some((o, step))
+            });
+            match step {
+                Some((o, step)) => (
+                    Some(step.label.to_owned()),
+                    Reply::Json(Known::step(o, step).order_info()),
+                ),
+                None => (None, Reply::refusal(-1, NOT_FOUND_MESSAGE)),
+            }
+        }
     };
-    let o = &s.orders[i];
-    let Some(step) = o.steps.iter().rev().find(|st| st.at <= elapsed).cloned() else {
-        return HttpResponse::Ok().json(json!({"code": -1, "message": "订单不存在", "errs": null}));
-    };
-    let d = callback_data(o, &step);
-    let body = json!({
-        "data": {
-            "orderNo": d["OrderNo172"], "downOrderNo": d["OrderNo"], "name": "田**",
-            "expressName": d["ExpressName"].as_str().unwrap_or(""),
-            "expressCode": d["ExpressCode"].as_str().unwrap_or(""),
-            "orderStatus": step.label, "createTime": sim_time(o.steps[0].at),
-            "thirdPhone": d["ThirdPhone"].as_str().unwrap_or(""), "remark": d["Remark"],
-            "cardStatus": d["CardStatus"].as_str().unwrap_or(""),
-            "activationTime": d["ActiveTime"].as_str().unwrap_or(""),
-            "isFirstCharge": if step.first_charge { "1" } else { "0" },
-            "firstCharge": d["FirstCharge"],
-        },
-        "code": 0, "message": "成功", "errs": null
-    });
-    if TERMINAL.contains(&step.label) && !s.answered_terminal.insert(down.clone()) {
-        s.stats.calls_after_terminal += 1;
+    if let Some(label) = label {
+        if TERMINAL.contains(&label.as_str()) && !s.answered_terminal.insert(r.down.clone()) {
+            s.stats.calls_after_terminal += 1;
+        }
     }
-    HttpResponse::Ok().json(body)
+    (wait, reply)
+}
+
+/// A scripted answer: the extra wait, the label it tells (for the terminal
+/// check) and the reply.
+fn scripted_reply(a: &Answer, down: &str, no_172: &str) -> (Duration, Option<String>, Reply) {
+    let (label, reply) = match a {
+        Answer::Delayed(d, inner) => {
+            let (wait, label, reply) = scripted_reply(inner, down, no_172);
+            return (wait + *d, label, reply);
+        }
+        Answer::Label(label) => (
+            Some(label.clone()),
+            Reply::Json(Known::scripted(down, no_172, label).order_info()),
+        ),
+        Answer::NotFound => (None, Reply::refusal(-1, NOT_FOUND_MESSAGE)),
+        Answer::Http(code) => (None, Reply::Http(*code)),
+        Answer::Garbage => (None, Reply::Garbage),
+        Answer::Blocked => (None, Reply::refusal(-1, BLOCKED_MESSAGE)),
+        Answer::Refusal { code, message } => (None, Reply::refusal(*code, message)),
+    };
+    (Duration::ZERO, label, reply)
+}
+
+impl Haoka172 {
+    /// The service configuration that points at this fake and signs as it
+    /// expects.
+    pub fn env(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("HAOKA172_BASE_URL", self.0.url.as_str()),
+            ("HAOKA172_USER_ID", self.0.cfg.user_id.as_str()),
+            ("HAOKA172_SECRET", self.0.cfg.secret.as_str()),
+        ]
+    }
+
+    /// Answer this for `order_id` from now on, whatever its lifecycle says;
+    /// the order need not be one the lifecycle generator made.
+    pub fn answer(&self, order_id: &str, answer: Answer) {
+        lock(&self.0.state)
+            .answers
+            .insert(order_id.to_owned(), answer);
+    }
+
+    /// The answer for every order without a scripted answer of its own,
+    /// lifecycle orders included (`None`: back to the lifecycles, and "not
+    /// found" for the rest).
+    pub fn answer_all(&self, answer: Option<Answer>) {
+        lock(&self.0.state).default_answer = answer;
+    }
+
+    /// Every accepted request waits this long before it is answered.
+    pub fn delay(&self, wait: Duration) {
+        lock(&self.0.state).delay_172 = wait;
+    }
+
+    /// The accepted requests, oldest first.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.0.state).calls_172.to_vec()
+    }
+
+    pub fn calls_for(&self, order_id: &str) -> usize {
+        lock(&self.0.state)
+            .calls_172
+            .count(|c| c.order_id == order_id)
+    }
+
+    /// The most accepted requests that arrived within any `window`.
+    pub fn max_in_window(&self, window: Duration) -> usize {
+        lock(&self.0.state).calls_172.max_in_window(window)
+    }
+
+    /// Requests refused for a bad signature and for a stale timestamp: a
+    /// service that follows the vendor's rules keeps both at 0.
+    pub fn refused(&self) -> (u64, u64) {
+        let s = lock(&self.0.state);
+        (
+            s.stats.get_order_info_bad_sign,
+            s.stats.get_order_info_bad_timestamp,
+        )
+    }
 }
 
 /// One delivery to make.
@@ -160,7 +427,7 @@ pub(super) fn spawn_pushes(state: Shared, cfg: Arc<SimConfig>, url: String) {
                     } else {
                         o.order_no.clone()
                     },
-                    data: callback_data(o, step).to_string(),
+                    data: Known::step(o, step).callback_data().to_string(),
                 };
                 if rng.chance(cfg.drop) {
                     dropped += 1;

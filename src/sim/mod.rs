@@ -1,5 +1,5 @@
-//! A stand-in for both vendors, following vendors.md: for the end-to-end
-//! tests, the benchmarks, and `haoka-sync demo`.
+//! A stand-in for both vendors, following vendors.md: for the integration
+//! and end-to-end tests, the benchmarks, and `haoka-sync simulate` / `demo`.
 //!
 //! - Fake 172号卡: `GetOrderInfo` checks `user_sign` and the 5-minute
 //!   timestamp window, answers "blocked" above 200 calls a minute, counts
@@ -7,19 +7,35 @@
 //!   terminal status. Every order lives through a lifecycle on an accelerated
 //!   clock, and each status change is pushed as a signed callback, retried
 //!   with the same `RequidId` on failure; pushes can be dropped, duplicated and
-//!   delivered out of order on purpose.
+//!   delivered out of order on purpose. A test can script any order's answer
+//!   (a label, not found, an HTTP status, garbage, a refusal, a delay),
+//!   including orders no lifecycle made ([`Haoka172`]).
 //! - Fake 大麦家: token auth (a login replaces older tokens), batch
-//!   `mpagingOrders` in rotating answer shapes, `deduct_money` per call, error
-//!   codes on demand.
-//! - The ground truth (each order's final status) and the counters are
-//!   exported (`truth()`, `stats()`, and `GET /sim/truth`, `GET /sim/stats`).
+//!   `mpagingOrders` in rotating answer shapes, `deduct_money` per call,
+//!   scripted order states and status codes ([`Damaijia`]).
+//! - What arrived: a timestamped log of the requests to each fake, the most
+//!   requests about one order in flight at once, the ground truth (each
+//!   order's final status) and the counters (`truth()`, `stats()`, and
+//!   `GET /sim/truth`, `GET /sim/stats`).
 //!
-//! Never used by the service itself.
+//! It must never be used by the service itself, and never borrow the
+//! service's vendor code (signing, parsing): a protocol mistake shared by
+//! both sides would pass every test. It lives in this crate rather than its
+//! own because `haoka-sync simulate` and `demo` ship it in the same binary,
+//! so a separate crate would not take a single dependency out of it.
 
+mod calls;
 mod damaijia;
 mod haoka172;
 pub mod lifecycle;
 pub mod sign;
+#[cfg(test)]
+mod tests;
+
+pub use damaijia::{
+    DamaijiaCall, ShopState, APP_ID, APP_SECRET, RECEIVER_ADDRESS, RECEIVER_NAME, RECEIVER_PHONE,
+};
+pub use haoka172::{Answer, Call, BLOCKED_MESSAGE, NOT_FOUND_MESSAGE};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -73,8 +89,8 @@ impl Default for SimConfig {
             user_id: "sim-agent".into(),
             secret: "0123456789abcdef0123456789abcdef".into(),
             damaijia_token: "sim-token-0".into(),
-            damaijia_app_id: "sim-app".into(),
-            damaijia_app_secret: "sim-app-secret".into(),
+            damaijia_app_id: APP_ID.into(),
+            damaijia_app_secret: APP_SECRET.into(),
             prefix: "SIM".into(),
             bind_172: SocketAddr::from(([127, 0, 0, 1], 0)),
             bind_damaijia: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -98,17 +114,25 @@ pub struct SimStats {
     pub get_order_info_calls: u64,
     pub get_order_info_bad_sign: u64,
     pub get_order_info_bad_timestamp: u64,
-    /// Calls answered "blocked" (over 200 a minute).
+    /// Calls answered "blocked" for being over 200 a minute (not scripted
+    /// blocks).
     pub get_order_info_blocked: u64,
     pub max_calls_per_minute: u64,
     pub max_calls_per_order_day: u64,
     /// Queries for an order after it was already answered terminal.
     pub calls_after_terminal: u64,
+    /// The most GetOrderInfo requests about one order in flight at the same
+    /// time (from arrival to answer): more than 1 means the order was asked
+    /// about twice at once.
+    pub max_concurrent_per_order: u64,
     pub damaijia_calls: u64,
     pub damaijia_cost: u64,
     pub damaijia_logins: u64,
     pub damaijia_auth_failures: u64,
     pub damaijia_rate_violations: u64,
+    /// The most `mpagingOrders` requests naming one order in flight at the
+    /// same time.
+    pub damaijia_max_concurrent_per_order: u64,
 }
 
 /// Each order's real final status (normalized names).
@@ -126,6 +150,12 @@ struct State {
     shop_index: HashMap<String, usize>,
     stats: SimStats,
     recent_calls: VecDeque<Instant>,
+    calls_172: calls::Log<Call>,
+    flight_172: calls::InFlight,
+    /// Scripted 172 answers: per order, and for every other order.
+    answers: HashMap<String, Answer>,
+    default_answer: Option<Answer>,
+    delay_172: Duration,
     calls_per_order_day: HashMap<(String, chrono::NaiveDate), u64>,
     answered_terminal: HashSet<String>,
     pushes_in_flight: u64,
@@ -135,8 +165,12 @@ struct State {
     lateness: HashMap<String, Duration>,
     damaijia_tokens: Vec<String>,
     damaijia_recent: VecDeque<Instant>,
-    /// (status, how many more calls) to fail 大麦家 calls with.
-    damaijia_fail: Option<(i64, u32)>,
+    damaijia_forced: Option<damaijia::Forced>,
+    /// Scripted 大麦家 states, overriding the lifecycles.
+    shop_script: HashMap<String, ShopState>,
+    damaijia_log: calls::Log<DamaijiaCall>,
+    flight_damaijia: calls::InFlight,
+    damaijia_delay: Duration,
 }
 
 impl State {
@@ -151,17 +185,37 @@ fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a handle on one fake holds: the state both fakes share, the
+/// configuration, and the fake's address.
+#[derive(Clone)]
+struct Endpoint {
+    state: Shared,
+    cfg: Arc<SimConfig>,
+    url: String,
+}
+
+/// The test's handle on the fake 172号卡: its address and credentials, the
+/// answers it gives, and the calls it received.
+#[derive(Clone)]
+pub struct Haoka172(Endpoint);
+
+/// The test's handle on the fake 大麦家: its address and credentials, the
+/// orders and failures it answers, and the requests it received.
+#[derive(Clone)]
+pub struct Damaijia(Endpoint);
+
 pub struct Simulator {
     cfg: Arc<SimConfig>,
     state: Shared,
-    url_172: String,
-    url_damaijia: String,
+    haoka172: Haoka172,
+    damaijia: Damaijia,
     servers: Vec<ServerHandle>,
 }
 
 impl Simulator {
     /// Draw every lifecycle and bind both fake vendors. The clock starts at
-    /// `run`.
+    /// `run`; scripted answers work without it, and with zero lifecycle
+    /// orders the fakes answer only what a test scripts.
     pub async fn start(cfg: SimConfig) -> std::io::Result<Simulator> {
         let mut rng = Rng::new(cfg.seed);
         let orders: Vec<Lifecycle172> = (0..cfg.haoka172_orders)
@@ -198,6 +252,11 @@ impl Simulator {
             shops,
             stats: SimStats::default(),
             recent_calls: VecDeque::new(),
+            calls_172: calls::Log::new(),
+            flight_172: calls::InFlight::default(),
+            answers: HashMap::new(),
+            default_answer: None,
+            delay_172: Duration::ZERO,
             calls_per_order_day: HashMap::new(),
             answered_terminal: HashSet::new(),
             pushes_in_flight: 0,
@@ -205,7 +264,11 @@ impl Simulator {
             lateness: HashMap::new(),
             damaijia_tokens: vec![cfg.damaijia_token.clone()],
             damaijia_recent: VecDeque::new(),
-            damaijia_fail: None,
+            damaijia_forced: None,
+            shop_script: HashMap::new(),
+            damaijia_log: calls::Log::new(),
+            flight_damaijia: calls::InFlight::default(),
+            damaijia_delay: Duration::ZERO,
         }));
         let cfg = Arc::new(cfg);
         let (s1, c1) = (Arc::clone(&state), Arc::clone(&cfg));
@@ -245,10 +308,18 @@ impl Simulator {
         tokio::spawn(a);
         tokio::spawn(b);
         Ok(Simulator {
+            haoka172: Haoka172(Endpoint {
+                state: Arc::clone(&state),
+                cfg: Arc::clone(&cfg),
+                url: url_172,
+            }),
+            damaijia: Damaijia(Endpoint {
+                state: Arc::clone(&state),
+                cfg: Arc::clone(&cfg),
+                url: url_damaijia,
+            }),
             cfg,
             state,
-            url_172,
-            url_damaijia,
             servers,
         })
     }
@@ -262,11 +333,21 @@ impl Simulator {
     }
 
     pub fn haoka172_url(&self) -> &str {
-        &self.url_172
+        &self.haoka172.0.url
     }
 
     pub fn damaijia_url(&self) -> &str {
-        &self.url_damaijia
+        &self.damaijia.0.url
+    }
+
+    /// The fake 172号卡: scripted answers and the calls it received.
+    pub fn haoka172(&self) -> &Haoka172 {
+        &self.haoka172
+    }
+
+    /// The fake 大麦家: scripted orders and failures, the requests it received.
+    pub fn damaijia(&self) -> &Damaijia {
+        &self.damaijia
     }
 
     pub fn config(&self) -> &SimConfig {
@@ -329,11 +410,6 @@ impl Simulator {
             .max()
             .unwrap_or_default();
         elapsed > last && s.pushes_in_flight == 0 && s.pushes_scheduled == 0
-    }
-
-    /// Make the next `times` 大麦家 calls answer `status`.
-    pub fn fail_damaijia(&self, status: i64, times: u32) {
-        lock(&self.state).damaijia_fail = Some((status, times));
     }
 
     pub async fn stop(&self) {

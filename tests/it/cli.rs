@@ -145,9 +145,9 @@ fn serve_takes_callbacks_and_stops_gracefully_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn track_and_poll_once_print_one_line_summaries_and_exit_0() {
-    use crate::fake172::{Answer, Fake172};
-    let fake = Fake172::start("demo", SECRET).await;
-    fake.answer_all(Some(Answer::Label("已发货".into())));
+    let sim = start_sim(sim_config()).await;
+    let fake = sim.haoka172();
+    fake.answer_all(Some(haoka_sync::sim::Answer::Label("已发货".into())));
     let db = TestDb::new();
     let dir = tempdir();
     std::fs::write(dir.join("ids.txt"), "F1\n\nF2\nP1\n").unwrap();

@@ -1,26 +1,31 @@
-//! 大麦家 polling against a fake 大麦家 on 127.0.0.1 (acceptance points of
-//! the 大麦家 issue).
+//! 大麦家 polling against the simulator's 大麦家 on 127.0.0.1 (acceptance
+//! points of the 大麦家 issue).
 
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use haoka_sync::vendors::Vendor;
 
-use crate::fakedmj::{self, FakeDmj};
+use haoka_sync::sim::{
+    SimConfig, Simulator, APP_ID, APP_SECRET, RECEIVER_ADDRESS, RECEIVER_NAME, RECEIVER_PHONE,
+};
+
 use crate::helpers::*;
 
 const TOKEN: &str = "tok-env";
 
-async fn setup(extra: &[(&str, &str)]) -> (TestApp, FakeDmj) {
-    let fake = FakeDmj::start(TOKEN).await;
-    let mut env = vec![
-        ("DAMAIJIA_BASE_URL", fake.url.as_str()),
-        ("DAMAIJIA_TOKEN", TOKEN),
-        ("DAMAIJIA_OWNER_ID", "pdd-shop-1"),
-    ];
+/// The app polling the simulator's 大麦家, which accepts `TOKEN`.
+async fn setup(extra: &[(&str, &str)]) -> (TestApp, Simulator) {
+    let sim = start_sim(SimConfig {
+        damaijia_token: TOKEN.into(),
+        ..sim_config()
+    })
+    .await;
+    let mut env = sim.damaijia().env();
+    env.push(("DAMAIJIA_OWNER_ID", "pdd-shop-1"));
     env.extend_from_slice(extra);
     let app = TestApp::spawn_with(&env).await;
-    (app, fake)
+    (app, sim)
 }
 
 fn future_ms(hours: i64) -> i64 {
@@ -37,7 +42,8 @@ fn refs(v: &[String]) -> Vec<&str> {
 
 #[tokio::test]
 async fn forty_five_due_orders_in_batches_of_twenty_take_three_calls_and_all_update() {
-    let (app, fake) = setup(&[]).await;
+    let (app, sim) = setup(&[]).await;
+    let fake = sim.damaijia();
     let ids = sns("B", 45);
     for (i, sn) in ids.iter().enumerate() {
         fake.order(sn, 1 + (i as i64 % 3), 1, future_ms(48));
@@ -52,8 +58,9 @@ async fn forty_five_due_orders_in_batches_of_twenty_take_three_calls_and_all_upd
 
     let calls = fake.calls();
     assert_eq!(calls.len(), 3);
-    for (auth, body) in &calls {
-        assert_eq!(auth, TOKEN, "raw token, no Bearer");
+    for call in &calls {
+        let body = &call.body;
+        assert_eq!(call.authorization, TOKEN, "raw token, no Bearer");
         assert!(
             body.get("edition").is_none(),
             "no edition unless configured: {body}"
@@ -103,20 +110,22 @@ async fn forty_five_due_orders_in_batches_of_twenty_take_three_calls_and_all_upd
 
 #[tokio::test]
 async fn edition_is_sent_only_when_configured() {
-    let (app, fake) = setup(&[("DAMAIJIA_EDITION", "2")]).await;
+    let (app, sim) = setup(&[("DAMAIJIA_EDITION", "2")]).await;
+    let fake = sim.damaijia();
     fake.order("201117-E1", 1, 1, future_ms(48));
     app.track_for("damaijia", &["201117-E1"]).await;
     app.poll_vendor(Vendor::Damaijia).await;
-    assert_eq!(fake.calls()[0].1["edition"], "2");
+    assert_eq!(fake.calls()[0].body["edition"], "2");
 }
 
 #[tokio::test]
 async fn a_rejected_token_with_credentials_logs_in_once_and_retries() {
-    let (app, fake) = setup(&[
-        ("DAMAIJIA_APP_ID", fakedmj::APP_ID),
-        ("DAMAIJIA_APP_SECRET", fakedmj::APP_SECRET),
+    let (app, sim) = setup(&[
+        ("DAMAIJIA_APP_ID", APP_ID),
+        ("DAMAIJIA_APP_SECRET", APP_SECRET),
     ])
     .await;
+    let fake = sim.damaijia();
     fake.order("201117-A1", 2, 1, future_ms(48));
     fake.revoke_tokens();
     app.track_for("damaijia", &["201117-A1"]).await;
@@ -125,7 +134,8 @@ async fn a_rejected_token_with_credentials_logs_in_once_and_retries() {
     assert_eq!(fake.logins(), 1);
     let calls = fake.calls();
     assert_eq!(calls.len(), 2, "the failed call and one retry");
-    assert_eq!(calls[1].0, "tok-login-1");
+    let login_token = calls[1].authorization.clone();
+    assert_eq!(fake.tokens(), [login_token.as_str()], "the login's token");
     let mut c = app.db.conn();
     assert_eq!(order_of(&mut c, "damaijia", "201117-A1"), "shipped");
 
@@ -133,16 +143,17 @@ async fn a_rejected_token_with_credentials_logs_in_once_and_retries() {
     app.make_all_due();
     app.poll_vendor(Vendor::Damaijia).await;
     assert_eq!(fake.logins(), 1);
-    assert_eq!(fake.calls().last().unwrap().0, "tok-login-1");
+    assert_eq!(fake.calls().last().unwrap().authorization, login_token);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processes_with_a_rejected_token_log_in_only_once() {
-    let (app, fake) = setup(&[
-        ("DAMAIJIA_APP_ID", fakedmj::APP_ID),
-        ("DAMAIJIA_APP_SECRET", fakedmj::APP_SECRET),
+    let (app, sim) = setup(&[
+        ("DAMAIJIA_APP_ID", APP_ID),
+        ("DAMAIJIA_APP_SECRET", APP_SECRET),
     ])
     .await;
+    let fake = sim.damaijia();
     let ids = sns("P", 40);
     for sn in &ids {
         fake.order(sn, 1, 1, future_ms(48));
@@ -151,11 +162,11 @@ async fn two_processes_with_a_rejected_token_log_in_only_once() {
     app.track_for("damaijia", &refs(&ids)).await;
     let env = [
         ("DATABASE_URL", app.db.url.expose()),
-        ("DAMAIJIA_BASE_URL", fake.url.as_str()),
+        ("DAMAIJIA_BASE_URL", sim.damaijia_url()),
         ("DAMAIJIA_TOKEN", TOKEN),
         ("DAMAIJIA_OWNER_ID", "pdd-shop-1"),
-        ("DAMAIJIA_APP_ID", fakedmj::APP_ID),
-        ("DAMAIJIA_APP_SECRET", fakedmj::APP_SECRET),
+        ("DAMAIJIA_APP_ID", APP_ID),
+        ("DAMAIJIA_APP_SECRET", APP_SECRET),
     ];
     let config = haoka_sync::config::Config::with(&env).unwrap();
     let pool = haoka_sync::db::pool(&config.database_url, 4, Duration::from_secs(2));
@@ -179,7 +190,8 @@ async fn two_processes_with_a_rejected_token_log_in_only_once() {
 
 #[tokio::test]
 async fn a_rejected_token_without_credentials_pauses_with_one_call_and_a_clear_reason() {
-    let (app, fake) = setup(&[]).await;
+    let (app, sim) = setup(&[]).await;
+    let fake = sim.damaijia();
     let ids = sns("N", 30);
     for sn in &ids {
         fake.order(sn, 1, 1, future_ms(48));
@@ -216,9 +228,10 @@ async fn balance_and_shop_binding_errors_pause_and_name_the_fix() {
         (2000, "enable it"),
         (2012, "subscribe"),
     ] {
-        let (app, fake) = setup(&[]).await;
+        let (app, sim) = setup(&[]).await;
+        let fake = sim.damaijia();
         fake.order("201117-F1", 1, 1, future_ms(48));
-        fake.force_status(Some(code));
+        fake.fail_always(code);
         app.track_for("damaijia", &["201117-F1"]).await;
         let s = app.poll_vendor(Vendor::Damaijia).await;
         assert!(s.paused_until.is_some(), "{code}: {s}");
@@ -231,10 +244,11 @@ async fn balance_and_shop_binding_errors_pause_and_name_the_fix() {
 
 #[tokio::test]
 async fn transient_failures_back_off_and_2004_marks_not_found() {
-    let (app, fake) = setup(&[]).await;
+    let (app, sim) = setup(&[]).await;
+    let fake = sim.damaijia();
     fake.order("201117-T1", 1, 1, future_ms(48));
     app.track_for("damaijia", &["201117-T1"]).await;
-    fake.force_status(Some(2010));
+    fake.fail_always(2010);
     let s = app.poll_vendor(Vendor::Damaijia).await;
     assert_eq!((s.errors, s.paused_until.is_some()), (1, false), "{s}");
     let mut c = app.db.conn();
@@ -242,7 +256,7 @@ async fn transient_failures_back_off_and_2004_marks_not_found() {
         count(&mut c, "SELECT count(*) AS n FROM orders JOIN order_polls USING (vendor, order_id) WHERE order_id = '201117-T1' AND last_poll_outcome = 'vendor_error' AND quiet_polls = 1 AND next_check_at > now()"),
         1
     );
-    fake.force_status(Some(2004));
+    fake.fail_always(2004);
     app.make_all_due();
     let s = app.poll_vendor(Vendor::Damaijia).await;
     assert_eq!(s.not_found, 1, "{s}");
@@ -250,7 +264,8 @@ async fn transient_failures_back_off_and_2004_marks_not_found() {
 
 #[tokio::test]
 async fn a_number_missing_from_the_reply_is_not_found_and_the_others_apply() {
-    let (app, fake) = setup(&[]).await;
+    let (app, sim) = setup(&[]).await;
+    let fake = sim.damaijia();
     fake.order("201117-M1", 2, 1, future_ms(48));
     fake.order("201117-M3", 3, 1, future_ms(48));
     app.track_for("damaijia", &["201117-M1", "201117-M2", "201117-M3"])
@@ -269,7 +284,8 @@ async fn a_number_missing_from_the_reply_is_not_found_and_the_others_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_receiver_name_phone_or_address_reaches_any_table_or_log() {
-    let (app, fake) = setup(&[]).await;
+    let (app, sim) = setup(&[]).await;
+    let fake = sim.damaijia();
     let ids = sns("PII", 30);
     for sn in &ids {
         fake.order(sn, 1, 1, future_ms(48));
@@ -284,7 +300,7 @@ async fn no_receiver_name_phone_or_address_reaches_any_table_or_log() {
     cmd.env_clear()
         .args(["poll-once", "--vendor", "damaijia"])
         .env("DATABASE_URL", app.db.url.expose())
-        .env("DAMAIJIA_BASE_URL", &fake.url)
+        .env("DAMAIJIA_BASE_URL", sim.damaijia_url())
         .env("DAMAIJIA_TOKEN", TOKEN)
         .env("DAMAIJIA_OWNER_ID", "pdd-shop-1")
         .env("RUST_LOG", "debug")
@@ -305,12 +321,7 @@ async fn no_receiver_name_phone_or_address_reaches_any_table_or_log() {
     assert!(logs.contains("damaijia: due 30, queried 30"), "{logs}");
     assert!(fake.calls().len() >= 6, "several answer shapes were seen");
 
-    let secrets = [
-        fakedmj::RECEIVER_NAME,
-        fakedmj::RECEIVER_PHONE,
-        fakedmj::RECEIVER_ADDRESS,
-        "幸福路",
-    ];
+    let secrets = [RECEIVER_NAME, RECEIVER_PHONE, RECEIVER_ADDRESS, "幸福路"];
     for s in secrets {
         assert!(!logs.contains(s), "{s} in the logs");
     }
@@ -344,7 +355,8 @@ async fn no_receiver_name_phone_or_address_reaches_any_table_or_log() {
 
 #[tokio::test]
 async fn linked_orders_show_contradictions() {
-    let (app, fake) = setup(&[]).await;
+    let (app, sim) = setup(&[]).await;
+    let fake = sim.damaijia();
     // Same id on both sides: PDD refunded while 172 shipped.
     let linked = "201117-LINK0001";
     fake.order(linked, 2, 4, future_ms(48));

@@ -2,7 +2,7 @@
 //! it lasts, or afterwards between two callbacks), recorded once, and the
 //! orders it may have hidden are made due for a query, once, after the
 //! callbacks resume. Store-level tests run on a chosen clock; the last test
-//! goes through the poller and a fake 172.
+//! goes through the poller and the simulator's 172.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::connection::SimpleConnection;
@@ -12,8 +12,8 @@ use haoka_sync::rules::gaps::GapPolicy;
 use haoka_sync::store::gaps::{check, sweep, GapEvent};
 use haoka_sync::vendors::Vendor;
 
-use crate::fake172::{Answer, Fake172};
 use crate::helpers::*;
+use haoka_sync::sim::Answer;
 
 const V: Vendor = Vendor::Haoka172;
 
@@ -498,11 +498,9 @@ fn a_sweep_left_by_a_process_that_died_is_taken_over_after_its_lease() {
 
 #[tokio::test]
 async fn after_a_callback_gap_the_next_pass_queries_the_orders_not_heard_since() {
-    let fake = Fake172::start("demo", SECRET).await;
-    let mut env = fake.env();
     // No settling: recover in the pass that sees the callbacks back.
-    env.push(("HAOKA172_CALLBACK_GAP", "settle=0"));
-    let app = TestApp::spawn_with(&env).await;
+    let (app, sim) = TestApp::with_sim(&[("HAOKA172_CALLBACK_GAP", "settle=0")]).await;
+    let fake = sim.haoka172();
     fake.answer_all(Some(Answer::Label("已发货".into())));
     let t = base();
     {

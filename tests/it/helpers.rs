@@ -1,6 +1,7 @@
 //! Test scaffolding: a fresh database per test (created, migrated, dropped
-//! on `Drop`), the app on port 0, signed 172 callbacks, and a TCP proxy in
-//! front of PostgreSQL that can be cut and restored.
+//! on `Drop`), the app on port 0 (alone or polling the vendor simulator),
+//! signed 172 callbacks, and a TCP proxy in front of PostgreSQL that can be
+//! cut and restored.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use haoka_sync::config::{Config, DatabaseUrl};
 use haoka_sync::db;
+use haoka_sync::sim::{SimConfig, Simulator};
 use haoka_sync::startup::Application;
 use haoka_sync::vendors::haoka172::sign::CallbackKey;
 use serde_json::{json, Value};
@@ -227,13 +229,30 @@ impl TestApp {
     }
 }
 
+/// The simulator as the tests drive it: no lifecycle orders (a test scripts
+/// what each vendor answers), the tests' 172 credentials.
+pub fn sim_config() -> SimConfig {
+    SimConfig {
+        haoka172_orders: 0,
+        damaijia_orders: 0,
+        user_id: "demo".into(),
+        secret: SECRET.into(),
+        ..SimConfig::default()
+    }
+}
+
+pub async fn start_sim(cfg: SimConfig) -> Simulator {
+    Simulator::start(cfg).await.expect("start the simulator")
+}
+
 impl TestApp {
-    /// The app polling a fake 172 on 127.0.0.1, with `extra` configuration.
-    pub async fn with_fake172(extra: &[(&str, &str)]) -> (TestApp, crate::fake172::Fake172) {
-        let fake = crate::fake172::Fake172::start("demo", SECRET).await;
-        let mut env = fake.env();
+    /// The app polling the simulator's 172 on 127.0.0.1, with `extra`
+    /// configuration.
+    pub async fn with_sim(extra: &[(&str, &str)]) -> (TestApp, Simulator) {
+        let sim = start_sim(sim_config()).await;
+        let mut env = sim.haoka172().env();
         env.extend_from_slice(extra);
-        (TestApp::spawn_with(&env).await, fake)
+        (TestApp::spawn_with(&env).await, sim)
     }
 
     /// Register 172 orders through the admin API.

@@ -7,8 +7,6 @@ mod cli;
 mod concurrency;
 mod damaijia;
 mod e2e;
-mod fake172;
-mod fakedmj;
 mod gaps;
 mod helpers;
 mod outage;

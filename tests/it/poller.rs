@@ -1,16 +1,17 @@
-//! The fallback poller against a fake 172 on 127.0.0.1 (acceptance points of
-//! the poller issue).
+//! The fallback poller against the simulator's 172 on 127.0.0.1 (acceptance
+//! points of the poller issue).
 
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 
-use crate::fake172::Answer;
 use crate::helpers::*;
+use haoka_sync::sim::Answer;
 
 #[tokio::test]
 async fn by_default_fresh_orders_and_orders_just_called_back_are_not_queried() {
-    let (app, fake) = TestApp::with_fake172(&[]).await;
+    let (app, sim) = TestApp::with_sim(&[]).await;
+    let fake = sim.haoka172();
     fake.answer_all(Some(Answer::Label("已发货".into())));
     app.track(&["T1", "T2", "T3"]).await;
     assert_eq!(app.send("R1", "C1", "待处理").await.0, 200);
@@ -22,8 +23,8 @@ async fn by_default_fresh_orders_and_orders_just_called_back_are_not_queried() {
 
 #[tokio::test]
 async fn with_zero_overdue_one_pass_queries_each_non_terminal_order_once_and_no_terminal_one() {
-    let (app, fake) =
-        TestApp::with_fake172(&[("HAOKA172_OVERDUE", ZERO_OVERDUE), CONFIRM_OFF]).await;
+    let (app, sim) = TestApp::with_sim(&[("HAOKA172_OVERDUE", ZERO_OVERDUE), CONFIRM_OFF]).await;
+    let fake = sim.haoka172();
     fake.answer_all(Some(Answer::Label("已提运营商".into())));
     let tracked = ["T1", "T2", "T3", "T4"];
     app.track(&tracked).await;
@@ -56,7 +57,8 @@ async fn with_zero_overdue_one_pass_queries_each_non_terminal_order_once_and_no_
 
 #[tokio::test]
 async fn a_poll_moves_an_order_forward_but_never_back() {
-    let (app, fake) = TestApp::with_fake172(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let (app, sim) = TestApp::with_sim(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let fake = sim.haoka172();
     assert_eq!(app.send("R1", "UP", "待处理").await.0, 200);
     assert_eq!(app.send("R2", "DOWN", "已完成").await.0, 200);
     fake.answer("UP", Answer::Label("已发货".into()));
@@ -84,11 +86,12 @@ async fn a_poll_moves_an_order_forward_but_never_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_due_orders_never_exceed_the_per_minute_limit_and_the_rest_come_later() {
     // Only `new` is overdue at once; answered `submitted`, an order waits 2 days.
-    let (app, fake) = TestApp::with_fake172(&[
+    let (app, sim) = TestApp::with_sim(&[
         ("HAOKA172_OVERDUE", "new=0"),
         ("HAOKA172_MAX_CALLS_PER_MINUTE", "200"),
     ])
     .await;
+    let fake = sim.haoka172();
     fake.answer_all(Some(Answer::Label("已提运营商".into())));
     let ids: Vec<String> = (0..300).map(|i| format!("RL{i:03}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -115,11 +118,12 @@ async fn three_hundred_due_orders_never_exceed_the_per_minute_limit_and_the_rest
 
 #[tokio::test]
 async fn repeated_passes_never_query_an_order_more_than_the_daily_limit() {
-    let (app, fake) = TestApp::with_fake172(&[
+    let (app, sim) = TestApp::with_sim(&[
         ("HAOKA172_OVERDUE", ZERO_OVERDUE),
         ("HAOKA172_MAX_CALLS_PER_ORDER_PER_DAY", "10"),
     ])
     .await;
+    let fake = sim.haoka172();
     fake.answer_all(Some(Answer::Label("待处理".into())));
     app.track(&["D1", "D2"]).await;
     let mut skipped = 0;
@@ -143,7 +147,8 @@ async fn repeated_passes_never_query_an_order_more_than_the_daily_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_pollers_on_one_database_query_each_due_order_once_in_total() {
-    let (app, fake) = TestApp::with_fake172(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let (app, sim) = TestApp::with_sim(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let fake = sim.haoka172();
     fake.answer_all(Some(Answer::Label("已提运营商".into())));
     fake.delay(Duration::from_millis(20));
     let ids: Vec<String> = (0..60).map(|i| format!("TW{i:02}")).collect();
@@ -173,14 +178,15 @@ async fn two_pollers_on_one_database_query_each_due_order_once_in_total() {
 
 #[tokio::test]
 async fn not_found_500_timeout_and_garbage_are_recorded_backed_off_and_the_pass_finishes() {
-    let (app, fake) = TestApp::with_fake172(&[
+    let (app, sim) = TestApp::with_sim(&[
         ("HAOKA172_OVERDUE", ZERO_OVERDUE),
         ("HAOKA172_TIMEOUT_SECS", "1"),
     ])
     .await;
+    let fake = sim.haoka172();
     fake.answer("NF", Answer::NotFound);
-    fake.answer("E500", Answer::Http500);
-    fake.answer("SLOW", Answer::Slow(Duration::from_secs(3)));
+    fake.answer("E500", Answer::Http(500));
+    fake.answer("SLOW", Answer::NotFound.after(Duration::from_secs(3)));
     fake.answer("GARB", Answer::Garbage);
     fake.answer("OK", Answer::Label("已发货".into()));
     app.track(&["NF", "E500", "SLOW", "GARB", "OK"]).await;
@@ -222,11 +228,12 @@ async fn not_found_500_timeout_and_garbage_are_recorded_backed_off_and_the_pass_
 
 #[tokio::test]
 async fn a_blocked_answer_pauses_polling_and_the_pause_ends_by_itself() {
-    let (app, fake) = TestApp::with_fake172(&[
+    let (app, sim) = TestApp::with_sim(&[
         ("HAOKA172_OVERDUE", ZERO_OVERDUE),
         ("HAOKA172_COOLOFF", "2s"),
     ])
     .await;
+    let fake = sim.haoka172();
     fake.answer_all(Some(Answer::Blocked));
     app.track(&["B1", "B2", "B3"]).await;
     let s = app.poll().await;
@@ -252,11 +259,12 @@ async fn a_blocked_answer_pauses_polling_and_the_pause_ends_by_itself() {
 
 #[tokio::test]
 async fn the_cron_schedule_runs_passes_inside_serve() {
-    let (app, fake) = TestApp::with_fake172(&[
+    let (app, sim) = TestApp::with_sim(&[
         ("HAOKA172_OVERDUE", ZERO_OVERDUE),
         ("POLL_CRON", "*/1 * * * * *"),
     ])
     .await;
+    let fake = sim.haoka172();
     fake.answer_all(Some(Answer::Label("已发货".into())));
     app.track(&["CRON1"]).await;
     let mut shipped = false;
@@ -274,11 +282,12 @@ async fn the_cron_schedule_runs_passes_inside_serve() {
 
 #[tokio::test]
 async fn orders_silent_past_the_horizon_stop_being_polled_and_are_listed() {
-    let (app, fake) = TestApp::with_fake172(&[
+    let (app, sim) = TestApp::with_sim(&[
         ("HAOKA172_OVERDUE", ZERO_OVERDUE),
         ("TRACKING_HORIZON", "1d"),
     ])
     .await;
+    let fake = sim.haoka172();
     fake.answer_all(Some(Answer::Label("待处理".into())));
     app.track(&["OLD", "FRESH"]).await;
     let mut c = app.db.conn();
@@ -304,8 +313,7 @@ async fn orders_silent_past_the_horizon_stop_being_polled_and_are_listed() {
 
 #[tokio::test]
 async fn ops_views_show_what_is_due_and_why_and_counts_per_status() {
-    let (app, _fake) =
-        TestApp::with_fake172(&[("HAOKA172_OVERDUE", ZERO_OVERDUE), CONFIRM_OFF]).await;
+    let (app, _sim) = TestApp::with_sim(&[("HAOKA172_OVERDUE", ZERO_OVERDUE), CONFIRM_OFF]).await;
     app.track(&["V1", "V2"]).await;
     assert_eq!(app.send("R1", "V3", "已结算").await.0, 200);
     let mut c = app.db.conn();
@@ -328,7 +336,8 @@ async fn ops_views_show_what_is_due_and_why_and_counts_per_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_ticks_never_run_two_passes_in_one_process() {
-    let (app, fake) = TestApp::with_fake172(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let (app, sim) = TestApp::with_sim(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let fake = sim.haoka172();
     fake.answer_all(Some(Answer::Label("已发货".into())));
     fake.delay(Duration::from_millis(300));
     app.track(&["OV1", "OV2"]).await;

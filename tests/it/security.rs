@@ -8,8 +8,8 @@ use futures_util::future::join_all;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::fake172::Answer;
 use crate::helpers::*;
+use haoka_sync::sim::Answer;
 
 const BAD_SIGNATURE: &str = r#"{"code":-1,"message":"bad signature"}"#;
 
@@ -79,7 +79,8 @@ const TERMINAL_LABELS: [&str; 8] = [
 
 #[tokio::test]
 async fn a_captured_sign_moved_into_order_no_172_changes_no_other_order() {
-    let (app, fake) = TestApp::with_fake172(&[]).await;
+    let (app, sim) = TestApp::with_sim(&[]).await;
+    let fake = sim.haoka172();
     // A: its genuine callbacks (signed over OrderNo) tell its vendor number;
     // the attacker captured one signed over its OrderNo172 as well.
     assert_eq!(app.send("A-1", "A", "已发货").await.0, 200);
@@ -170,7 +171,8 @@ fn probe(sign: &str, byte: u8) -> String {
 
 #[tokio::test]
 async fn every_signature_failure_answers_the_same_so_a_padding_oracle_learns_nothing() {
-    let (app, fake) = TestApp::with_fake172(&[]).await;
+    let (app, sim) = TestApp::with_sim(&[]).await;
+    let fake = sim.haoka172();
     assert_eq!(app.send("B-1", "ORDERB", "已提运营商").await.0, 200);
     app.track(&["ORDERC"]).await;
     let captured = app.key.encrypt("mlkjORDERB-captured!");
@@ -360,7 +362,8 @@ async fn ids_of_10_to_100_kb_are_malformed_and_stored_never_a_500() {
 #[tokio::test]
 async fn a_genuine_sign_over_order_no_172_applies_when_the_number_is_known_and_else_after_one_query(
 ) {
-    let (app, fake) = TestApp::with_fake172(&[]).await;
+    let (app, sim) = TestApp::with_sim(&[]).await;
+    let fake = sim.haoka172();
     // K's vendor number comes from a GetOrderInfo answer.
     app.track(&["K", "U"]).await;
     app.make_all_due();
@@ -417,7 +420,8 @@ async fn a_genuine_sign_over_order_no_172_applies_when_the_number_is_known_and_e
 
 #[tokio::test]
 async fn a_replayed_terminal_sign_the_vendor_does_not_confirm_leaves_the_order_non_terminal() {
-    let (app, fake) = TestApp::with_fake172(&[]).await;
+    let (app, sim) = TestApp::with_sim(&[]).await;
+    let fake = sim.haoka172();
     assert_eq!(app.send("R-1", "ORD", "已发货").await.0, 200);
     // The attacker replays ORD's sign (over its OrderNo) with a terminal
     // status: acknowledged, kept, not applied.
@@ -477,7 +481,8 @@ async fn a_replayed_terminal_sign_the_vendor_does_not_confirm_leaves_the_order_n
 
 #[tokio::test]
 async fn a_genuine_terminal_callback_is_final_after_one_confirming_query_or_at_once_when_off() {
-    let (app, fake) = TestApp::with_fake172(&[]).await;
+    let (app, sim) = TestApp::with_sim(&[]).await;
+    let fake = sim.haoka172();
     assert_eq!(app.send("G-1", "GEN", "已完成").await.0, 200);
     assert_eq!(app.send("G-2", "GEN", "已结算").await.0, 200);
     assert_eq!(snapshot(&app, "GEN").unwrap().status, "completed");
@@ -498,7 +503,8 @@ async fn a_genuine_terminal_callback_is_final_after_one_confirming_query_or_at_o
     assert_eq!(fake.calls_for("GEN"), 1);
 
     // Turned off, a terminal callback is final at once, without a query.
-    let (off, fake_off) = TestApp::with_fake172(&[CONFIRM_OFF]).await;
+    let (off, sim_off) = TestApp::with_sim(&[CONFIRM_OFF]).await;
+    let fake_off = sim_off.haoka172();
     assert_eq!(off.send("O-1", "OFF", "已结算").await.0, 200);
     assert_eq!(snapshot(&off, "OFF").unwrap().status, "settled");
     off.make_all_due();
@@ -546,7 +552,8 @@ async fn the_php_integrations_sign_over_order_no_verifies_from_the_header_and_th
 
 #[tokio::test]
 async fn a_vendor_number_once_known_only_a_query_answer_replaces_it() {
-    let (app, fake) = TestApp::with_fake172(&[]).await;
+    let (app, sim) = TestApp::with_sim(&[]).await;
+    let fake = sim.haoka172();
     // An attacker replays R's sign (over OrderNo) before its genuine
     // callbacks, writing a vendor number of their choosing.
     assert_eq!(
