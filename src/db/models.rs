@@ -37,8 +37,9 @@ pub struct Order {
     pub updated_at: DateTime<Utc>,
 }
 
-/// How and when the poller asks about an order (`order_polls`).
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+/// How and when the poller asks about an order (`order_polls`). Not
+/// `Serialize`: the lease and budget are bookkeeping, never shown as is.
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = order_polls, check_for_backend(diesel::pg::Pg))]
 pub struct OrderPoll {
     pub vendor: String,

@@ -3,6 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
+use crate::db::models::{Order, OrderPoll};
 use crate::http::error::AppError;
 use crate::vendors::Vendor;
 use crate::{db, store};
@@ -20,13 +21,9 @@ fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or("");
-    let want = token.expose().as_bytes();
-    let ok = given.len() == want.len()
-        && given
-            .bytes()
-            .zip(want)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+    // Compared without an early exit on the first differing byte.
+    let ok: bool =
+        subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.expose().as_bytes()).into();
     if ok {
         Ok(())
     } else {
@@ -50,16 +47,53 @@ pub async fn get_order(
         let Some(order) = order else {
             return Ok(None);
         };
+        let poll = store::find_order_poll(conn, vendor, &id)?;
         let history = store::order_history(conn, vendor, &id)?;
         let confirmations = store::order_confirmations(conn, vendor, &id)?;
-        Ok(Some((order, history, confirmations)))
+        Ok(Some((order, poll, history, confirmations)))
     })
     .await?;
-    let (order, history, confirmations) =
+    let (order, poll, history, confirmations) =
         found.ok_or_else(|| AppError::NotFound(format!("no {vendor} order {order_id}")))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "order": order, "history": history, "confirmations": confirmations
-    })))
+    let mut body = serde_json::json!({
+        "order": OrderView::new(order, poll),
+        "history": history,
+        "confirmations": confirmations,
+    });
+    // Personal data leaves masked, whatever field carries it.
+    crate::rules::mask::personal(&mut body);
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// An order as the API shows it: what we know of it and when it is next
+/// checked, not which process holds it or how many calls it used today.
+#[derive(Debug, serde::Serialize)]
+struct OrderView {
+    #[serde(flatten)]
+    order: Order,
+    poll: Option<PollView>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct PollView {
+    next_check_at: Option<chrono::DateTime<chrono::Utc>>,
+    last_poll_outcome: Option<String>,
+    tracked_at: chrono::DateTime<chrono::Utc>,
+    tracking_expired_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl OrderView {
+    fn new(order: Order, poll: Option<OrderPoll>) -> Self {
+        OrderView {
+            order,
+            poll: poll.map(|p| PollView {
+                next_check_at: p.next_check_at,
+                last_poll_outcome: p.last_poll_outcome,
+                tracked_at: p.tracked_at,
+                tracking_expired_at: p.tracking_expired_at,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -19,6 +19,16 @@ pub enum Vendor {
 impl Vendor {
     pub const ALL: [Vendor; 2] = [Vendor::Haoka172, Vendor::Damaijia];
 
+    /// A small number per vendor (1, 2, …), its place in `ALL`: lock ids
+    /// derive from it, so a new vendor goes at the end and the others keep
+    /// theirs (processes of two versions must take the same locks).
+    pub fn number(self) -> i64 {
+        Vendor::ALL
+            .iter()
+            .position(|v| *v == self)
+            .map_or(0, |i| i as i64 + 1)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Vendor::Haoka172 => "haoka172",

@@ -31,12 +31,8 @@ use crate::vendors::Vendor;
 /// family `base` (one family per concern: call budgets, gap looks), so that
 /// only one process at a time does that work for that vendor.
 pub fn lock_vendor(conn: &mut PgConnection, base: i64, vendor: Vendor) -> QueryResult<()> {
-    let n: i64 = match vendor {
-        Vendor::Haoka172 => 1,
-        Vendor::Damaijia => 2,
-    };
     diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-        .bind::<diesel::sql_types::BigInt, _>(base + n)
+        .bind::<diesel::sql_types::BigInt, _>(base + vendor.number())
         .execute(conn)?;
     Ok(())
 }
@@ -627,6 +623,19 @@ pub fn find_order(
     orders::table
         .find((vendor.as_str(), order_id))
         .select(Order::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// How and when the poller asks about the order.
+pub fn find_order_poll(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_id: &str,
+) -> QueryResult<Option<OrderPoll>> {
+    order_polls::table
+        .find((vendor.as_str(), order_id))
+        .select(OrderPoll::as_select())
         .first(conn)
         .optional()
 }

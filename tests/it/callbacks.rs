@@ -326,6 +326,21 @@ async fn probe_health_and_the_admin_api() {
     let v: serde_json::Value = ok.json().await.unwrap();
     assert_eq!(v["order"]["status"], "shipped");
     assert_eq!(v["history"].as_array().unwrap().len(), 1);
+    // The order, not its lease and budget bookkeeping; personal data masked.
+    for hidden in [
+        "lease_owner",
+        "lease_until",
+        "calls_day",
+        "calls_today",
+        "quiet_polls",
+    ] {
+        assert!(v["order"].get(hidden).is_none(), "{hidden} in {v}");
+        assert!(v["order"]["poll"].get(hidden).is_none(), "{hidden} in {v}");
+    }
+    assert!(v["order"]["poll"]["next_check_at"].is_string(), "{v}");
+    assert_eq!(v["order"]["third_phone"], "130****5678");
+    assert_eq!(v["history"][0]["observed"]["third_phone"], "130****5678");
+    assert!(!v.to_string().contains("13012345678"), "{v}");
     let missing = app
         .client
         .get(format!("{}/api/orders/haoka172/NOPE", app.address))

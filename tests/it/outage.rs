@@ -84,3 +84,50 @@ async fn a_kept_writer_connection_that_died_is_replaced_without_a_503() {
         6
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_is_unavailable_in_the_admin_api_and_the_poller_never_an_internal_error() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let proxy = PgProxy::start().await;
+    let db = TestDb::new();
+    let via = db.url_via(proxy.port);
+    let (app, sim) = {
+        let sim = start_sim(sim_config()).await;
+        let mut env = sim.haoka172().env();
+        env.push(("HAOKA172_OVERDUE", ZERO_OVERDUE));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+        (TestApp::spawn_on(db, Some(via.clone()), &env).await, sim)
+    };
+    let _ = &sim;
+    app.track(&["LOST1"]).await;
+    // A connection that dies while in use: the classification diesel errors
+    // get on their way into `DbError`.
+    let mut direct = diesel::PgConnection::establish(&via).unwrap();
+    direct.batch_execute("SELECT 1").unwrap();
+    proxy.cut();
+    let e = haoka_sync::db::DbError::from(direct.batch_execute("SELECT 1").unwrap_err());
+    assert!(e.is_unavailable(), "{e:?}");
+
+    let r = app
+        .client
+        .get(format!("{}/api/orders/haoka172/LOST1", app.address))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "database unavailable, retry later");
+
+    let results = app
+        .poller
+        .run_pass(Some(haoka_sync::vendors::Vendor::Haoka172))
+        .await
+        .unwrap();
+    match &results[0] {
+        Err(haoka_sync::poller::PollError::Db(e)) => assert!(e.is_unavailable(), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    proxy.restore().await;
+}
