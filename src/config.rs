@@ -1,6 +1,6 @@
 //! Typed configuration, built once from the environment (and `.env`).
 //!
-//! Every variable, as `contract.md` names it:
+//! Every variable (docs/contract.md#configuration):
 //! - `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/haoka_sync`)
 //! - `HAOKA_SYNC_BIND` (default `127.0.0.1:8080`)
 //! - `HAOKA172_USER_ID`, `HAOKA172_SECRET`, `HAOKA172_SECRET_PREVIOUS` (rotation)
@@ -26,67 +26,14 @@
 //! Secrets never appear in `Debug` output or logs.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub use crate::db::DatabaseUrl;
 use crate::rules::gaps::GapPolicy;
 use crate::rules::schedule::{parse_duration, Schedule, StatusDurations};
 use crate::rules::Vendor;
 pub use crate::secret::Secret;
-
-/// A database URL whose password is masked when printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(url::Url);
-
-impl DatabaseUrl {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let u = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
-        if !matches!(u.scheme(), "postgres" | "postgresql") {
-            return Err("must start with postgres://".into());
-        }
-        if u.path().trim_start_matches('/').is_empty() {
-            return Err("must name a database (postgres://host/dbname)".into());
-        }
-        Ok(DatabaseUrl(u))
-    }
-    pub fn expose(&self) -> &str {
-        self.0.as_str()
-    }
-    pub fn database_name(&self) -> String {
-        let name = self.0.path().trim_start_matches('/');
-        percent_decode(name)
-    }
-    /// The same server, another database (to create this one).
-    pub fn with_database(&self, name: &str) -> DatabaseUrl {
-        let mut u = self.0.clone();
-        u.set_path(&format!("/{name}"));
-        DatabaseUrl(u)
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_owned())
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut u = self.0.clone();
-        if u.password().is_some() {
-            let _ = u.set_password(Some("***"));
-        }
-        f.write_str(u.as_str())
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({self})")
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Haoka172Config {

@@ -1,9 +1,17 @@
 //! haoka-sync: an exact, queryable record of phone-card order status, fed by
 //! vendor callbacks and (for what callbacks miss) rate-limited polling.
 //!
-//! Module map: `status` (the pure rules), `vendors` (protocols), `store`
-//! (what gets committed), `db` (PostgreSQL plumbing), `http` (thin
-//! handlers), `startup` (wiring), `cli` (subcommands), `config`.
+//! Layers, each using only those below it (README, "Design"):
+//! - bottom: `rules` (the pure rules: status model and merge, when to ask,
+//!   callback gaps, the callback verdict and its answers, ids, masking, the
+//!   `Vendor` type) and `secret`;
+//! - `vendors` (each vendor's protocol in its folder, and the `Asker`
+//!   interface the poller uses), `db` (pool, migrations, schema) and
+//!   `config` (typed configuration, built once);
+//! - `store` (the only code that decides what is committed; `ingest` is the
+//!   one commit path for callbacks, live or replayed);
+//! - `poller` and `http` orchestrate; `sim` is the vendor simulator;
+//! - `startup` wires them, `demo` and `cli` run them.
 
 pub mod cli;
 pub mod config;

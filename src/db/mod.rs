@@ -4,6 +4,9 @@
 
 pub mod models;
 pub mod schema;
+mod url;
+
+pub use url::DatabaseUrl;
 
 use std::time::Duration;
 
@@ -12,8 +15,6 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
-
-use crate::config::DatabaseUrl;
 
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 pub type PgConn = PooledConnection<ConnectionManager<PgConnection>>;

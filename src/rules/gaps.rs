@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::schedule::parse_duration;
+use super::duration::parse_duration;
 
 /// `HAOKA172_CALLBACK_GAP`; `None` when set to `off`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 //! Pure: no I/O, no clock (callers pass `now`), no database, no logging.
 //! Nothing here imports another module of the crate but `secret`.
 
+pub mod duration;
 pub mod gaps;
 pub mod ids;
 pub mod inbound;

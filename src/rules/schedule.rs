@@ -15,6 +15,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
 
 use std::collections::BTreeMap;
 
+pub use super::duration::parse_duration;
 use super::gaps::GapPolicy;
 use super::status::Status;
 use super::vendor::Vendor;
@@ -72,7 +73,7 @@ impl StatusDurations {
         )
     }
 
-    /// The 172 defaults from `contract.md`.
+    /// The 172 defaults (docs/contract.md#172号卡-variables).
     pub fn haoka172_default() -> Self {
         const H: u64 = 3600;
         Self::from_pairs(&[
@@ -97,25 +98,6 @@ impl StatusDurations {
             (Status::Unknown, H),
         ])
     }
-}
-
-/// `30s`, `15m`, `6h`, `2d`, or a bare `0`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 15m, 6h or 2d"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("`{s}` has no unit (s, m, h or d)")),
-    };
-    Ok(Duration::from_secs(n * mult))
 }
 
 /// When the poller should next look at an order, and the quiet polls that

@@ -1,5 +1,5 @@
 //! Fake 大麦家: token auth (a login replaces every older token), batch
-//! `mpagingOrders` in the rotating answer shapes vendors.md lists, a billed
+//! `mpagingOrders` in the rotating answer shapes docs/vendors.md lists, a billed
 //! `deduct_money` per call, order states and status codes a test scripts,
 //! and a log of every request. It parses requests its own way, never with
 //! the service's `vendors::damaijia` code.
@@ -74,7 +74,7 @@ fn order_sns(body: &Value) -> Option<Vec<&str>> {
         .collect()
 }
 
-/// The `err` of a refusal: the wording vendors.md records for the documented
+/// The `err` of a refusal: the wording docs/vendors.md records for the documented
 /// codes, a neutral one for the rest.
 fn refusal(status: i64) -> Value {
     let err = match status {

@@ -51,7 +51,7 @@ pub struct Lifecycle172 {
     pub truth: &'static str,
 }
 
-/// Draw a lifecycle: every path of seed 000 §2.5, ending terminal, with gaps
+/// Draw a lifecycle: every path of docs/vendors.md#172号卡-status-vocabulary, ending terminal, with gaps
 /// of 0.5–1.5 `step` between status changes.
 pub fn haoka172(rng: &mut Rng, order_no: String, start: Duration, step: Duration) -> Lifecycle172 {
     haoka172_with_gaps(rng, order_no, start, |rng, _, _| {

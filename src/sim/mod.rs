@@ -1,4 +1,4 @@
-//! A stand-in for both vendors, following vendors.md: for the integration
+//! A stand-in for both vendors, following docs/vendors.md: for the integration
 //! and end-to-end tests, the benchmarks, and `haoka-sync simulate` / `demo`.
 //!
 //! - Fake 172号卡: `GetOrderInfo` checks `user_sign` and the 5-minute

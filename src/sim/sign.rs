@@ -1,6 +1,6 @@
 //! The simulator's own signing, written apart from the service's
 //! `vendors::haoka172::sign` so a bug in one cannot hide in the other: both
-//! are pinned to the vendors.md vectors by their own tests.
+//! are pinned to the docs/vendors.md vectors by their own tests.
 
 use aes::cipher::{block_padding::Pkcs7, BlockModeEncrypt, KeyIvInit};
 use base64::Engine;
@@ -18,7 +18,7 @@ pub fn callback_sign(secret: &str, plaintext: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(ct)
 }
 
-/// What `user_sign` must be for a GetOrderInfo request (seed 000 §2.3,
+/// What `user_sign` must be for a GetOrderInfo request (docs/vendors.md#172号卡-request-signing-user_sign,
 /// literally: the three fields in their fixed order, the secret appended).
 pub fn expected_user_sign(
     down_order_id: &str,

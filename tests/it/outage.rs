@@ -96,7 +96,7 @@ async fn a_lost_database_is_unavailable_in_the_admin_api_and_the_poller_never_an
         let sim = start_sim(sim_config()).await;
         let mut env = sim.haoka172().env();
         env.push(("HAOKA172_OVERDUE", ZERO_OVERDUE));
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+        let env: Vec<(&str, &str)> = env.to_vec();
         (TestApp::spawn_on(db, Some(via.clone()), &env).await, sim)
     };
     let _ = &sim;

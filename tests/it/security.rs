@@ -523,7 +523,7 @@ async fn without_the_172_poller_terminal_callbacks_apply_at_once() {
 #[tokio::test]
 async fn the_php_integrations_sign_over_order_no_verifies_from_the_header_and_the_body() {
     let app = TestApp::spawn().await;
-    // vendors.md vector: OpenSSL's AES-256-CBC of the OrderNo, as the PHP
+    // docs/vendors.md vector: OpenSSL's AES-256-CBC of the OrderNo, as the PHP
     // integration (openssl_decrypt) expects it.
     let vector = "1xdJ6RqsV/yikhtfNiDfgA==";
     let body = callback("PHP-1", "DOWN20240101001", "已发货");

@@ -1,4 +1,4 @@
-//! 大麦家 `mpagingOrders` answers, read tolerantly (vendors.md §5): the order
+//! 大麦家 `mpagingOrders` answers, read tolerantly (docs/vendors.md#大麦家-answer-shapes): the order
 //! list may be an object with `content`/`list`, a bare list, an object keyed
 //! "0","1",…, or a single order; keys in snake_case or camelCase; statuses as
 //! int or numeric string; times as epoch milliseconds or

@@ -1,4 +1,4 @@
-//! The 172号卡 order-status callback (vendors.md §2): from the raw request
+//! The 172号卡 order-status callback (docs/vendors.md#172号卡-order-status-callback): from the raw request
 //! (content type, body bytes, `sign` header) to either a verified
 //! [`Observation`], a test push, or a precise rejection.
 //!

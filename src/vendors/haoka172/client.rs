@@ -1,4 +1,4 @@
-//! The 172号卡 `GetOrderInfo` client (seed 000): one signed form POST per
+//! The 172号卡 `GetOrderInfo` client (docs/vendors.md#172号卡-getorderinfo): one signed form POST per
 //! order, answers parsed tolerantly into an [`Observation`] (source `poll`).
 //!
 //! It knows how to ask, not when or how often: budgets and schedules are the

@@ -1,9 +1,9 @@
 //! 172号卡 signatures. Two unrelated schemes share one API secret:
 //! - `user_sign` on our outbound requests: MD5 over sorted `k=v` pairs with
-//!   the secret appended (seed 000 §2.3);
+//!   the secret appended (docs/vendors.md#172号卡-request-signing-user_sign);
 //! - `sign` on the vendor's callbacks: Base64 of AES-256-CBC over an order
 //!   number, key = the secret's bytes NUL-padded to 32, fixed IV
-//!   (vendors.md §2).
+//!   (docs/vendors.md#172号卡-callback-signature).
 //!
 //! Never log a secret, a key or a signature from here.
 
