@@ -295,7 +295,9 @@ pub fn merge(held: &OrderState, obs: &Observation) -> Merged {
                 state.status = Status::Unknown;
                 state.vendor_status = label.map(str::to_owned);
             }
-            state.unknown_vendor_status = label.map(str::to_owned);
+            if label.is_some() {
+                state.unknown_vendor_status = label.map(str::to_owned);
+            }
         }
     }
     let current = matches!(effect, Effect::Advanced | Effect::Same);
@@ -548,6 +550,18 @@ mod tests {
         assert_eq!(m.state.vendor_status.as_deref(), Some("label-of-shipped"));
         assert_eq!(m.state.unknown_vendor_status.as_deref(), Some("已失效"));
         assert_eq!(m.effect, Effect::UnknownStatus);
+    }
+
+    #[test]
+    fn an_unknown_status_without_a_label_keeps_the_flagged_label() {
+        let s = merge(&held(Status::Shipped), &obs(Status::Unknown, "已失效")).state;
+        let mut blank = obs(Status::Unknown, "  ");
+        let m = merge(&s, &blank);
+        assert_eq!(m.state.unknown_vendor_status.as_deref(), Some("已失效"));
+        assert!(!m.changed);
+        blank.vendor_status = None;
+        let m = merge(&s, &blank);
+        assert_eq!(m.state.unknown_vendor_status.as_deref(), Some("已失效"));
     }
 
     #[test]
