@@ -390,9 +390,11 @@ fn merge_fields(held: &mut OrderFields, seen: &OrderFields, current: bool, sourc
     take(&mut held.third_phone, &seen.third_phone, current);
     take(&mut held.iccid, &seen.iccid, current);
     take(&mut held.remark, &seen.remark, current);
-    // Activation is one-way: once active, a later "not active" is ignored.
+    // Activation is one-way: once active, a later "not active" is ignored,
+    // and "active" counts even from a stale observation.
     if held.card_status.as_deref() != Some(CARD_ACTIVE) {
-        take(&mut held.card_status, &seen.card_status, current);
+        let active = seen.card_status.as_deref().map(str::trim) == Some(CARD_ACTIVE);
+        take(&mut held.card_status, &seen.card_status, current || active);
     }
     if held.activated_at.is_none() {
         held.activated_at = seen.activated_at;
@@ -690,6 +692,21 @@ mod tests {
         let m = merge(&s, &late);
         assert_eq!(m.state.fields.activated_at, Some(t));
         assert_eq!(m.state.fields.card_status.as_deref(), Some(CARD_ACTIVE));
+    }
+
+    #[test]
+    fn a_stale_activation_replaces_a_held_not_active() {
+        let mut not_active = obs(Status::Completed, "已完成");
+        not_active.fields.card_status = Some("未激活".into());
+        let s = merge(&OrderState::new_order(), &not_active).state;
+        let t = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
+        let mut late = obs(Status::Shipped, "已发货");
+        late.fields.card_status = Some(CARD_ACTIVE.into());
+        late.fields.activated_at = Some(t);
+        let m = merge(&s, &late);
+        assert_eq!(m.effect, Effect::Stale);
+        assert_eq!(m.state.fields.card_status.as_deref(), Some(CARD_ACTIVE));
+        assert_eq!(m.state.fields.activated_at, Some(t));
     }
 
     #[test]
