@@ -115,7 +115,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => 86400,
         _ => return Err(format!("`{s}` has no unit (s, m, h or d)")),
     };
-    Ok(Duration::from_secs(n * mult))
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 /// When the poller should next look at an order, and the quiet polls that
@@ -413,6 +415,23 @@ mod tests {
             .unwrap();
         assert_eq!(q1 - t0(), chrono::Duration::minutes(1));
         assert_eq!(q3 - t0(), chrono::Duration::minutes(4));
+    }
+
+    #[test]
+    fn a_duration_too_long_to_count_is_refused_not_a_panic() {
+        assert_eq!(
+            parse_duration("213503982334601d"),
+            Ok(Duration::from_secs(213503982334601 * 86400))
+        );
+        let e = parse_duration("213503982334602d").unwrap_err();
+        assert!(e.contains("too long"), "{e}");
+        assert!(parse_duration("18446744073709551615s").is_ok());
+        assert!(parse_duration("18446744073709551615m").is_err());
+        assert!(StatusDurations::parse(
+            "shipped=999999999999999d",
+            &schedule().waits[&Vendor::Haoka172]
+        )
+        .is_err());
     }
 
     #[test]
