@@ -141,8 +141,9 @@ pub enum Event {
     /// A query brought nothing new, did not find the order, or failed.
     PollQuiet { status: Status },
     /// A callback waits for the vendor's word: ask at once (the caller
-    /// allows this once per order and reason).
-    Confirm,
+    /// allows this once per order and reason). `status` is the order's
+    /// held status: a terminal order is not asked even then.
+    Confirm { status: Status },
 }
 
 /// The "when to ask" rules, built once at startup from the configuration.
@@ -172,7 +173,7 @@ impl Schedule {
     /// - A quiet poll backs off: `max(wait, min_recheck) × 2^(quiet-1)`,
     ///   ±20 % jitter, at most 30 days.
     /// - A confirmation is due now; it keeps the quiet count.
-    /// - A terminal order is never checked again.
+    /// - A terminal order is never checked again, whatever the event.
     pub fn next_check(
         &self,
         vendor: Vendor,
@@ -193,8 +194,8 @@ impl Schedule {
                     quiet_polls: quiet,
                 }
             }
-            Event::Confirm => NextCheck {
-                at: Some(now),
+            Event::Confirm { status } => NextCheck {
+                at: self.wait(vendor, status).map(|_| now),
                 ..held
             },
         }
@@ -470,7 +471,10 @@ mod tests {
             t0(),
         );
         assert_eq!(q.quiet_polls, 3);
-        let c = s.next_check(Vendor::Haoka172, "D1", Event::Confirm, q, t0());
+        let confirm = Event::Confirm {
+            status: Status::Pending,
+        };
+        let c = s.next_check(Vendor::Haoka172, "D1", confirm, q, t0());
         assert_eq!(
             c,
             NextCheck {
@@ -489,6 +493,33 @@ mod tests {
         );
         assert_eq!(n.quiet_polls, 0, "news resets the backoff");
         assert_eq!(s.after_daily_budget(t0()), next_china_midnight(t0()));
+    }
+
+    #[test]
+    fn a_terminal_order_is_not_asked_even_to_confirm() {
+        let s = schedule();
+        let held = NextCheck {
+            at: None,
+            quiet_polls: 2,
+        };
+        for st in Status::ALL {
+            let c = s.next_check(
+                Vendor::Haoka172,
+                "D1",
+                Event::Confirm { status: st },
+                held,
+                t0(),
+            );
+            let want = (!st.is_terminal()).then_some(t0());
+            assert_eq!(
+                c,
+                NextCheck {
+                    at: want,
+                    quiet_polls: 2
+                },
+                "{st}"
+            );
+        }
     }
 
     #[test]

@@ -429,7 +429,10 @@ fn request_confirmations(
         }
         if expedite {
             w.expedited = true;
-            w.next = schedule.next_check(obs.vendor, &obs.order_id, Event::Confirm, w.next, now);
+            let confirm = Event::Confirm {
+                status: w.state.status,
+            };
+            w.next = schedule.next_check(obs.vendor, &obs.order_id, confirm, w.next, now);
         }
         match &mut outcomes[p.item] {
             Applied::Held { expedited, .. } | Applied::Unverified { expedited } => {
