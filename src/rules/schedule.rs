@@ -4,6 +4,7 @@
 //!   the next check is `now + overdue[status]`: callbacks that arrive on time
 //!   keep pushing it out, so a healthy order is never queried. After news
 //!   from a poll it is at least one minute, so a pass never re-asks at once.
+//!   At most 30 days, whatever the configuration says.
 //! - After a poll that brought nothing new (or failed) the interval grows:
 //!   `max(overdue[status], 1 min) × 2^(quiet-1)`, ±20 % jitter, at most
 //!   30 days, so a quiet order costs few calls.
@@ -21,7 +22,7 @@ use super::vendor::Vendor;
 
 /// The default shortest re-check after a poll (`POLL_MIN_RECHECK`).
 pub const MIN_RECHECK: Duration = Duration::from_secs(60);
-/// The longest re-check interval.
+/// The longest wait before a re-check (quiet polls add ±20 % jitter to it).
 pub const MAX_RECHECK: Duration = Duration::from_secs(30 * 86400);
 
 /// Per-status durations, e.g. `new=30m,pending=6h,submitted=2d`.
@@ -169,7 +170,8 @@ impl Schedule {
     /// schedule goes through here.
     ///
     /// - News (a callback, a registration, a poll that changed something)
-    ///   waits the status's time; after a poll at least `min_recheck`.
+    ///   waits the status's time; after a poll at least `min_recheck`; at
+    ///   most 30 days.
     /// - A quiet poll backs off: `max(wait, min_recheck) × 2^(quiet-1)`,
     ///   ±20 % jitter, at most 30 days.
     /// - A confirmation is due now; it keeps the quiet count.
@@ -222,7 +224,7 @@ impl Schedule {
         at_least: Duration,
     ) -> Option<DateTime<Utc>> {
         self.wait(vendor, status)
-            .map(|w| now + to_chrono(w.max(at_least)))
+            .map(|w| now + to_chrono(w.max(at_least).min(MAX_RECHECK)))
     }
 
     /// After `quiet` (≥ 1) consecutive polls that brought nothing new.
@@ -239,11 +241,8 @@ impl Schedule {
         let factor = 1u32 << quiet.clamp(1, 16).saturating_sub(1);
         let interval = base.saturating_mul(factor).min(MAX_RECHECK);
         let jittered = interval.as_secs_f64() * (1.0 + 0.2 * jitter.clamp(-1.0, 1.0));
-        Some(
-            now + to_chrono(Duration::from_secs_f64(
-                jittered.max(self.min_recheck.as_secs_f64() * 0.8),
-            )),
-        )
+        let floor = self.min_recheck.min(MAX_RECHECK).as_secs_f64() * 0.8;
+        Some(now + to_chrono(Duration::from_secs_f64(jittered.max(floor))))
     }
 
     /// Orders last heard of before this are past the tracking horizon.
@@ -433,6 +432,32 @@ mod tests {
             &schedule().waits[&Vendor::Haoka172]
         )
         .is_err());
+    }
+
+    #[test]
+    fn waits_configured_beyond_thirty_days_are_capped_not_a_panic() {
+        let mut s = schedule();
+        let far =
+            StatusDurations::parse("shipped=100000000d", &s.waits[&Vendor::Haoka172]).unwrap();
+        s.waits.insert(Vendor::Haoka172, far);
+        s.min_recheck = Duration::from_secs(60 * 86400);
+        let days = |d| Some(t0() + chrono::Duration::days(d));
+        assert_eq!(
+            s.after_news(Vendor::Haoka172, Status::Shipped, t0()),
+            days(30)
+        );
+        assert_eq!(
+            s.after_poll_news(Vendor::Haoka172, Status::Pending, t0()),
+            days(30)
+        );
+        let quiet = s
+            .after_quiet(Vendor::Haoka172, Status::Shipped, t0(), 1, 1.0)
+            .unwrap();
+        assert_eq!(quiet, days(36).unwrap());
+        let quiet = s
+            .after_quiet(Vendor::Haoka172, Status::Pending, t0(), 1, -1.0)
+            .unwrap();
+        assert_eq!(quiet, days(24).unwrap());
     }
 
     #[test]
