@@ -560,4 +560,323 @@ mod tests {
             assert!((-1.0..=1.0).contains(&j));
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        const DAY: u64 = 86400;
+
+        fn duration() -> impl Strategy<Value = Duration> {
+            prop_oneof![
+                4 => (0u64..=60 * DAY).prop_map(Duration::from_secs),
+                1 => Just(Duration::ZERO),
+                1 => any::<u64>().prop_map(Duration::from_secs),
+            ]
+        }
+
+        /// Per-status waits with keys possibly missing (the rule falls back).
+        fn waits() -> impl Strategy<Value = StatusDurations> {
+            proptest::collection::vec(proptest::option::of(duration()), 6).prop_map(|d| {
+                StatusDurations(
+                    StatusDurations::KEYS
+                        .iter()
+                        .zip(d)
+                        .filter_map(|(k, d)| d.map(|d| (k.as_str(), d)))
+                        .collect(),
+                )
+            })
+        }
+
+        /// Any configuration, the defaults included, a vendor's waits
+        /// possibly missing altogether.
+        fn schedule() -> impl Strategy<Value = Schedule> {
+            let defaults = Just(super::schedule());
+            let any = (
+                proptest::option::of(waits()),
+                proptest::option::of(waits()),
+                prop_oneof![Just(MIN_RECHECK), duration()],
+            )
+                .prop_map(|(h, d, min_recheck)| Schedule {
+                    waits: [(Vendor::Haoka172, h), (Vendor::Damaijia, d)]
+                        .into_iter()
+                        .filter_map(|(v, w)| w.map(|w| (v, w)))
+                        .collect(),
+                    min_recheck,
+                    ..super::schedule()
+                });
+            prop_oneof![1 => defaults, 3 => any]
+        }
+
+        fn vendor() -> impl Strategy<Value = Vendor> {
+            select(vec![Vendor::Haoka172, Vendor::Damaijia])
+        }
+
+        fn status() -> impl Strategy<Value = Status> {
+            select(Status::ALL.to_vec())
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![
+                Just(Event::Registered),
+                status().prop_map(|status| Event::News { status }),
+                status().prop_map(|status| Event::PollNews { status }),
+                status().prop_map(|status| Event::PollQuiet { status }),
+                status().prop_map(|status| Event::Confirm { status }),
+            ]
+        }
+
+        /// The order's status the event speaks of.
+        fn status_of(e: Event) -> Status {
+            match e {
+                Event::Registered => Status::New,
+                Event::News { status }
+                | Event::PollNews { status }
+                | Event::PollQuiet { status }
+                | Event::Confirm { status } => status,
+            }
+        }
+
+        /// A clock between 2000 and 2200, to the nanosecond.
+        fn now() -> impl Strategy<Value = DateTime<Utc>> {
+            (946_684_800i64..7_258_118_400, 0u32..1_000_000_000)
+                .prop_map(|(s, n)| Utc.timestamp_opt(s, n).unwrap())
+        }
+
+        fn held() -> impl Strategy<Value = NextCheck> {
+            (proptest::option::of(now()), any::<i32>())
+                .prop_map(|(at, quiet_polls)| NextCheck { at, quiet_polls })
+        }
+
+        fn order_id() -> impl Strategy<Value = String> {
+            prop_oneof![any::<u32>().prop_map(|n| format!("D{n}")), "\\PC{0,12}"]
+        }
+
+        fn secs(d: chrono::Duration) -> f64 {
+            d.num_nanoseconds().unwrap_or(i64::MAX) as f64 / 1e9
+        }
+
+        /// The status's wait as configured (an hour when missing).
+        fn wait(s: &Schedule, v: Vendor, st: Status) -> Duration {
+            s.waits
+                .get(&v)
+                .and_then(|w| w.get(st))
+                .unwrap_or(Duration::from_secs(3600))
+        }
+
+        fn render(d: &StatusDurations) -> String {
+            d.0.iter()
+                .map(|(k, v)| format!("{k}={}s", v.as_secs()))
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+
+        /// What `parse_duration` must read `s` as, worked out in u128: a
+        /// bare `0`, or ASCII digits then one of s, m, h, d, when the
+        /// seconds fit in u64.
+        fn duration_of(s: &str) -> Option<u64> {
+            if s == "0" {
+                return Some(0);
+            }
+            let unit = s.chars().last()?;
+            let digits = &s[..s.len() - unit.len_utf8()];
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let mult: u128 = match unit {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86400,
+                _ => return None,
+            };
+            let n: u128 = digits.parse().unwrap_or(u128::MAX);
+            u64::try_from(n.checked_mul(mult)?).ok()
+        }
+
+        fn duration_text() -> impl Strategy<Value = String> {
+            let unit = select(vec!["s", "m", "h", "d", "", "x", "ms", " s", "S", "秒"]);
+            prop_oneof![
+                any::<String>(),
+                "[0-9smhd +.-]{0,8}",
+                (any::<u64>(), unit.clone()).prop_map(|(n, u)| format!("{n}{u}")),
+                (0u64..1000, unit.clone()).prop_map(|(n, u)| format!("{n}{u}")),
+                ("[0-9]{15,25}", unit).prop_map(|(n, u)| format!("{n}{u}")),
+                Just("0".to_owned()),
+            ]
+        }
+
+        fn spec() -> impl Strategy<Value = String> {
+            let key = prop_oneof![
+                select(Status::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
+                select(vec!["", " pending ", "Pending", "x"]),
+            ];
+            let piece = prop_oneof![
+                (key.clone(), duration_text()).prop_map(|(k, v)| format!("{k}={v}")),
+                key.prop_map(str::to_owned),
+                "[ -~]{0,6}",
+            ];
+            prop_oneof![
+                any::<String>(),
+                proptest::collection::vec(piece, 0..6).prop_map(|p| p.join(",")),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(crate::test_support::proptest_config(5000))]
+
+            /// Whatever the event, the configuration and the held schedule:
+            /// a terminal order gets no next check (not even to confirm a
+            /// callback); any other order gets one, never before `now` and
+            /// never later than 30 days plus 20 % jitter after it; a
+            /// confirmation is due at `now`.
+            #[test]
+            fn next_check_never_schedules_a_terminal_order_and_stays_within_thirty_days_and_jitter(
+                s in schedule(),
+                v in vendor(),
+                e in event(),
+                held in held(),
+                id in order_id(),
+                now in now(),
+            ) {
+                let got = s.next_check(v, &id, e, held, now);
+                if status_of(e).is_terminal() {
+                    prop_assert_eq!(got.at, None, "{:?}", e);
+                } else {
+                    let at = got.at.expect("a non-terminal order is checked again");
+                    prop_assert!(at >= now, "{at} before {now}");
+                    let most = MAX_RECHECK.as_secs_f64() * 1.2;
+                    prop_assert!(secs(at - now) <= most + 1e-3, "{at} is {:?} after {now}", at - now);
+                    if matches!(e, Event::Confirm { .. }) {
+                        prop_assert_eq!(at, now);
+                    }
+                }
+            }
+
+            /// A quiet poll waits `max(wait, min_recheck) × 2^(quiet − 1)`,
+            /// at most 30 days, ±20 % jitter; with the same jitter (same
+            /// order, same time) more quiet polls never mean a shorter wait.
+            #[test]
+            fn a_quiet_poll_backs_off_by_the_contract_and_never_sooner_after_more_quiet_polls(
+                s in schedule(),
+                v in vendor(),
+                st in status().prop_filter("non-terminal", |s| !s.is_terminal()),
+                q in any::<i32>(),
+                more in 0i32..40,
+                id in order_id(),
+                now in now(),
+            ) {
+                let quiet = |q: i32| {
+                    let held = NextCheck { at: None, quiet_polls: q };
+                    s.next_check(v, &id, Event::PollQuiet { status: st }, held, now)
+                };
+                let (a, b) = (quiet(q), quiet(q.saturating_add(more)));
+                prop_assert_eq!(a.quiet_polls, q.saturating_add(1));
+                prop_assert!(a.at.unwrap() <= b.at.unwrap(), "{a:?} then {b:?}");
+                let base = wait(&s, v, st).max(s.min_recheck).as_secs_f64();
+                let n = a.quiet_polls.clamp(1, 16) - 1;
+                let interval = (base * 2f64.powi(n)).min(MAX_RECHECK.as_secs_f64());
+                let got = secs(a.at.unwrap() - now);
+                prop_assert!(
+                    got >= interval * 0.8 - 1e-3 && got <= interval * 1.2 + 1e-3,
+                    "waited {got}s for an interval of {interval}s"
+                );
+            }
+
+            /// News (a registration, a callback, a poll that changed
+            /// something) resets the quiet count and waits the status's
+            /// time exactly (at least `min_recheck` after a poll), at most
+            /// 30 days; a confirmation and a quiet poll keep counting.
+            #[test]
+            fn news_resets_the_quiet_count_and_waits_the_status_time(
+                s in schedule(),
+                v in vendor(),
+                e in event(),
+                held in held(),
+                id in order_id(),
+                now in now(),
+            ) {
+                let got = s.next_check(v, &id, e, held, now);
+                let st = status_of(e);
+                match e {
+                    Event::Confirm { .. } => prop_assert_eq!(got.quiet_polls, held.quiet_polls),
+                    Event::PollQuiet { .. } => {
+                        prop_assert_eq!(got.quiet_polls, held.quiet_polls.saturating_add(1))
+                    }
+                    _ => {
+                        prop_assert_eq!(got.quiet_polls, 0);
+                        if !st.is_terminal() {
+                            let at_least = match e {
+                                Event::PollNews { .. } => s.min_recheck,
+                                _ => Duration::ZERO,
+                            };
+                            let want = wait(&s, v, st).max(at_least).min(MAX_RECHECK);
+                            prop_assert_eq!(got.at, Some(now + chrono::Duration::from_std(want).unwrap()));
+                        }
+                    }
+                }
+            }
+
+            /// Reading a per-status list never panics; what it accepts has
+            /// every key the defaults have, only non-terminal keys, and
+            /// reads back the same when written out again.
+            #[test]
+            fn status_durations_parse_never_panics_and_round_trips_what_it_accepts(
+                spec in spec(),
+                defaults in prop_oneof![
+                    Just(StatusDurations::haoka172_default()),
+                    Just(StatusDurations::damaijia_default()),
+                    Just(StatusDurations(BTreeMap::new())),
+                ],
+            ) {
+                if let Ok(d) = StatusDurations::parse(&spec, &defaults) {
+                    prop_assert!(defaults.0.keys().all(|k| d.0.contains_key(k)));
+                    let keys: Vec<&str> = StatusDurations::KEYS.iter().map(|s| s.as_str()).collect();
+                    prop_assert!(d.0.keys().all(|k| keys.contains(k)), "{d:?}");
+                    let again = StatusDurations::parse(&render(&d), &StatusDurations(BTreeMap::new()));
+                    prop_assert_eq!(again, Ok(d));
+                }
+            }
+
+            /// A well-formed list sets the keys it names (the last one
+            /// wins) and keeps the default of every other; a terminal
+            /// status as a key is refused.
+            #[test]
+            fn status_durations_keep_the_default_of_every_key_not_named(
+                pairs in proptest::collection::vec(
+                    (status(), 0u64..100_000, select(vec![("s", 1u64), ("m", 60), ("h", 3600), ("d", 86400)]), any::<bool>()),
+                    0..8,
+                ),
+                defaults in prop_oneof![
+                    Just(StatusDurations::haoka172_default()),
+                    Just(StatusDurations::damaijia_default()),
+                ],
+            ) {
+                let spec = pairs
+                    .iter()
+                    .map(|(k, n, (u, _), pad)| if *pad { format!(" {k} = {n}{u} ") } else { format!("{k}={n}{u}") })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let got = StatusDurations::parse(&spec, &defaults);
+                if pairs.iter().any(|(k, ..)| k.is_terminal()) {
+                    prop_assert!(got.is_err(), "{spec}: {got:?}");
+                } else {
+                    let mut want = defaults.clone();
+                    for (k, n, (_, mult), _) in &pairs {
+                        want.0.insert(k.as_str(), Duration::from_secs(n * mult));
+                    }
+                    prop_assert_eq!(got, Ok(want), "{}", spec);
+                }
+            }
+
+            /// A duration is a bare `0` or a whole number and one unit, and
+            /// nothing else: never a panic, never a wrapped count.
+            #[test]
+            fn parse_duration_never_panics_and_reads_exactly_a_count_and_a_unit(s in duration_text()) {
+                let got = parse_duration(&s).ok().map(|d| d.as_secs());
+                prop_assert_eq!(got, duration_of(&s), "{:?}", s);
+            }
+        }
+    }
 }
