@@ -152,7 +152,9 @@ impl OpenGap {
             return GapStep::Wait;
         }
         match self.resumed_at {
-            Some(resumed) if elapsed(resumed, now) >= policy.settle => {
+            // A resumption the clock has not reached yet (a clock step
+            // backwards) has not settled, even with `settle=0`.
+            Some(resumed) if resumed <= now && elapsed(resumed, now) >= policy.settle => {
                 GapStep::Recover { since: resumed }
             }
             Some(_) => GapStep::Wait,
@@ -252,6 +254,21 @@ mod tests {
         // A clock step backwards waits.
         g.resumed_at = Some(t(40, 0));
         assert_eq!(g.step(&p, t(39, 0)), GapStep::Wait);
+    }
+
+    #[test]
+    fn with_no_settle_time_a_resumption_still_ahead_of_the_clock_waits() {
+        let p = GapPolicy::parse("settle=0").unwrap().unwrap();
+        let g = OpenGap {
+            id: 1,
+            silent_since: t(0, 0),
+            resumed_at: Some(t(2, 0)),
+            detected_at: t(1, 0),
+            swept_at: None,
+            sweep_started_at: None,
+        };
+        assert_eq!(g.step(&p, t(1, 59)), GapStep::Wait);
+        assert_eq!(g.step(&p, t(2, 0)), GapStep::Recover { since: t(2, 0) });
     }
 
     #[test]
