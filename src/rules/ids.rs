@@ -90,7 +90,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(crate::test_support::proptest_config(5000))]
+            #![proptest_config(crate::test_support::proptest_config(3000))]
 
             /// An id is accepted exactly when it is at most 128 bytes of
             /// UTF-8 and holds no control character; an accepted id comes

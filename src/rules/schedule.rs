@@ -724,7 +724,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(crate::test_support::proptest_config(5000))]
+            #![proptest_config(crate::test_support::proptest_config(3000))]
 
             /// Whatever the event, the configuration and the held schedule:
             /// a terminal order gets no next check (not even to confirm a

@@ -820,7 +820,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(crate::test_support::proptest_config(3000))]
+            #![proptest_config(crate::test_support::proptest_config(2000))]
 
             /// Whatever the vendor (or a proxy in front of it) answers,
             /// the envelope, the order extraction and the batch matching
