@@ -917,8 +917,19 @@ mod tests {
             any::<[u8; 14]>().prop_map(decode)
         }
 
+        /// Up to 12 observations drawn from a few, so that the same
+        /// observation often comes again (a redelivery, a re-read).
         fn observations() -> impl Strategy<Value = Vec<Observation>> {
-            proptest::collection::vec(observation(), 0..12)
+            (
+                proptest::collection::vec(observation(), 1..6),
+                proptest::collection::vec(any::<u8>(), 0..12),
+            )
+                .prop_map(|(few, picks)| {
+                    picks
+                        .iter()
+                        .map(|p| few[usize::from(*p) % few.len()].clone())
+                        .collect()
+                })
         }
 
         /// The state after each observation, the new order first.
