@@ -25,3 +25,6 @@ pub mod sim;
 pub mod startup;
 pub mod store;
 pub mod vendors;
+
+#[cfg(test)]
+mod test_support;

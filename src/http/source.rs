@@ -448,6 +448,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::test_support::proptest_config(256))]
+
         #[test]
         fn any_header_yields_the_peer_or_an_address_written_in_it(
             parts in prop::collection::vec(element(), 0..6),

@@ -152,7 +152,9 @@ impl OpenGap {
             return GapStep::Wait;
         }
         match self.resumed_at {
-            Some(resumed) if elapsed(resumed, now) >= policy.settle => {
+            // A resumption the clock has not reached yet (a clock step
+            // backwards) has not settled, even with `settle=0`.
+            Some(resumed) if resumed <= now && elapsed(resumed, now) >= policy.settle => {
                 GapStep::Recover { since: resumed }
             }
             Some(_) => GapStep::Wait,
@@ -255,6 +257,21 @@ mod tests {
     }
 
     #[test]
+    fn with_no_settle_time_a_resumption_still_ahead_of_the_clock_waits() {
+        let p = GapPolicy::parse("settle=0").unwrap().unwrap();
+        let g = OpenGap {
+            id: 1,
+            silent_since: t(0, 0),
+            resumed_at: Some(t(2, 0)),
+            detected_at: t(1, 0),
+            swept_at: None,
+            sweep_started_at: None,
+        };
+        assert_eq!(g.step(&p, t(1, 59)), GapStep::Wait);
+        assert_eq!(g.step(&p, t(2, 0)), GapStep::Recover { since: t(2, 0) });
+    }
+
+    #[test]
     fn a_sweep_in_progress_is_left_alone_until_its_lease_runs_out() {
         let p = GapPolicy::default();
         let g = OpenGap {
@@ -278,5 +295,244 @@ mod tests {
             silent.step(&p, t(25, 10)),
             GapStep::Resweep { since: t(1, 10) }
         );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        const MINUTE: u64 = 60;
+        const HOUR: u64 = 3600;
+        const DAY: u64 = 86400;
+
+        /// Any policy `parse` can return, often with the defaults' values.
+        fn policy() -> impl Strategy<Value = GapPolicy> {
+            let secs = |lo: u64, hi: u64| {
+                prop_oneof![
+                    Just(lo),
+                    lo..=hi,
+                    Just(hi),
+                    Just(15 * MINUTE),
+                    Just(HOUR),
+                    Just(DAY)
+                ]
+                .prop_map(move |s| Duration::from_secs(s.clamp(lo, hi)))
+            };
+            (
+                secs(MINUTE, 2 * DAY),
+                prop_oneof![1u32..=50, any::<u32>().prop_map(|e| e.max(1))],
+                secs(0, 2 * DAY),
+                secs(HOUR, 3 * DAY),
+            )
+                .prop_map(|(silence, expected, settle, resweep)| GapPolicy {
+                    silence,
+                    expected,
+                    settle,
+                    resweep,
+                })
+        }
+
+        /// How far a time lies from `now`: anywhere within days, or just
+        /// around the distances the rules compare with (the lease, the
+        /// default settle, an hour, a day).
+        fn offset() -> impl Strategy<Value = chrono::Duration> {
+            let near = select(vec![0i64, 600, 900, 3600, 86400]);
+            prop_oneof![
+                (-3 * 86400i64..=3 * 86400).prop_map(chrono::Duration::seconds),
+                (near, -2i64..=2, any::<bool>()).prop_map(|(d, e, neg)| {
+                    chrono::Duration::seconds(if neg { -d } else { d } + e)
+                }),
+            ]
+        }
+
+        fn now() -> impl Strategy<Value = DateTime<Utc>> {
+            (-86400i64..=86400).prop_map(|s| t(0, 0) + chrono::Duration::seconds(s))
+        }
+
+        /// A gap and the time it is looked at, its times near that time.
+        fn gap_at() -> impl Strategy<Value = (OpenGap, DateTime<Utc>)> {
+            (
+                now(),
+                offset(),
+                proptest::option::of(offset()),
+                offset(),
+                proptest::option::of(offset()),
+                proptest::option::of(offset()),
+            )
+                .prop_map(|(now, silent, resumed, detected, swept, started)| {
+                    let at = |d: chrono::Duration| now - d;
+                    let g = OpenGap {
+                        id: 1,
+                        silent_since: at(silent),
+                        resumed_at: resumed.map(at),
+                        detected_at: at(detected),
+                        swept_at: swept.map(at),
+                        sweep_started_at: started.map(at),
+                    };
+                    (g, now)
+                })
+        }
+
+        fn dur(d: Duration) -> chrono::Duration {
+            chrono::Duration::from_std(d).unwrap()
+        }
+
+        /// The module's rules, on the clock as it reads (a time after `now`
+        /// has not happened yet): a sweep begun less than `SWEEP_LEASE`
+        /// ago is left alone; once callbacks resumed, recover when `settle`
+        /// has passed since, else wait; while silent, resweep once
+        /// `resweep` has passed since the last sweep (or the detection).
+        fn expected_step(g: &OpenGap, p: &GapPolicy, now: DateTime<Utc>) -> GapStep {
+            if g.sweep_started_at
+                .is_some_and(|s| now < s + dur(SWEEP_LEASE))
+            {
+                return GapStep::Wait;
+            }
+            match g.resumed_at {
+                Some(r) if now >= r + dur(p.settle) => GapStep::Recover { since: r },
+                Some(_) => GapStep::Wait,
+                None if now >= g.swept_at.unwrap_or(g.detected_at) + dur(p.resweep) => {
+                    GapStep::Resweep {
+                        since: now - dur(p.resweep),
+                    }
+                }
+                None => GapStep::Wait,
+            }
+        }
+
+        fn duration_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (0u64..200, select(vec!["s", "m", "h", "d", "", "x"]))
+                    .prop_map(|(n, u)| format!("{n}{u}")),
+                any::<u64>().prop_map(|n| format!("{n}d")),
+                Just("0".to_owned()),
+                "[ -~]{0,5}",
+            ]
+        }
+
+        fn spec() -> impl Strategy<Value = String> {
+            let key = select(vec![
+                "silence", "expected", "settle", "resweep", "", " settle ", "Silence", "off",
+            ]);
+            let piece = prop_oneof![
+                (key.clone(), duration_text()).prop_map(|(k, v)| format!("{k}={v}")),
+                key.prop_map(str::to_owned),
+                "[ -~]{0,8}",
+            ];
+            prop_oneof![
+                any::<String>(),
+                select(vec!["off", " OFF ", "Off", "of", "off,"]).prop_map(str::to_owned),
+                proptest::collection::vec(piece, 0..6).prop_map(|p| p.join(",")),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(crate::test_support::proptest_config(5000))]
+
+            /// Any text: no panic; `off` in any case is no policy; an
+            /// accepted policy keeps the documented bounds.
+            #[test]
+            fn gap_policy_parse_never_panics_and_keeps_its_bounds(spec in spec()) {
+                let got = GapPolicy::parse(&spec);
+                let off = spec.trim().eq_ignore_ascii_case("off");
+                prop_assert_eq!(got == Ok(None), off, "{:?}: {:?}", spec, got);
+                match got {
+                    Ok(None) => {}
+                    Ok(Some(p)) => {
+                        prop_assert!(p.silence >= Duration::from_secs(MINUTE));
+                        prop_assert!(p.expected >= 1);
+                        prop_assert!(p.resweep >= Duration::from_secs(HOUR));
+                    }
+                    Err(_) => {}
+                }
+            }
+
+            /// A well-formed spec sets the keys it names (the last one wins)
+            /// and keeps the default of every other.
+            #[test]
+            fn gap_policy_parse_keeps_the_default_of_every_key_not_named(
+                pairs in proptest::collection::vec(
+                    (0usize..4, 1u64..200, select(vec![("m", MINUTE), ("h", HOUR), ("d", DAY)]), any::<bool>()),
+                    0..6,
+                ),
+            ) {
+                let keys = ["silence", "expected", "settle", "resweep"];
+                let spec = pairs
+                    .iter()
+                    .map(|(k, n, (u, _), pad)| {
+                        let v = if *k == 1 { n.to_string() } else { format!("{n}{u}") };
+                        if *pad { format!(" {} = {v} ", keys[*k]) } else { format!("{}={v}", keys[*k]) }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let mut want = GapPolicy::default();
+                for (k, n, (_, unit), _) in &pairs {
+                    let d = Duration::from_secs(n * unit);
+                    match k {
+                        0 => want.silence = d,
+                        1 => want.expected = *n as u32,
+                        2 => want.settle = d,
+                        _ => want.resweep = d,
+                    }
+                }
+                let got = GapPolicy::parse(&spec);
+                if want.resweep < Duration::from_secs(HOUR) {
+                    prop_assert!(got.is_err(), "{spec}: {got:?}");
+                } else {
+                    prop_assert_eq!(got, Ok(Some(want)), "{}", spec);
+                }
+            }
+
+            /// Never a sweep before its time: no recovery before `settle`
+            /// has passed after the resumption (a resumption the clock has
+            /// not reached yet included), no resweep before `resweep` has
+            /// passed, nothing while another sweep holds its lease; and
+            /// each step comes as soon as it is due.
+            #[test]
+            fn a_gap_is_never_swept_before_its_time_and_always_once_it_is_due(
+                (g, now) in gap_at(),
+                p in policy(),
+            ) {
+                let got = g.step(&p, now);
+                match got {
+                    GapStep::Recover { since } => {
+                        prop_assert_eq!(Some(since), g.resumed_at);
+                        prop_assert!(now >= since + dur(p.settle), "recovered at {now}, resumed {since}");
+                    }
+                    GapStep::Resweep { since } => {
+                        prop_assert_eq!(g.resumed_at, None);
+                        prop_assert_eq!(since, now - dur(p.resweep));
+                    }
+                    GapStep::Wait => {}
+                }
+                prop_assert_eq!(got, expected_step(&g, &p, now));
+            }
+
+            /// A silence is a gap exactly when an average day of the
+            /// history brought the expected callbacks in those hours;
+            /// counting up to `count_cap` is enough to tell; a silence is
+            /// long enough exactly when `silence` has passed (a clock step
+            /// backwards is none).
+            #[test]
+            fn a_silence_is_a_gap_exactly_when_the_average_day_brought_the_expected_callbacks(
+                p in policy(),
+                history in prop_oneof![0i64..10_000, any::<i64>()],
+                since in offset(),
+                now in now(),
+            ) {
+                let threshold = i64::from(p.expected) * i64::from(HISTORY_DAYS);
+                for h in [history, threshold - 1, threshold, p.count_cap()] {
+                    prop_assert_eq!(p.is_gap(h), expected_per_day(h) >= i64::from(p.expected), "{}", h);
+                }
+                prop_assert!(p.is_gap(threshold) && !p.is_gap(threshold - 1));
+                prop_assert!(p.count_cap() >= threshold);
+                let last = now - since;
+                prop_assert_eq!(p.long_enough(last, now), now >= last + dur(p.silence));
+                let exactly = now - dur(p.silence);
+                prop_assert!(p.long_enough(exactly, now));
+                prop_assert!(!p.long_enough(exactly + chrono::Duration::seconds(1), now));
+            }
+        }
     }
 }

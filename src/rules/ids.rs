@@ -55,4 +55,61 @@ mod tests {
         assert_eq!(usable(Some("x\n".into())), None);
         assert_eq!(usable(None), None);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Control characters by their code points (Unicode category Cc),
+        /// written out independently of `char::is_control`.
+        fn is_cc(c: char) -> bool {
+            matches!(u32::from(c), 0..=0x1f | 0x7f..=0x9f)
+        }
+
+        /// Strings of every kind, many of them near the 128-byte bound:
+        /// ASCII, 2-, 3- and 4-byte characters, with and without a control
+        /// character somewhere.
+        fn id() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                4 => "[a-zA-Z0-9_-]{0,8}",
+                2 => "[éü单号卡😀]{0,4}",
+                1 => "[\\u{0}-\\u{1f}\\u{7f}-\\u{9f}]",
+                1 => "[\\u{a0}-\\u{ff}\\u{2028}\\u{200b}\\u{feff}]",
+            ];
+            prop_oneof![
+                any::<String>(),
+                proptest::collection::vec(piece, 0..40).prop_map(|p| p.concat()),
+                // Exactly around the bound, in 1- to 4-byte characters.
+                (
+                    120usize..=132,
+                    proptest::sample::select(vec!["x", "é", "单", "😀"])
+                )
+                    .prop_map(|(bytes, c)| c.repeat(bytes / c.len())
+                        + &"y".repeat(bytes % c.len())),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(crate::test_support::proptest_config(3000))]
+
+            /// An id is accepted exactly when it is at most 128 bytes of
+            /// UTF-8 and holds no control character; an accepted id comes
+            /// back unchanged and a refused one is named in the reason.
+            #[test]
+            fn check_accepts_exactly_the_short_ids_without_control_characters(s in id()) {
+                let want = s.len() <= MAX_BYTES && !s.chars().any(is_cc);
+                match check("OrderNo", &s) {
+                    Ok(got) => {
+                        prop_assert!(want, "accepted {s:?} ({} bytes)", s.len());
+                        prop_assert_eq!(got, s.as_str());
+                    }
+                    Err(why) => {
+                        prop_assert!(!want, "refused {s:?}: {why}");
+                        prop_assert!(why.starts_with("OrderNo "), "{why}");
+                    }
+                }
+                prop_assert_eq!(usable(Some(s.clone())).is_some(), want);
+            }
+        }
+    }
 }

@@ -295,7 +295,9 @@ pub fn merge(held: &OrderState, obs: &Observation) -> Merged {
                 state.status = Status::Unknown;
                 state.vendor_status = label.map(str::to_owned);
             }
-            state.unknown_vendor_status = label.map(str::to_owned);
+            if label.is_some() {
+                state.unknown_vendor_status = label.map(str::to_owned);
+            }
         }
     }
     let current = matches!(effect, Effect::Advanced | Effect::Same);
@@ -388,9 +390,11 @@ fn merge_fields(held: &mut OrderFields, seen: &OrderFields, current: bool, sourc
     take(&mut held.third_phone, &seen.third_phone, current);
     take(&mut held.iccid, &seen.iccid, current);
     take(&mut held.remark, &seen.remark, current);
-    // Activation is one-way: once active, a later "not active" is ignored.
+    // Activation is one-way: once active, a later "not active" is ignored,
+    // and "active" counts even from a stale observation.
     if held.card_status.as_deref() != Some(CARD_ACTIVE) {
-        take(&mut held.card_status, &seen.card_status, current);
+        let active = seen.card_status.as_deref().map(str::trim) == Some(CARD_ACTIVE);
+        take(&mut held.card_status, &seen.card_status, current || active);
     }
     if held.activated_at.is_none() {
         held.activated_at = seen.activated_at;
@@ -551,6 +555,18 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_status_without_a_label_keeps_the_flagged_label() {
+        let s = merge(&held(Status::Shipped), &obs(Status::Unknown, "已失效")).state;
+        let mut blank = obs(Status::Unknown, "  ");
+        let m = merge(&s, &blank);
+        assert_eq!(m.state.unknown_vendor_status.as_deref(), Some("已失效"));
+        assert!(!m.changed);
+        blank.vendor_status = None;
+        let m = merge(&s, &blank);
+        assert_eq!(m.state.unknown_vendor_status.as_deref(), Some("已失效"));
+    }
+
+    #[test]
     fn unknown_label_on_a_new_order_makes_it_unknown_and_a_known_one_then_wins() {
         let m = merge(&OrderState::new_order(), &obs(Status::Unknown, "奇怪"));
         assert_eq!(m.state.status, Status::Unknown);
@@ -679,6 +695,21 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_activation_replaces_a_held_not_active() {
+        let mut not_active = obs(Status::Completed, "已完成");
+        not_active.fields.card_status = Some("未激活".into());
+        let s = merge(&OrderState::new_order(), &not_active).state;
+        let t = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
+        let mut late = obs(Status::Shipped, "已发货");
+        late.fields.card_status = Some(CARD_ACTIVE.into());
+        late.fields.activated_at = Some(t);
+        let m = merge(&s, &late);
+        assert_eq!(m.effect, Effect::Stale);
+        assert_eq!(m.state.fields.card_status.as_deref(), Some(CARD_ACTIVE));
+        assert_eq!(m.state.fields.activated_at, Some(t));
+    }
+
+    #[test]
     fn first_top_up_is_sticky_and_keeps_its_first_amount() {
         let mut a = obs(Status::Completed, "已完成");
         a.fields.first_charge = Some(true);
@@ -770,5 +801,371 @@ mod tests {
         let m = merge(&s, &answer);
         assert_eq!(m.effect, Effect::Stale);
         assert_eq!(m.state.fields.vendor_order_no.as_deref(), Some("mlkjREAL"));
+    }
+
+    mod props {
+        use super::*;
+        use chrono::TimeZone;
+        use proptest::prelude::*;
+
+        /// The contract's progress line up to `completed`; every terminal
+        /// status comes after it. Written out independently of `rank`.
+        fn position(s: Status) -> Option<usize> {
+            const LINE: [Status; 5] = [
+                Status::New,
+                Status::Pending,
+                Status::Submitted,
+                Status::Shipped,
+                Status::Completed,
+            ];
+            if s.is_terminal() {
+                return Some(LINE.len());
+            }
+            LINE.iter().position(|x| *x == s)
+        }
+
+        /// Few values, so that they often repeat and often are blank.
+        const TEXTS: [Option<&str>; 6] = [
+            None,
+            Some(""),
+            Some("  "),
+            Some("a"),
+            Some(" a "),
+            Some("b"),
+        ];
+        const LABELS: [Option<&str>; 7] = [
+            None,
+            Some(""),
+            Some("待处理"),
+            Some(" 已发货 "),
+            Some("已结算"),
+            Some("已失效"),
+            Some("x"),
+        ];
+        const CARDS: [Option<&str>; 6] = [
+            None,
+            Some(CARD_ACTIVE),
+            Some(" 已激活 "),
+            Some("未激活"),
+            Some(""),
+            Some("激活?"),
+        ];
+        const SOURCES: [Source; 3] = [Source::Callback, Source::Poll, Source::Manual];
+
+        fn pick<T: Copy>(from: &[T], b: u8) -> T {
+            from[usize::from(b) % from.len()]
+        }
+
+        fn text_of(b: u8) -> Option<String> {
+            pick(&TEXTS, b).map(str::to_owned)
+        }
+
+        fn text() -> impl Strategy<Value = Option<String>> {
+            any::<u8>().prop_map(text_of)
+        }
+
+        /// One observation of order DOWN1, decoded from bytes (cheap to
+        /// generate; shrinking towards 0 means towards "not said"): any
+        /// status a vendor can say (never `new`), a label unrelated to it,
+        /// any source, any fields.
+        fn decode(b: [u8; 14]) -> Observation {
+            let observed: Vec<Status> = Status::ALL
+                .into_iter()
+                .filter(|s| *s != Status::New)
+                .collect();
+            let detail = |present: u8, value: u8| {
+                (present & 1 == 1).then(|| match value % 4 {
+                    0 => serde_json::Value::Null,
+                    1 => serde_json::Value::from(1),
+                    2 => serde_json::Value::from(2),
+                    _ => serde_json::Value::from("x"),
+                })
+            };
+            let details = ["a", "b", "c"]
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, k)| {
+                    detail(b[12] >> i, b[13] >> (2 * i)).map(|v| (k.to_owned(), v))
+                })
+                .collect();
+            Observation {
+                vendor: Vendor::Haoka172,
+                order_id: "DOWN1".into(),
+                source: pick(&SOURCES, b[2]),
+                vendor_status: pick(&LABELS, b[1]).map(str::to_owned),
+                status: observed[usize::from(b[0]) % observed.len()],
+                fields: OrderFields {
+                    vendor_order_no: text_of(b[3]),
+                    express_name: text_of(b[4]),
+                    express_code: text_of(b[5]),
+                    third_phone: text_of(b[6]),
+                    iccid: text_of(b[7] & 0x0f),
+                    card_status: pick(&CARDS, b[8]).map(str::to_owned),
+                    activated_at: (b[9] % 5 > 0).then(|| {
+                        Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap()
+                            + chrono::Duration::days(i64::from(b[9] % 5))
+                    }),
+                    first_charge: [None, Some(false), Some(true)][usize::from(b[10] % 3)],
+                    first_charge_amount: text_of(b[11]),
+                    remark: text_of(b[7] >> 4),
+                    details,
+                },
+            }
+        }
+
+        fn observation() -> impl Strategy<Value = Observation> {
+            any::<[u8; 14]>().prop_map(decode)
+        }
+
+        /// Up to 12 observations drawn from a few, so that the same
+        /// observation often comes again (a redelivery, a re-read).
+        fn observations() -> impl Strategy<Value = Vec<Observation>> {
+            (
+                proptest::collection::vec(observation(), 1..6),
+                proptest::collection::vec(any::<u8>(), 0..12),
+            )
+                .prop_map(|(few, picks)| {
+                    picks
+                        .iter()
+                        .map(|p| few[usize::from(*p) % few.len()].clone())
+                        .collect()
+                })
+        }
+
+        /// The state after each observation, the new order first.
+        fn fold(seq: &[Observation]) -> Vec<OrderState> {
+            let mut states = vec![OrderState::new_order()];
+            for o in seq {
+                let next = merge(states.last().unwrap(), o).state;
+                states.push(next);
+            }
+            states
+        }
+
+        fn distinct_terminals(seq: &[Observation]) -> Vec<Status> {
+            let mut t: Vec<Status> = Vec::new();
+            for s in seq.iter().map(|o| o.status).filter(|s| s.is_terminal()) {
+                if !t.contains(&s) {
+                    t.push(s);
+                }
+            }
+            t
+        }
+
+        /// The status the contract gives an order after `seq`: the first
+        /// terminal status observed, else the furthest known one along the
+        /// line, else `unknown` when only unmapped labels came, else `new`.
+        fn expected_status(seq: &[Observation]) -> Status {
+            if let Some(t) = distinct_terminals(seq).first() {
+                return *t;
+            }
+            seq.iter()
+                .map(|o| o.status)
+                .filter(|s| *s != Status::Unknown)
+                .max_by_key(|s| position(*s))
+                .unwrap_or(if seq.is_empty() {
+                    Status::New
+                } else {
+                    Status::Unknown
+                })
+        }
+
+        fn trimmed(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+
+        proptest! {
+            #![proptest_config(crate::test_support::proptest_config(5000))]
+
+            /// Order-independence of the status axis. What holds for every
+            /// permutation of the same observations (repeats included):
+            /// - `conflict` is set exactly when two different terminal
+            ///   statuses were observed, in any order;
+            /// - with at most one distinct terminal status among them, the
+            ///   final status is the same for every permutation: that
+            ///   terminal status, else the furthest known status along
+            ///   the line, else `unknown` (only unmapped labels), else `new`;
+            /// - with two or more different terminal statuses the status is
+            ///   NOT order-independent: it is the first terminal status of
+            ///   the sequence (terminal absorbs), the later ones only set
+            ///   `conflict`.
+            /// Unmapped labels never decide the status once any known
+            /// status is observed. Labels (`vendor_status`,
+            /// `unknown_vendor_status`) are the latest ones and depend on
+            /// the order by design.
+            #[test]
+            fn the_status_and_the_conflict_flag_do_not_depend_on_the_order_of_observations(
+                (seq, shuffled) in observations()
+                    .prop_flat_map(|seq| (Just(seq.clone()), Just(seq).prop_shuffle())),
+            ) {
+                let a = fold(&seq).pop().unwrap();
+                let b = fold(&shuffled).pop().unwrap();
+                prop_assert_eq!(a.status, expected_status(&seq));
+                prop_assert_eq!(b.status, expected_status(&shuffled));
+                let conflict = distinct_terminals(&seq).len() >= 2;
+                prop_assert_eq!(a.conflict, conflict);
+                prop_assert_eq!(b.conflict, conflict);
+                if !conflict {
+                    prop_assert_eq!(a.status, b.status);
+                }
+            }
+
+            /// No step moves the status backwards along `new < pending <
+            /// submitted < shipped < completed < terminal`; a terminal
+            /// status never changes; `new` is never
+            /// reached again; the flag `conflict` is never cleared; the
+            /// status after a step is the held one or the observed one.
+            #[test]
+            fn each_merge_moves_the_status_only_forward_and_a_terminal_status_never_changes(
+                seq in observations(),
+            ) {
+                let states = fold(&seq);
+                for (i, o) in seq.iter().enumerate() {
+                    let (before, after) = (&states[i], &states[i + 1]);
+                    let (b, a) = (before.status, after.status);
+                    prop_assert!(a == b || a == o.status, "{b} + {} gave {a}", o.status);
+                    prop_assert_ne!(a, Status::New);
+                    if b.is_terminal() {
+                        prop_assert_eq!(a, b, "terminal {} moved by {}", b, o.status);
+                    }
+                    if let (Some(pb), Some(pa)) = (position(b), position(a)) {
+                        prop_assert!(pa >= pb, "{b} went back to {a}");
+                    }
+                    if b != Status::New && b != Status::Unknown {
+                        prop_assert_ne!(a, Status::Unknown, "{} overwritten by unknown", b);
+                    }
+                    prop_assert!(after.conflict || !before.conflict, "conflict cleared");
+                }
+            }
+
+            /// An unmapped label never overwrites a known status or its
+            /// label; it is flagged in `unknown_vendor_status`, which no
+            /// observation clears (only a newer unmapped label replaces it).
+            #[test]
+            fn an_unmapped_label_never_overwrites_a_known_status_and_its_flag_is_never_cleared(
+                seq in observations(),
+            ) {
+                let states = fold(&seq);
+                for (i, o) in seq.iter().enumerate() {
+                    let (before, after) = (&states[i], &states[i + 1]);
+                    if o.status != Status::Unknown {
+                        prop_assert_eq!(&after.unknown_vendor_status, &before.unknown_vendor_status);
+                        continue;
+                    }
+                    if !matches!(before.status, Status::New | Status::Unknown) {
+                        prop_assert_eq!(after.status, before.status);
+                        prop_assert_eq!(&after.vendor_status, &before.vendor_status);
+                    }
+                    let want = trimmed(&o.vendor_status)
+                        .map(str::to_owned)
+                        .or_else(|| before.unknown_vendor_status.clone());
+                    prop_assert_eq!(&after.unknown_vendor_status, &want);
+                }
+            }
+
+            /// A redelivered or re-read observation is harmless: merging
+            /// the same observation twice in a row changes nothing the
+            /// second time, from any state the order can reach.
+            #[test]
+            fn merging_the_same_observation_twice_in_a_row_changes_nothing_the_second_time(
+                seq in observations(),
+                o in observation(),
+            ) {
+                let held = fold(&seq).pop().unwrap();
+                let first = merge(&held, &o);
+                let second = merge(&first.state, &o);
+                prop_assert!(!second.changed, "{:?} then {:?}", first.effect, second.effect);
+                prop_assert_eq!(&second.state, &first.state);
+                prop_assert_ne!(second.effect, Effect::Advanced);
+            }
+
+            /// One-way facts and fields: `activated_at` is the first one
+            /// observed; the first top-up is true once any observation says
+            /// so (in any order) and its amount is the first one observed;
+            /// the card is 已激活 once any observation says so (in any
+            /// order); no field once known is erased; a callback never
+            /// replaces a held vendor number, a query answer always does.
+            #[test]
+            fn first_activation_first_top_up_and_known_fields_are_sticky(
+                seq in observations(),
+            ) {
+                let states = fold(&seq);
+                let last = states.last().unwrap();
+                let f = &last.fields;
+                prop_assert_eq!(f.activated_at, seq.iter().find_map(|o| o.fields.activated_at));
+                let said = |v| seq.iter().any(|o| o.fields.first_charge == Some(v));
+                let first_charge = if said(true) {
+                    Some(true)
+                } else if said(false) {
+                    Some(false)
+                } else {
+                    None
+                };
+                prop_assert_eq!(f.first_charge, first_charge);
+                prop_assert_eq!(
+                    f.first_charge_amount.as_deref(),
+                    seq.iter().find_map(|o| trimmed(&o.fields.first_charge_amount))
+                );
+                if seq.iter().any(|o| trimmed(&o.fields.card_status) == Some(CARD_ACTIVE)) {
+                    prop_assert_eq!(f.card_status.as_deref(), Some(CARD_ACTIVE));
+                }
+                for (i, o) in seq.iter().enumerate() {
+                    let (b, a) = (&states[i].fields, &states[i + 1].fields);
+                    for (name, before, after) in [
+                        ("vendor_order_no", &b.vendor_order_no, &a.vendor_order_no),
+                        ("express_name", &b.express_name, &a.express_name),
+                        ("express_code", &b.express_code, &a.express_code),
+                        ("third_phone", &b.third_phone, &a.third_phone),
+                        ("iccid", &b.iccid, &a.iccid),
+                        ("card_status", &b.card_status, &a.card_status),
+                        ("first_charge_amount", &b.first_charge_amount, &a.first_charge_amount),
+                        ("remark", &b.remark, &a.remark),
+                    ] {
+                        prop_assert!(after.is_some() || before.is_none(), "{name} erased");
+                    }
+                    prop_assert!(b.details.keys().all(|k| a.details.contains_key(k)));
+                    let seen = trimmed(&o.fields.vendor_order_no);
+                    if o.source == Source::Poll && seen.is_some() {
+                        prop_assert_eq!(a.vendor_order_no.as_deref(), seen);
+                    } else if b.vendor_order_no.is_some() {
+                        prop_assert_eq!(&a.vendor_order_no, &b.vendor_order_no);
+                    }
+                }
+            }
+
+            /// The confirmation rule: exactly a callback that would make a
+            /// non-terminal order terminal waits for the vendor; a query
+            /// answer (or ops) never does.
+            #[test]
+            fn only_a_callback_that_would_make_a_non_terminal_order_terminal_needs_confirmation(
+                seq in observations(),
+                mut o in observation(),
+            ) {
+                let held = fold(&seq).pop().unwrap();
+                let want = o.source == Source::Callback
+                    && !held.status.is_terminal()
+                    && o.status.is_terminal();
+                prop_assert_eq!(needs_confirmation(&o, &merge(&held, &o)), want);
+                o.source = Source::Poll;
+                prop_assert!(!needs_confirmation(&o, &merge(&held, &o)));
+            }
+
+            /// A sign over the vendor number vouches for the order only
+            /// when that number (trimmed) is the one held; with none held
+            /// only the vendor can tell.
+            #[test]
+            fn a_sign_over_the_vendor_number_counts_only_for_the_number_held(
+                seq in observations(),
+                claimed in text(),
+            ) {
+                let held = fold(&seq).pop().unwrap();
+                let want = match (held.fields.vendor_order_no.as_deref(), trimmed(&claimed)) {
+                    (None, _) => Corroboration::Unknown,
+                    (Some(h), Some(c)) if h == c => Corroboration::Matches,
+                    _ => Corroboration::Differs,
+                };
+                prop_assert_eq!(corroborate(&held, claimed.as_deref()), want);
+            }
+        }
     }
 }

@@ -596,10 +596,11 @@ pub fn record_poll(
 /// answer `obs` to a question asked at `asked_at`: a held terminal claim is
 /// confirmed when the vendor answers that status (the answer itself made the
 /// order terminal) and refuted otherwise; an unverified vendor number is
-/// verified when it is the one the order now holds. A request that came
-/// while the question was out waits for the next answer (and keeps the order
-/// due when it was expedited), unless this answer made the order terminal:
-/// a terminal order is never asked again, and its status is final.
+/// verified when it is the one the order now holds (whenever it came: the
+/// number does not change). A terminal claim that came while the question
+/// was out waits for the next answer (and keeps the order due when it was
+/// expedited), unless this answer made the order terminal: a terminal order
+/// is never asked again, and its status is final.
 fn settle_confirmations(
     conn: &mut PgConnection,
     vendor: Vendor,
@@ -616,8 +617,8 @@ fn settle_confirmations(
          FROM orders o \
          WHERE o.vendor = c.vendor AND o.order_id = c.order_id \
            AND c.vendor = $1 AND c.order_id = $2 AND c.resolved_at IS NULL \
-           AND (c.requested_at <= $6 OR o.is_terminal) \
-           AND (c.reason = 'terminal' OR o.vendor_order_no IS NOT NULL) \
+           AND CASE WHEN c.reason = 'terminal' THEN c.requested_at <= $6 OR o.is_terminal \
+                    ELSE o.vendor_order_no IS NOT NULL END \
          RETURNING c.reason, c.request_id, c.claimed_status, c.result",
     )
     .bind::<Text, _>(vendor.as_str())

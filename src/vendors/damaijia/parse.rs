@@ -438,4 +438,469 @@ mod tests {
         assert_eq!(time(Some(&json!(""))), None);
         assert_eq!(time(Some(&json!(0))), None);
     }
+
+    mod props {
+        use super::*;
+        use crate::vendors::damaijia::client::batch;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        /// Every field of a real order, snake_case (the camelCase twin is
+        /// derived), as in the 大麦家 document's field table.
+        const FIELDS: [&str; 19] = [
+            "order_sn",
+            "order_status",
+            "refund_status",
+            "receiver_name",
+            "receiver_phone",
+            "receiver_address",
+            "province",
+            "city",
+            "town",
+            "goods_name",
+            "goods_img",
+            "goods_spec",
+            "goods_count",
+            "pay_amount",
+            "pay_time",
+            "last_ship_time",
+            "is_pre_sale",
+            "remark",
+            "deduct_money",
+        ];
+        /// The fields whose value is personal data: a mutation only drops
+        /// them or renames them to the other name the parser reads, so
+        /// the check below always knows what they hold.
+        const PERSONAL: [&str; 4] = [
+            "receiver_name",
+            "receiver_phone",
+            "receiver_address",
+            "town",
+        ];
+
+        /// Order numbers shared by requests and answers, so they overlap.
+        fn sn() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => select(vec![
+                    "201117-681808213123308",
+                    "201117-1",
+                    "201118-2",
+                    "1234567",
+                    "A",
+                    "201117-9",
+                ])
+                .prop_map(str::to_owned),
+                1 => (100_000u32..1_000_000, any::<u64>()).prop_map(|(d, n)| format!("{d}-{n}")),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            let mut known: Vec<String> = FIELDS.iter().map(|f| f.to_string()).collect();
+            known.extend(FIELDS.iter().map(|f| camel(f)));
+            known.extend(
+                [
+                    "content", "list", "orders", "data", "0", "1", "2", "status", "err", "msg",
+                ]
+                .map(str::to_owned),
+            );
+            prop_oneof![3 => select(known), 1 => chars(4)]
+        }
+
+        /// Up to `n` characters of any kind (cheaper than a regex).
+        fn chars(n: usize) -> impl Strategy<Value = String> {
+            proptest::collection::vec(any::<char>(), 0..=n).prop_map(String::from_iter)
+        }
+
+        /// `n` to `m` characters picked from `from`.
+        fn of(from: &'static str, n: usize, m: usize) -> impl Strategy<Value = String> {
+            let from: Vec<char> = from.chars().collect();
+            proptest::collection::vec(select(from), n..=m).prop_map(String::from_iter)
+        }
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                (-5i64..5).prop_map(Value::from),
+                any::<f64>().prop_map(|f| {
+                    serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                }),
+                chars(8).prop_map(Value::String),
+                select(vec![
+                    "0",
+                    "1",
+                    " 2 ",
+                    "4",
+                    "2020-11-19 14:50:41",
+                    "1605768641000",
+                    "-1",
+                    "99999999999999999999",
+                    "true",
+                    "",
+                    "1e3",
+                    "2020-13-45 25:61:61",
+                ])
+                .prop_map(Value::from),
+            ]
+        }
+
+        /// Any JSON value, nested up to five levels, its keys often the
+        /// real ones.
+        fn json() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(5, 64, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    proptest::collection::vec((key(), inner), 0..6)
+                        .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Receiver data, from alphabets no other field uses, so that a
+        /// raw value found in the output can only be a leak.
+        #[derive(Debug, Clone)]
+        struct Personal {
+            name: String,
+            phone: String,
+            address: String,
+            town: String,
+        }
+
+        fn personal() -> impl Strategy<Value = Personal> {
+            (
+                of("赵钱孙李周吴郑王冯陈褚卫", 2, 4),
+                (13u64..20, 0u64..1_000_000_000),
+                select(vec!["", "+86 ", " "]),
+                (
+                    0u16..10_000,
+                    of("路街巷弄", 1, 1),
+                    of("0123456789号栋室", 0, 5),
+                ),
+                of("区县镇", 1, 3),
+                any::<bool>(),
+            )
+                .prop_map(
+                    |(name, (head, tail), prefix, (no, way, rest), town, full)| {
+                        let street = format!("{no}{way}{rest}");
+                        Personal {
+                            name,
+                            phone: format!("{prefix}{head}{tail:09}"),
+                            // Sometimes the whole address, region first.
+                            address: if full {
+                                format!("东省北市{town}{street}")
+                            } else {
+                                street
+                            },
+                            town,
+                        }
+                    },
+                )
+        }
+
+        /// What a real order says, as the document's sample, with these
+        /// receiver data and order number.
+        fn real_order(sn: &str, p: &Personal, phone_as_number: bool) -> Map<String, Value> {
+            let phone = if phone_as_number {
+                p.phone
+                    .trim()
+                    .parse::<u64>()
+                    .map_or_else(|_| Value::from(p.phone.clone()), Value::from)
+            } else {
+                Value::from(p.phone.clone())
+            };
+            let v = serde_json::json!({
+                "order_sn": sn, "order_status": 1, "refund_status": 1,
+                "receiver_name": p.name, "receiver_phone": phone,
+                "receiver_address": p.address, "province": "东省", "city": "北市",
+                "town": p.town, "goods_name": "ll card", "goods_img": "http://x/y.png",
+                "goods_spec": "desc", "goods_count": 1, "pay_amount": 9.9,
+                "pay_time": 1605595841000_i64, "last_ship_time": "2020-11-19 14:50:41",
+                "is_pre_sale": false, "remark": "note", "deduct_money": 4
+            });
+            match v {
+                Value::Object(m) => m,
+                _ => unreachable!(),
+            }
+        }
+
+        #[derive(Debug, Clone)]
+        enum Mutation {
+            Drop,
+            Camel,
+            Pascal,
+            Upper,
+            Retype(Value),
+            Stringify,
+        }
+
+        fn mutation() -> impl Strategy<Value = (usize, Mutation)> {
+            let m = prop_oneof![
+                Just(Mutation::Drop),
+                Just(Mutation::Camel),
+                Just(Mutation::Pascal),
+                Just(Mutation::Upper),
+                leaf().prop_map(Mutation::Retype),
+                Just(Mutation::Stringify),
+            ];
+            (0..FIELDS.len(), m)
+        }
+
+        /// A real order with some fields dropped, renamed (camelCase,
+        /// PascalCase, UPPER), retyped or turned into strings. Personal
+        /// fields are only renamed to the names the parser reads or
+        /// dropped, so the check below always knows what they hold.
+        fn mutate(mut m: Map<String, Value>, muts: &[(usize, Mutation)]) -> Map<String, Value> {
+            for (i, mu) in muts {
+                let f = FIELDS[*i];
+                let Some(v) = m.remove(f) else { continue };
+                let personal = PERSONAL.contains(&f);
+                match mu {
+                    Mutation::Drop => {}
+                    Mutation::Camel => {
+                        m.insert(camel(f), v);
+                    }
+                    Mutation::Pascal | Mutation::Upper if personal => {
+                        m.insert(camel(f), v);
+                    }
+                    Mutation::Pascal => {
+                        let c = camel(f);
+                        let mut cs = c.chars();
+                        let head = cs.next().map(|c| c.to_ascii_uppercase());
+                        m.insert(head.into_iter().chain(cs).collect(), v);
+                    }
+                    Mutation::Upper => {
+                        m.insert(f.to_uppercase(), v);
+                    }
+                    Mutation::Retype(_) | Mutation::Stringify if personal => {
+                        m.insert(f.to_owned(), v);
+                    }
+                    Mutation::Retype(new) => {
+                        m.insert(f.to_owned(), new.clone());
+                    }
+                    Mutation::Stringify => {
+                        let s = match v {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        };
+                        m.insert(f.to_owned(), Value::String(s));
+                    }
+                }
+            }
+            m
+        }
+
+        /// The ways the answer may hold its orders (vendors.md).
+        fn wrap(orders: Vec<Value>, shape: u8, extra: Option<Value>) -> Value {
+            let keyed = || {
+                Value::Object(
+                    orders
+                        .iter()
+                        .enumerate()
+                        .map(|(i, o)| (i.to_string(), o.clone()))
+                        .collect(),
+                )
+            };
+            let mut data = match shape % 9 {
+                0 => serde_json::json!({ "content": orders }),
+                1 => serde_json::json!({ "list": orders }),
+                2 => serde_json::json!({ "orders": orders }),
+                3 => serde_json::json!({ "data": orders }),
+                4 => Value::Array(orders.clone()),
+                5 => keyed(),
+                6 => orders.first().cloned().unwrap_or(Value::Null),
+                7 => serde_json::json!({ "content": keyed() }),
+                _ => serde_json::json!({ "data": { "content": orders } }),
+            };
+            if let (Value::Object(m), Some(x)) = (&mut data, extra) {
+                m.insert("deduct_money".into(), x);
+            }
+            data
+        }
+
+        #[derive(Debug, Clone)]
+        struct Answer {
+            body: Vec<u8>,
+            /// The receiver data in it.
+            personal: Vec<Personal>,
+        }
+
+        /// Answers built from the real shapes: orders with fields dropped,
+        /// renamed or retyped, in any of the shapes, under an envelope
+        /// whose `status` is sometimes a string or missing; sometimes cut
+        /// short.
+        fn almost_valid() -> impl Strategy<Value = Answer> {
+            let order = (
+                sn(),
+                personal(),
+                any::<bool>(),
+                proptest::collection::vec(mutation(), 0..4),
+            );
+            let status = prop_oneof![
+                12 => Just(Some(Value::from(0))),
+                1 => Just(Some(Value::from("0"))),
+                1 => Just(Some(Value::from(" 0 "))),
+                1 => Just(Some(Value::from(0.0))),
+                1 => Just(None),
+                1 => leaf().prop_map(Some),
+            ];
+            (
+                proptest::collection::vec(order, 0..5),
+                any::<u8>(),
+                proptest::option::of(leaf()),
+                status,
+                prop_oneof![9 => Just(None), 1 => (0usize..400).prop_map(Some)],
+                proptest::option::of((key(), json())),
+            )
+                .prop_map(|(orders, shape, extra, status, cut, junk)| {
+                    let personal = orders.iter().map(|(_, p, ..)| p.clone()).collect();
+                    let orders = orders
+                        .iter()
+                        .map(|(sn, p, num, muts)| {
+                            Value::Object(mutate(real_order(sn, p, *num), muts))
+                        })
+                        .collect();
+                    let mut env = Map::new();
+                    if let Some(s) = status {
+                        env.insert("status".into(), s);
+                    }
+                    env.insert("data".into(), wrap(orders, shape, extra));
+                    if let Some((k, v)) = junk {
+                        env.entry(k).or_insert(v);
+                    }
+                    let mut body = serde_json::to_vec(&Value::Object(env)).unwrap();
+                    if let Some(n) = cut {
+                        body.truncate(n);
+                    }
+                    Answer { body, personal }
+                })
+        }
+
+        /// Anything at all: bytes, any JSON, any JSON as `data` of a
+        /// successful envelope, and the almost valid answers.
+        fn answer() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                1 => proptest::collection::vec(any::<u8>(), 0..200),
+                1 => json().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+                2 => json().prop_map(|v| serde_json::to_vec(&serde_json::json!({"status": 0, "data": v})).unwrap()),
+                6 => almost_valid().prop_map(|a| a.body),
+            ]
+        }
+
+        /// Sets of requested numbers (the poller never asks twice in a
+        /// batch), in any order.
+        fn requested() -> impl Strategy<Value = Vec<String>> {
+            proptest::collection::btree_set(sn(), 0..8)
+                .prop_map(|s| s.into_iter().collect::<Vec<_>>())
+                .prop_shuffle()
+        }
+
+        /// Every string in a JSON value, keys included.
+        fn strings(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::String(s) => out.push(s.clone()),
+                Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+                Value::Object(m) => {
+                    for (k, v) in m {
+                        out.push(k.clone());
+                        strings(v, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        /// The observations the parser makes of an answer, in order.
+        fn observations(body: &[u8]) -> Vec<Observation> {
+            match reply(body) {
+                Ok(Reply::Orders { orders, .. }) => orders.iter().filter_map(observation).collect(),
+                _ => Vec::new(),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(crate::test_support::proptest_config(2000))]
+
+            /// Whatever the vendor (or a proxy in front of it) answers,
+            /// the envelope, the order extraction and the batch matching
+            /// answer without a panic; the orders extracted are objects and
+            /// each observation is a poll of a trimmed, non-empty number.
+            #[test]
+            fn reply_and_the_order_extraction_never_panic_on_any_answer(
+                body in answer(),
+                requested in requested(),
+                http in prop_oneof![Just(200u16), 100u16..600],
+            ) {
+                if let Ok(Reply::Orders { orders, .. }) = reply(&body) {
+                    for o in &orders {
+                        prop_assert!(o.is_object(), "{o}");
+                        if let Some(obs) = observation(o) {
+                            prop_assert_eq!(obs.vendor, Vendor::Damaijia);
+                            prop_assert_eq!(obs.source, Source::Poll);
+                            prop_assert!(!obs.order_id.is_empty());
+                            prop_assert_eq!(obs.order_id.trim(), obs.order_id.as_str());
+                        }
+                    }
+                }
+                let _ = batch(&requested, http, &body);
+            }
+
+            /// The batch matching: no order that was not asked for, none
+            /// twice; every requested number is found or missing, never
+            /// both, never lost; found exactly when the answer holds it
+            /// (its first occurrence wins).
+            #[test]
+            fn a_batch_finds_only_requested_numbers_and_reports_every_one_once(
+                body in answer(),
+                requested in requested(),
+            ) {
+                let Ok(b) = batch(&requested, 200, &body) else {
+                    return Ok(());
+                };
+                let found: Vec<&str> = b.found.iter().map(|o| o.order_id.as_str()).collect();
+                for f in &found {
+                    prop_assert!(requested.iter().any(|r| r == f), "{f} was not asked for");
+                }
+                let mut all: Vec<&str> = found.iter().copied().chain(b.missing.iter().map(String::as_str)).collect();
+                all.sort_unstable();
+                let mut want: Vec<&str> = requested.iter().map(String::as_str).collect();
+                want.sort_unstable();
+                prop_assert_eq!(all, want, "found {:?}, missing {:?}", found, b.missing);
+                let seen = observations(&body);
+                for r in &requested {
+                    let first = seen.iter().find(|o| &o.order_id == r);
+                    let got = b.found.iter().find(|o| &o.order_id == r);
+                    prop_assert_eq!(got, first, "{}", r);
+                }
+            }
+
+            /// Receiver names, phones and addresses never leave the parser
+            /// verbatim, whatever the shape, casing or typing of the
+            /// answer: no string of a produced observation (serialized)
+            /// contains one.
+            #[test]
+            fn personal_data_never_appears_unmasked_in_an_observation(
+                a in almost_valid(),
+                requested in requested(),
+            ) {
+                let mut produced = observations(&a.body);
+                if let Ok(b) = batch(&requested, 200, &a.body) {
+                    produced.extend(b.found);
+                }
+                for obs in &produced {
+                    let mut texts = Vec::new();
+                    strings(&serde_json::to_value(obs).unwrap(), &mut texts);
+                    for p in &a.personal {
+                        for raw in [p.name.trim(), p.phone.trim(), p.address.trim(), p.town.trim()] {
+                            prop_assert!(
+                                !texts.iter().any(|t| t.contains(raw)),
+                                "{raw:?} in {texts:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -637,9 +637,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(
-                std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
-            ))]
+            #![proptest_config(crate::test_support::proptest_config(3000))]
 
             /// Whatever arrives, the judge answers, and it applies nothing
             /// whose sign does not decrypt to one of the callback's own
