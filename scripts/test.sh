@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 ./scripts/check-schema.sh
-cargo test --locked
+# Property tests: 10,000 cases each in CI (PROPTEST_CASES overrides).
+PROPTEST_CASES=${PROPTEST_CASES:-10000} cargo test --locked -- --test-threads "${TEST_THREADS:-6}"

