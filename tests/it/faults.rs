@@ -1,17 +1,22 @@
 //! Faults with real `serve` processes on one real PostgreSQL: a process
 //! killed with SIGKILL under concurrent callbacks loses none it acknowledged;
-//! one stopped with SIGTERM answers every request it took and exits 0.
+//! one stopped with SIGTERM answers every request it took and exits 0;
+//! three processes polling one database never ask about an order twice at
+//! once and keep the per-minute budget together; the orders of a process
+//! killed mid-pass go to the others once its lease runs out.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::Text;
+use diesel::sql_types::{Nullable, Text, Timestamptz};
+use haoka_sync::sim::Answer;
 use haoka_sync::vendors::haoka172::sign::CallbackKey;
 
 use crate::helpers::*;
@@ -161,6 +166,24 @@ async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `haoka-sync track haoka172 <ids>` on `db`.
+fn track(db: &TestDb, ids: &[String], vars: &[(&str, &str)]) {
+    let mut c = cmd();
+    c.args(["track", "haoka172"])
+        .args(ids)
+        .env("DATABASE_URL", db.url.expose())
+        .env("RUST_LOG", "warn");
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run track");
+    assert!(
+        out.status.success(),
+        "track: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[derive(QueryableByName)]
@@ -611,4 +634,324 @@ async fn sigterm_under_load_answers_every_request_it_took_commits_every_2xx_and_
             .all(|(rid, _)| !inbound.contains(rid.as_str())),
         "{failed_before:?}"
     );
+}
+
+// ---- several processes polling one database ----
+
+#[derive(QueryableByName, Debug)]
+struct Lease {
+    #[diesel(sql_type = Text)]
+    order_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    lease_owner: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    lease_until: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Timestamptz)]
+    now: DateTime<Utc>,
+}
+
+#[derive(QueryableByName, Debug)]
+struct VendorCall {
+    #[diesel(sql_type = Text)]
+    order_id: String,
+    #[diesel(sql_type = Text)]
+    caller: String,
+    #[diesel(sql_type = Timestamptz)]
+    called_at: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    outcome: String,
+}
+
+fn vendor_calls(c: &mut PgConnection) -> Vec<VendorCall> {
+    diesel::sql_query(
+        "SELECT order_ids[1] AS order_id, caller, called_at, outcome FROM vendor_calls \
+         WHERE vendor = 'haoka172' ORDER BY id",
+    )
+    .load(c)
+    .unwrap()
+}
+
+/// The process a `vendor_calls.caller` or lease owner names
+/// (`<HOSTNAME>:<pid>:<suffix>`).
+fn host(caller: &str) -> &str {
+    caller.split(':').next().unwrap_or(caller)
+}
+
+fn order_ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:04}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_polling_one_database_never_ask_about_an_order_twice_and_keep_the_budget_together(
+) {
+    const BUDGET: usize = 40;
+    let sim = start_sim(sim_config()).await;
+    let fake = sim.haoka172();
+    fake.answer_all(Some(Answer::label("已提运营商")));
+    // Calls overlap, within a process (8 at a time) and across processes.
+    fake.delay(Duration::from_millis(300));
+    let db = TestDb::new();
+    let ids = order_ids("M", 300);
+    // Tracked, but not due until all three processes run.
+    track(&db, &ids, &[]);
+    let budget = BUDGET.to_string();
+    let mut vars = fake.env();
+    vars.extend_from_slice(&[
+        ("HAOKA172_OVERDUE", ZERO_OVERDUE),
+        ("HAOKA172_MAX_CALLS_PER_MINUTE", &budget),
+        ("POLL_CRON", "* * * * * *"),
+    ]);
+    let replicas: Vec<Serve> = ["replica-a", "replica-b", "replica-c"]
+        .iter()
+        .map(|name| Serve::start(name, &db, &vars))
+        .collect();
+    let mut c = db.conn();
+    c.batch_execute("UPDATE order_polls SET next_check_at = now()")
+        .unwrap();
+    let due_at = Instant::now();
+    wait_for("the budget to be spent", Duration::from_secs(30), || {
+        fake.calls().len() >= BUDGET
+    })
+    .await;
+    let spent_in = due_at.elapsed();
+    wait_for("every call recorded", Duration::from_secs(10), || {
+        vendor_calls(&mut c)
+            .iter()
+            .all(|call| call.outcome != "pending")
+    })
+    .await;
+    // Two more passes of each process, with orders still due.
+    let passes = |r: &Serve| r.log().matches("poll pass: haoka172: due").count();
+    let before: Vec<usize> = replicas.iter().map(passes).collect();
+    wait_for(
+        "two more passes of each process",
+        Duration::from_secs(30),
+        || {
+            replicas
+                .iter()
+                .zip(&before)
+                .all(|(r, n)| passes(r) >= n + 2)
+        },
+    )
+    .await;
+    let observed = due_at.elapsed();
+
+    let stats = sim.stats();
+    let calls = fake.calls();
+    let in_window = fake.max_in_window(Duration::from_secs(60));
+    let mut per_order: BTreeMap<&str, usize> = BTreeMap::new();
+    for call in &calls {
+        *per_order.entry(call.order_id.as_str()).or_default() += 1;
+    }
+    let recorded = vendor_calls(&mut c);
+    let mut per_process: BTreeMap<&str, usize> = BTreeMap::new();
+    for call in &recorded {
+        *per_process.entry(host(&call.caller)).or_default() += 1;
+    }
+    eprintln!(
+        "three processes: {} calls in {:?} ({:?} observed), most in a 60 s window {in_window} (budget {BUDGET}), \
+         per process {per_process:?}, most calls for one order {}, most in flight for one order {}",
+        calls.len(),
+        spent_in,
+        observed,
+        per_order.values().max().unwrap_or(&0),
+        stats.max_concurrent_per_order
+    );
+    assert!(
+        stats.max_concurrent_per_order <= 1,
+        "an order was asked about twice at once: {}",
+        stats.max_concurrent_per_order
+    );
+    assert_eq!(
+        in_window, BUDGET,
+        "the deployment's budget is used and not exceeded"
+    );
+    assert_eq!(calls.len(), BUDGET);
+    let twice: Vec<_> = per_order.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "asked about more than once: {twice:?}");
+    assert_eq!(
+        recorded.len(),
+        calls.len(),
+        "the processes' vendor_calls are exactly what the vendor received"
+    );
+    assert_eq!(per_process.values().sum::<usize>(), calls.len());
+    assert!(
+        recorded.iter().all(|call| call.outcome == "ok"),
+        "{recorded:?}"
+    );
+    let asked: HashSet<&str> = recorded.iter().map(|call| call.order_id.as_str()).collect();
+    assert_eq!(asked, per_order.keys().copied().collect());
+    assert!(
+        per_process.len() >= 2,
+        "the budget was shared: {per_process:?}"
+    );
+    assert!(per_process
+        .keys()
+        .all(|h| ["replica-a", "replica-b", "replica-c"].contains(h)));
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM orders WHERE status = 'submitted'"
+        ),
+        BUDGET as i64
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM order_polls WHERE lease_owner IS NOT NULL"
+        ),
+        0,
+        "orders claimed beyond the budget went back"
+    );
+    assert_eq!(fake.refused(), (0, 0));
+    drop(replicas);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_orders_of_a_process_killed_mid_pass_are_asked_by_the_others_only_after_its_lease() {
+    const ORDERS: usize = 12;
+    // The calls one pass has in flight (the 172 asker's limit).
+    const IN_FLIGHT: usize = 8;
+    let sim = start_sim(sim_config()).await;
+    let fake = sim.haoka172();
+    fake.answer_all(Some(Answer::label("已提运营商")));
+    fake.delay(Duration::from_secs(30));
+    let db = TestDb::new();
+    let ids = order_ids("L", ORDERS);
+    track(&db, &ids, &[("HAOKA172_OVERDUE", ZERO_OVERDUE)]);
+    let mut vars = fake.env();
+    vars.extend_from_slice(&[
+        ("HAOKA172_OVERDUE", ZERO_OVERDUE),
+        ("HAOKA172_MAX_CALLS_PER_MINUTE", "60"),
+        ("POLL_CRON", "* * * * * *"),
+        ("POLL_LEASE", "3s"),
+    ]);
+    let mut slow_vars = vars.clone();
+    slow_vars.push(("HAOKA172_TIMEOUT_SECS", "60"));
+    let mut doomed = Serve::start("doomed", &db, &slow_vars);
+    wait_for(
+        "the doomed process's calls to reach the vendor",
+        Duration::from_secs(20),
+        || fake.calls().len() >= IN_FLIGHT,
+    )
+    .await;
+    let mut c = db.conn();
+    let leases: Vec<Lease> = diesel::sql_query(
+        "SELECT order_id, lease_owner, lease_until, clock_timestamp() AS now FROM order_polls ORDER BY order_id",
+    )
+    .load(&mut c)
+    .unwrap();
+    doomed.kill9();
+    let killed_at = Instant::now();
+    let db_now_at_kill: DateTime<Utc> =
+        diesel::select(diesel::dsl::sql::<Timestamptz>("clock_timestamp()"))
+            .get_result(&mut c)
+            .unwrap();
+    let in_flight_at_kill: HashSet<String> =
+        fake.calls().into_iter().map(|call| call.order_id).collect();
+    assert_eq!(in_flight_at_kill.len(), IN_FLIGHT, "{in_flight_at_kill:?}");
+    assert_eq!(leases.len(), ORDERS);
+    for l in &leases {
+        assert_eq!(l.lease_owner.as_deref().map(host), Some("doomed"), "{l:?}");
+        assert!(l.lease_until.unwrap() > l.now, "{l:?}");
+    }
+    let lease_until: BTreeMap<String, DateTime<Utc>> = leases
+        .iter()
+        .map(|l| (l.order_id.clone(), l.lease_until.unwrap()))
+        .collect();
+    let first_expiry = *lease_until.values().min().unwrap();
+    assert!(
+        db_now_at_kill < first_expiry,
+        "killed at {db_now_at_kill}, after its leases ran out at {first_expiry}: the machine is too slow for this test"
+    );
+
+    fake.delay(Duration::ZERO);
+    let survivors = [
+        Serve::start("survivor-b", &db, &vars),
+        Serve::start("survivor-c", &db, &vars),
+    ];
+    wait_for(
+        "every order queried and updated",
+        Duration::from_secs(30),
+        || {
+            count(
+                &mut c,
+                "SELECT count(*) AS n FROM order_polls WHERE last_poll_outcome = 'ok' AND lease_owner IS NULL",
+            ) == ORDERS as i64
+        },
+    )
+    .await;
+    let picked_up_in = killed_at.elapsed();
+
+    let recorded = vendor_calls(&mut c);
+    let by_doomed: Vec<&VendorCall> = recorded
+        .iter()
+        .filter(|call| host(&call.caller) == "doomed")
+        .collect();
+    assert_eq!(by_doomed.len(), IN_FLIGHT);
+    assert!(
+        by_doomed.iter().all(|call| call.outcome == "pending"),
+        "the dead process never recorded an answer: {by_doomed:?}"
+    );
+    let by_survivors: Vec<&VendorCall> = recorded
+        .iter()
+        .filter(|call| host(&call.caller) != "doomed")
+        .collect();
+    let mut per_survivor: BTreeMap<&str, usize> = BTreeMap::new();
+    for call in &by_survivors {
+        *per_survivor.entry(host(&call.caller)).or_default() += 1;
+        let until = lease_until[&call.order_id];
+        assert!(
+            call.called_at >= until,
+            "{} asked about {} at {}, before the dead process's lease ran out at {until}",
+            call.caller,
+            call.order_id,
+            call.called_at
+        );
+        assert_eq!(call.outcome, "ok");
+    }
+    let asked: Vec<&str> = by_survivors.iter().map(|c| c.order_id.as_str()).collect();
+    let asked_set: HashSet<&str> = asked.iter().copied().collect();
+    assert_eq!(
+        asked.len(),
+        ORDERS,
+        "each order asked once by the survivors: {asked:?}"
+    );
+    assert_eq!(asked_set.len(), ORDERS);
+    // What the vendor saw agrees: after the kill, each order once, and none
+    // before its lease ran out (both clocks are this machine's).
+    let after_kill: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .filter(|call| call.at >= killed_at)
+        .collect();
+    assert_eq!(after_kill.len(), ORDERS);
+    for call in &after_kill {
+        let left = (lease_until[&call.order_id] - db_now_at_kill)
+            .to_std()
+            .unwrap_or_default();
+        assert!(
+            call.at + Duration::from_millis(50) >= killed_at + left,
+            "{} reached the vendor {:?} after the kill, its lease had {left:?} left",
+            call.order_id,
+            call.at - killed_at
+        );
+    }
+    for id in &ids {
+        assert_eq!(order(&mut c, id).unwrap().status, "submitted", "{id}");
+    }
+    assert_eq!(recorded.len(), fake.calls().len());
+    let earliest = by_survivors.iter().map(|c| c.called_at).min().unwrap();
+    eprintln!(
+        "lease takeover: {ORDERS} orders leased by the killed process ({IN_FLIGHT} in flight at the kill, {} never sent), \
+         lease left at the kill {:?}, first survivor call {:?} after the first lease ran out, \
+         survivors' calls {per_survivor:?}, all updated {:?} after the kill; \
+         most in flight for one order at the vendor {}",
+        ORDERS - IN_FLIGHT,
+        (first_expiry - db_now_at_kill).to_std().unwrap_or_default(),
+        (earliest - first_expiry).to_std().unwrap_or_default(),
+        picked_up_in,
+        sim.stats().max_concurrent_per_order
+    );
+    drop(survivors);
 }
