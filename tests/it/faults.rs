@@ -3,7 +3,8 @@
 //! one stopped with SIGTERM answers every request it took and exits 0;
 //! three processes polling one database never ask about an order twice at
 //! once and keep the per-minute budget together; the orders of a process
-//! killed mid-pass go to the others once its lease runs out.
+//! killed mid-pass go to the others once its lease runs out, and a process
+//! too slow for its lease leaves them to whoever claimed them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -954,4 +955,89 @@ async fn the_orders_of_a_process_killed_mid_pass_are_asked_by_the_others_only_af
         sim.stats().max_concurrent_per_order
     );
     drop(survivors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_process_never_asks_about_an_order_whose_lease_ran_out_while_it_waited_its_turn() {
+    // 20 orders claimed at once, asked 8 at a time, 2 s a call: the third
+    // round starts 4 s after the claim, past the 3 s lease, while each call
+    // fits well within a lease counted from its own start.
+    const ORDERS: usize = 20;
+    let sim = start_sim(sim_config()).await;
+    let fake = sim.haoka172();
+    fake.answer_all(Some(Answer::label("已提运营商")));
+    fake.delay(Duration::from_secs(2));
+    let db = TestDb::new();
+    let ids = order_ids("Q", ORDERS);
+    track(&db, &ids, &[("HAOKA172_OVERDUE", ZERO_OVERDUE)]);
+    let mut vars = fake.env();
+    vars.extend_from_slice(&[
+        ("HAOKA172_OVERDUE", ZERO_OVERDUE),
+        ("HAOKA172_MAX_CALLS_PER_MINUTE", "60"),
+        ("POLL_CRON", "* * * * * *"),
+        ("POLL_LEASE", "3s"),
+    ]);
+    let slow = Serve::start("slow", &db, &vars);
+    wait_for("the first round of calls", Duration::from_secs(20), || {
+        !fake.calls().is_empty()
+    })
+    .await;
+    let other = Serve::start("other", &db, &vars);
+    let mut c = db.conn();
+    wait_for(
+        "every order queried and updated",
+        Duration::from_secs(30),
+        || {
+            count(
+                &mut c,
+                "SELECT count(*) AS n FROM order_polls WHERE last_poll_outcome = 'ok' AND lease_owner IS NULL",
+            ) == ORDERS as i64
+        },
+    )
+    .await;
+    // The slow process's pass is over: it has made every call it would.
+    wait_for(
+        "the slow process's pass to end",
+        Duration::from_secs(30),
+        || slow.log().contains("poll pass: haoka172: due"),
+    )
+    .await;
+    let stats = sim.stats();
+    let recorded = vendor_calls(&mut c);
+    let mut per_process: BTreeMap<&str, usize> = BTreeMap::new();
+    for call in &recorded {
+        *per_process.entry(host(&call.caller)).or_default() += 1;
+    }
+    let twice: Vec<_> = ids.iter().filter(|id| fake.calls_for(id) > 1).collect();
+    eprintln!(
+        "slow process: {} calls {per_process:?}, orders asked twice {}, most in flight for one order {}",
+        recorded.len(),
+        twice.len(),
+        stats.max_concurrent_per_order
+    );
+    assert!(
+        stats.max_concurrent_per_order <= 1,
+        "an order was asked about by two processes at once"
+    );
+    assert!(twice.is_empty(), "asked twice: {twice:?}");
+    assert_eq!(recorded.len(), ORDERS, "{recorded:?}");
+    // What the other process asked about is exactly what the slow one left.
+    let taken = per_process.get("other").copied().unwrap_or(0);
+    let line = slow
+        .log()
+        .lines()
+        .find(|l| l.contains("poll pass: haoka172: due"))
+        .unwrap_or_default()
+        .to_owned();
+    if taken > 0 {
+        assert!(
+            line.ends_with(&format!(
+                "left to another process when their lease ran out {taken}"
+            )),
+            "{line}"
+        );
+    } else {
+        assert!(!line.contains("lease ran out"), "{line}");
+    }
+    drop((slow, other));
 }
