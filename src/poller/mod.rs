@@ -48,6 +48,9 @@ pub struct PassSummary {
     pub skipped_for_limits: u32,
     /// Claimed but left unasked because the pass paused the vendor.
     pub left_by_pause: u32,
+    /// Claimed but left unasked because their lease ran out before their
+    /// turn came and another process claimed them.
+    pub lease_lost: u32,
     pub expired: u32,
     pub paused_until: Option<DateTime<Utc>>,
 }
@@ -65,6 +68,13 @@ impl std::fmt::Display for PassSummary {
         }
         if self.left_by_pause > 0 {
             write!(f, ", left unasked by the pause {}", self.left_by_pause)?;
+        }
+        if self.lease_lost > 0 {
+            write!(
+                f,
+                ", left to another process when their lease ran out {}",
+                self.lease_lost
+            )?;
         }
         if self.expired > 0 {
             write!(

@@ -16,7 +16,7 @@ use crate::db::{self, DbError};
 use crate::rules::schedule::china_day;
 use crate::secret::Secret;
 use crate::store::ingest::{self, InboundRequest, Receipt};
-use crate::store::poll::{self as pstore, CallBudget, PassStart, PollResult, Settled};
+use crate::store::poll::{self as pstore, CallBudget, PassStart, PollResult, Reservation, Settled};
 use crate::store::Applied;
 use crate::vendors::{Asked, Asker, Failure, FailureKind};
 
@@ -29,6 +29,9 @@ enum Called {
     Skipped(usize),
     /// The pass paused before this call was sent: the orders wait.
     LeftByPause(usize),
+    /// The lease of an order ran out while the call waited its turn, and
+    /// another process claimed it: not asked here.
+    LeaseLost(usize),
     Answered {
         asked: usize,
         changed: u32,
@@ -105,6 +108,10 @@ impl Poller {
                 }
                 Ok(Called::LeftByPause(n)) => {
                     summary.left_by_pause += count(n);
+                    continue;
+                }
+                Ok(Called::LeaseLost(n)) => {
+                    summary.lease_lost += count(n);
                     continue;
                 }
                 Ok(Called::Answered {
@@ -194,9 +201,20 @@ impl Pass<'_> {
             });
         }
         loop {
-            let Some(call_id) = self.reserve(&ids).await? else {
-                self.poller.release(vendor, ids.clone()).await?;
-                return Ok(Called::Skipped(ids.len()));
+            let call_id = match self.reserve(&ids).await? {
+                Reservation::Call(id) => id,
+                Reservation::BudgetSpent => {
+                    self.poller.release(vendor, ids.clone()).await?;
+                    return Ok(Called::Skipped(ids.len()));
+                }
+                Reservation::LeaseLost => {
+                    log::warn!(
+                        "poll {vendor}: the lease of {} ran out while the call waited its turn (POLL_LEASE is short for this pass); left to the process that claimed it",
+                        ids.join(", ")
+                    );
+                    self.poller.release(vendor, ids.clone()).await?;
+                    return Ok(Called::LeaseLost(ids.len()));
+                }
             };
             if self.stop.load(Ordering::SeqCst) {
                 // Reserved, but the pass paused meanwhile: never sent.
@@ -251,8 +269,9 @@ impl Pass<'_> {
     }
 
     /// A slot in the deployment-wide budget (waiting a little for one in a
-    /// short window); the call is counted against each order's daily budget.
-    async fn reserve(&self, ids: &[String]) -> Result<Option<i64>, DbError> {
+    /// short window), while the orders are still ours; the call is counted
+    /// against each order's daily budget and the leases renewed.
+    async fn reserve(&self, ids: &[String]) -> Result<Reservation, DbError> {
         let limits = self.asker.limits();
         let deadline = Instant::now() + SLOT_WAIT;
         loop {
@@ -262,6 +281,7 @@ impl Pass<'_> {
                 self.poller.owner.clone(),
             );
             let (per_window, window, ids) = (limits.per_window, limits.window, ids.to_vec());
+            let lease = self.poller.lease;
             let id = db::run(&self.poller.pool, move |conn| {
                 let budget = CallBudget {
                     vendor,
@@ -269,11 +289,13 @@ impl Pass<'_> {
                     per_window,
                     window,
                     caller: &owner,
+                    lease,
                 };
                 pstore::reserve_call(conn, &budget, &ids, china_day(Utc::now()))
             })
             .await?;
-            if id.is_some() || !limits.wait_for_slot || Instant::now() >= deadline {
+            if id != Reservation::BudgetSpent || !limits.wait_for_slot || Instant::now() >= deadline
+            {
                 return Ok(id);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

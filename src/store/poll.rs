@@ -405,24 +405,59 @@ pub struct CallBudget<'a> {
     pub api: &'a str,
     pub per_window: i64,
     pub window: Duration,
+    /// The process asking: it must still hold the orders' leases.
     pub caller: &'a str,
+    /// How long the leases last from the moment the call is reserved.
+    pub lease: Duration,
 }
 
-/// Reserve one call for `order_ids` if the deployment-wide budget allows:
-/// count the window and insert the call row under one advisory lock per
-/// vendor, so concurrent processes cannot both take the last slot. Also
-/// counts the call against each order's daily budget. Returns the call id,
-/// or None when the budget is spent.
+/// What `reserve_call` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// The call is reserved (its `vendor_calls` id) and the orders' leases
+    /// run a full `POLL_LEASE` from now.
+    Call(i64),
+    /// The deployment-wide budget is spent for now.
+    BudgetSpent,
+    /// Some order is no longer leased to this caller: its lease ran out while
+    /// the call waited its turn in the pass, and another process claimed it.
+    LeaseLost,
+}
+
+/// Reserve one call for `order_ids` if the deployment-wide budget allows
+/// and the caller still holds every order's lease: count the window and
+/// insert the call row under one advisory lock per vendor, so concurrent
+/// processes cannot both take the last slot. The leases are renewed for a
+/// full `budget.lease` from now, so that a call waiting its turn in a long
+/// pass starts with the whole lease, and an order whose lease ran out and
+/// was claimed by another process is never asked about by both. Also counts
+/// the call against each order's daily budget.
 pub fn reserve_call(
     conn: &mut PgConnection,
     budget: &CallBudget<'_>,
     order_ids: &[String],
     today: NaiveDate,
-) -> QueryResult<Option<i64>> {
+) -> QueryResult<Reservation> {
     conn.transaction(|conn| {
         super::lock_vendor(conn, 7217200100, budget.vendor)?;
         if recent_calls(conn, budget.vendor, budget.window)? >= budget.per_window {
-            return Ok(None);
+            return Ok(Reservation::BudgetSpent);
+        }
+        // A claim takes an order only once its lease has run out, and makes
+        // the claimer its owner; while the owner is still us, nobody else
+        // has it, and from here on nobody can take it until the renewed
+        // lease runs out.
+        let held = diesel::sql_query(
+            "UPDATE order_polls SET lease_until = clock_timestamp() + make_interval(secs => $4) \
+             WHERE vendor = $1 AND order_id = ANY($2) AND lease_owner = $3",
+        )
+        .bind::<Text, _>(budget.vendor.as_str())
+        .bind::<Array<Text>, _>(order_ids)
+        .bind::<Text, _>(budget.caller)
+        .bind::<diesel::sql_types::Double, _>(budget.lease.as_secs_f64())
+        .execute(conn)?;
+        if held < order_ids.len() {
+            return Ok(Reservation::LeaseLost);
         }
         let id: i64 = diesel::insert_into(vendor_calls::table)
             .values((
@@ -437,7 +472,7 @@ pub fn reserve_call(
             .returning(vendor_calls::id)
             .get_result(conn)?;
         count_order_calls(conn, budget.vendor, order_ids, today)?;
-        Ok(Some(id))
+        Ok(Reservation::Call(id))
     })
 }
 
