@@ -362,6 +362,24 @@ impl Pass<'_> {
             conn.transaction(|conn| {
                 pstore::finish_call(conn, call_id, outcome, http, took, error.as_deref(), cost)?;
                 let mut report = Report::default();
+                // No answer about these orders: they back off.
+                let back_off = |conn: &mut diesel::PgConnection, ids: &[String], outcome| {
+                    for id in ids {
+                        let failed = PollResult::Failed { outcome };
+                        pstore::record_poll(
+                            conn,
+                            vendor,
+                            id,
+                            &owner,
+                            failed,
+                            &schedule,
+                            now,
+                            asked_at,
+                            &[],
+                        )?;
+                    }
+                    diesel::QueryResult::Ok(())
+                };
                 match &result {
                     Ok(answer) => {
                         for obs in &answer.found {
@@ -392,43 +410,13 @@ impl Pass<'_> {
                                     .map(|s| (obs.order_id.clone(), label.clone(), s)),
                             );
                         }
-                        for id in &answer.missing {
-                            let failed = PollResult::Failed {
-                                outcome: "not_found",
-                            };
-                            pstore::record_poll(
-                                conn,
-                                vendor,
-                                id,
-                                &owner,
-                                failed,
-                                &schedule,
-                                now,
-                                asked_at,
-                                &[],
-                            )?;
-                        }
+                        back_off(conn, &answer.missing, "not_found")?;
                     }
                     // The account, not the orders: they go back untouched.
                     Err(f) if matches!(f.kind, FailureKind::AuthFailed | FailureKind::NeedsFix) => {
                         pstore::release(conn, vendor, &batch, &owner)?;
                     }
-                    Err(f) => {
-                        for id in &batch {
-                            let failed = PollResult::Failed { outcome: f.outcome };
-                            pstore::record_poll(
-                                conn,
-                                vendor,
-                                id,
-                                &owner,
-                                failed,
-                                &schedule,
-                                now,
-                                asked_at,
-                                &[],
-                            )?;
-                        }
-                    }
+                    Err(f) => back_off(conn, &batch, f.outcome)?,
                 }
                 Ok(report)
             })
