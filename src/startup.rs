@@ -115,8 +115,19 @@ impl Application {
             config.poll_lease,
         ));
         let keys = callback_keys(config);
-        let callback_sources = SourcePolicy::from_config(config)
+        // `Config` keeps the header name as text (checked there), so that
+        // it needs no HTTP types.
+        let header = config
+            .trusted_proxy_header
+            .as_deref()
+            .map(|h| actix_web::http::header::HeaderName::from_bytes(h.as_bytes()))
+            .transpose()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let callback_sources = SourcePolicy::new(
+            config.callback_allowed_sources.clone(),
+            header,
+            config.trusted_proxies.clone(),
+        );
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             ingest: Arc::clone(&ingest),

@@ -9,10 +9,8 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use actix_web::http::header::{HeaderMap, HeaderName, InvalidHeaderName};
+use actix_web::http::header::{HeaderMap, HeaderName};
 use ipnet::IpNet;
-
-use crate::config::Config;
 
 /// Built once at startup, shared read-only by every worker.
 #[derive(Debug, Clone)]
@@ -44,21 +42,6 @@ impl SourcePolicy {
             header,
             trusted_proxies,
         }
-    }
-
-    /// `Config` keeps the header name as text so it needs no HTTP types;
-    /// it has been checked there, so the error is only a safety net.
-    pub fn from_config(config: &Config) -> Result<SourcePolicy, InvalidHeaderName> {
-        let header = config
-            .trusted_proxy_header
-            .as_deref()
-            .map(|h| HeaderName::from_bytes(h.as_bytes()))
-            .transpose()?;
-        Ok(SourcePolicy::new(
-            config.callback_allowed_sources.clone(),
-            header,
-            config.trusted_proxies.clone(),
-        ))
     }
 
     /// Anything the client wrote is ignored unless our own proxy stands
