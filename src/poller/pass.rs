@@ -89,7 +89,15 @@ impl Poller {
         let mut consecutive_failures = 0;
         let mut db_error = None;
         loop {
-            while in_flight.len() < limits.in_flight.max(1) && !pass.stop.load(Ordering::SeqCst) {
+            // After trouble, one call at a time until one succeeds: the call
+            // that decides a pause is then the last one sent, not one of
+            // several already on their way.
+            let width = if consecutive_failures > 0 {
+                1
+            } else {
+                limits.in_flight.max(1)
+            };
+            while in_flight.len() < width && !pass.stop.load(Ordering::SeqCst) {
                 let Some(ids) = queue.pop_front() else { break };
                 in_flight.push(pass.call(ids));
             }

@@ -349,3 +349,45 @@ async fn overlapping_ticks_never_run_two_passes_in_one_process() {
     );
     assert_eq!(fake.calls().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_sends_nothing_after_the_failure_that_pauses_it_and_counts_what_it_left_as_paused() {
+    let (app, sim) = TestApp::with_sim(&[("HAOKA172_OVERDUE", ZERO_OVERDUE)]).await;
+    let fake = sim.haoka172();
+    fake.answer_all(Some(Answer::Http(500)));
+    fake.delay(Duration::from_millis(150));
+    let ids: Vec<String> = (0..40).map(|i| format!("PZ{i:02}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    app.track(&refs).await;
+    let s = app.poll().await;
+    assert!(s.paused_until.is_some(), "{s}");
+    assert_eq!(s.errors, s.queried, "{s}");
+    assert!(s.queried >= 5, "{s}");
+    assert_eq!(s.left_by_pause, 40 - s.queried, "{s}");
+    assert_eq!(
+        s.skipped_for_limits, 0,
+        "paused work is not 'skipped for limits': {s}"
+    );
+    assert!(s.to_string().contains("left unasked by the pause"), "{s}");
+    assert_eq!(fake.calls().len() as u32, s.queried);
+    // No call was sent after the failure that decided the pause: every
+    // call started before the fifth failure came back.
+    let mut c = app.db.conn();
+    let after = count(
+        &mut c,
+        "WITH f AS (SELECT called_at + duration_ms * interval '1 millisecond' AS ended \
+                    FROM vendor_calls WHERE outcome = 'http_error' ORDER BY 1 OFFSET 4 LIMIT 1) \
+         SELECT count(*) AS n FROM vendor_calls, f WHERE called_at > f.ended",
+    );
+    assert_eq!(after, 0);
+    // Nor reserved after the pause was written (a reserved call that was not
+    // sent is recorded as not_sent and reaches no vendor).
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM vendor_calls, vendor_pauses p \
+             WHERE called_at > p.paused_at AND outcome <> 'not_sent'"
+        ),
+        0
+    );
+}
