@@ -153,3 +153,34 @@ impl Failure {
         }
     }
 }
+
+/// Why a request never got an answer, for logs and pause reasons: the host
+/// and the cause an operator can act on (refused, DNS, timeout, TLS), never
+/// the full URL.
+pub fn transport_cause(url: &url::Url, e: &reqwest::Error) -> String {
+    let host = url.host_str().unwrap_or("the vendor");
+    let mut innermost = e.to_string();
+    let mut refused = false;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        innermost = s.to_string();
+        source = s.source();
+    }
+    let lower = innermost.to_lowercase();
+    let cause = if e.is_timeout() {
+        "no answer before the timeout".to_owned()
+    } else if refused || lower.contains("connection refused") {
+        "connection refused".to_owned()
+    } else if lower.contains("dns") || lower.contains("lookup") || lower.contains("resolve") {
+        format!("DNS lookup failed ({innermost})")
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
+        format!("TLS failed ({innermost})")
+    } else {
+        innermost
+    };
+    format!("{host}: {cause}")
+}

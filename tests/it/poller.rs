@@ -391,3 +391,54 @@ async fn a_pass_sends_nothing_after_the_failure_that_pauses_it_and_counts_what_i
         0
     );
 }
+
+#[tokio::test]
+async fn a_vendor_that_cannot_be_reached_is_named_with_the_cause_in_the_log_and_the_pause() {
+    let app = TestApp::spawn_with(&[
+        ("HAOKA172_OVERDUE", ZERO_OVERDUE),
+        ("HAOKA172_BASE_URL", "http://127.0.0.1:9"),
+    ])
+    .await;
+    let ids: Vec<String> = (0..6).map(|i| format!("UNREACH{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    app.track(&refs).await;
+    let s = app.poll().await;
+    assert!(s.paused_until.is_some(), "{s}");
+    #[derive(diesel::QueryableByName)]
+    struct Reason {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        reason: String,
+    }
+    use diesel::RunQueryDsl;
+    let mut c = app.db.conn();
+    let r: Reason = diesel::sql_query("SELECT reason FROM vendor_pauses WHERE vendor = 'haoka172'")
+        .get_result(&mut c)
+        .unwrap();
+    assert!(
+        r.reason.contains("127.0.0.1: connection refused"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM vendor_calls WHERE error LIKE '%127.0.0.1: connection refused%'"
+        ),
+        s.queried as i64
+    );
+
+    // A name that does not resolve says so.
+    let client = haoka_sync::vendors::haoka172::client::Haoka172Client::new(
+        &url::Url::parse("http://no-such-vendor-host.invalid").unwrap(),
+        "demo",
+        haoka_sync::secret::Secret::new(SECRET),
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    let e = client.get_order_info("X").await.unwrap_err().to_string();
+    assert!(e.contains("no-such-vendor-host.invalid"), "{e}");
+    assert!(
+        e.contains("DNS lookup failed") || e.contains("no answer"),
+        "{e}"
+    );
+}

@@ -122,7 +122,7 @@ fn failure(e: &DamaijiaError) -> Failure {
         DamaijiaError::Vendor { .. }
         | DamaijiaError::Http(_)
         | DamaijiaError::Transport(_)
-        | DamaijiaError::Timeout
+        | DamaijiaError::Timeout(_)
         | DamaijiaError::Unparseable(_) => FailureKind::Trouble,
     };
     Failure::new(kind, e.outcome(), e.to_string())

@@ -32,10 +32,11 @@ pub enum DamaijiaError {
     Vendor { status: i64, err: String },
     #[error("HTTP {0}")]
     Http(u16),
+    /// No answer: the host and why (`vendors::transport_cause`).
     #[error("transport: {0}")]
     Transport(String),
-    #[error("timed out")]
-    Timeout,
+    #[error("timed out: {0}")]
+    Timeout(String),
     #[error("unparseable answer: {0}")]
     Unparseable(String),
 }
@@ -50,7 +51,7 @@ impl DamaijiaError {
             DamaijiaError::Vendor { .. } => "vendor_error",
             DamaijiaError::Http(_) => "http_error",
             DamaijiaError::Transport(_) => "transport_error",
-            DamaijiaError::Timeout => "timeout",
+            DamaijiaError::Timeout(_) => "timeout",
             DamaijiaError::Unparseable(_) => "unparseable",
         }
     }
@@ -62,7 +63,7 @@ impl DamaijiaError {
             DamaijiaError::Vendor { .. }
                 | DamaijiaError::Http(_)
                 | DamaijiaError::Transport(_)
-                | DamaijiaError::Timeout
+                | DamaijiaError::Timeout(_)
                 | DamaijiaError::Unparseable(_)
         )
     }
@@ -158,9 +159,12 @@ impl DamaijiaClient {
             .json(&body)
             .send()
             .await
-            .map_err(transport)?;
+            .map_err(|e| transport(&self.orders_url, e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(transport)?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport(&self.orders_url, e))?;
         batch(order_sns, status, &bytes)
     }
 
@@ -175,18 +179,22 @@ impl DamaijiaClient {
             .json(&json!({"app_id": app_id, "app_secret": secret.expose()}))
             .send()
             .await
-            .map_err(transport)?;
+            .map_err(|e| transport(&self.login_url, e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(transport)?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport(&self.login_url, e))?;
         login_token(status, &bytes)
     }
 }
 
-fn transport(e: reqwest::Error) -> DamaijiaError {
+fn transport(url: &url::Url, e: reqwest::Error) -> DamaijiaError {
+    let cause = crate::vendors::transport_cause(url, &e);
     if e.is_timeout() {
-        DamaijiaError::Timeout
+        DamaijiaError::Timeout(cause)
     } else {
-        DamaijiaError::Transport(e.without_url().to_string())
+        DamaijiaError::Transport(cause)
     }
 }
 

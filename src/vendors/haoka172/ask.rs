@@ -113,7 +113,7 @@ fn failure(e: &QueryError) -> Failure {
         QueryError::Vendor { .. } => FailureKind::Refused,
         QueryError::Http(_)
         | QueryError::Transport(_)
-        | QueryError::Timeout
+        | QueryError::Timeout(_)
         | QueryError::Unparseable(_) => FailureKind::Trouble,
     };
     let message = match e {

@@ -29,10 +29,11 @@ pub enum QueryError {
     Vendor { code: i64, message: String },
     #[error("HTTP {0}")]
     Http(u16),
+    /// No answer: the host and why (`vendors::transport_cause`).
     #[error("transport: {0}")]
     Transport(String),
-    #[error("timed out")]
-    Timeout,
+    #[error("timed out: {0}")]
+    Timeout(String),
     #[error("unparseable answer: {0}")]
     Unparseable(String),
 }
@@ -46,7 +47,7 @@ impl QueryError {
             QueryError::Vendor { .. } => "vendor_error",
             QueryError::Http(_) => "http_error",
             QueryError::Transport(_) => "transport_error",
-            QueryError::Timeout => "timeout",
+            QueryError::Timeout(_) => "timeout",
             QueryError::Unparseable(_) => "unparseable",
         }
     }
@@ -58,7 +59,7 @@ impl QueryError {
             self,
             QueryError::Http(_)
                 | QueryError::Transport(_)
-                | QueryError::Timeout
+                | QueryError::Timeout(_)
                 | QueryError::Unparseable(_)
         )
     }
@@ -140,19 +141,19 @@ impl Haoka172Client {
             .form(&form)
             .send()
             .await
-            .map_err(transport)?;
+            .map_err(|e| transport(&self.url, e))?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(transport)?;
+        let body = resp.bytes().await.map_err(|e| transport(&self.url, e))?;
         parse_answer(order_id, status, &body)
     }
 }
 
-fn transport(e: reqwest::Error) -> QueryError {
+fn transport(url: &url::Url, e: reqwest::Error) -> QueryError {
+    let cause = crate::vendors::transport_cause(url, &e);
     if e.is_timeout() {
-        QueryError::Timeout
+        QueryError::Timeout(cause)
     } else {
-        // Without the URL: it carries nothing secret, but keep logs short.
-        QueryError::Transport(e.without_url().to_string())
+        QueryError::Transport(cause)
     }
 }
 
