@@ -28,7 +28,16 @@ pub(super) async fn run(config: &Config, vendor: Option<Vendor>) -> CliResult {
     let mut first_err = None;
     for r in results {
         match r {
-            Ok(summary) => println!("{summary}"),
+            Ok(summary) => {
+                println!("{summary}");
+                if summary.calls > 0 && summary.failed_calls == summary.calls {
+                    let vendor = summary.vendor.map(|v| v.as_str()).unwrap_or("-");
+                    first_err.get_or_insert(failed(format!(
+                        "every {vendor} call failed (last: {})",
+                        summary.last_failure.as_deref().unwrap_or("-")
+                    )));
+                }
+            }
             Err(crate::poller::PollError::Disabled(v, why)) => {
                 first_err.get_or_insert(CliError::Usage(format!("{v} polling is off: {why}")));
             }

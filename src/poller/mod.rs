@@ -40,6 +40,10 @@ pub struct PassSummary {
     /// Orders asked about (in `calls` calls when a call asks about several).
     pub queried: u32,
     pub calls: u32,
+    /// Calls that brought no answer at all (not counting "not found").
+    pub failed_calls: u32,
+    /// The last of those failures, for `poll-once` to say why.
+    pub last_failure: Option<String>,
     /// Several orders per call: the summary shows `calls`.
     pub batched: bool,
     pub changed: u32,

@@ -136,6 +136,10 @@ impl Poller {
                 }
                 Ok(Called::Failed { asked, failure }) => {
                     summary.calls += 1;
+                    if failure.kind != FailureKind::NotFound {
+                        summary.failed_calls += 1;
+                        summary.last_failure = Some(failure.to_string());
+                    }
                     if !matches!(
                         failure.kind,
                         FailureKind::AuthFailed | FailureKind::NeedsFix

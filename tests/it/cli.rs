@@ -391,3 +391,32 @@ fn serve_and_poll_once_agree_on_which_vendors_poll() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn poll_once_exits_1_and_says_why_when_every_call_failed() {
+    let db = TestDb::new();
+    let run = |args: &[&str]| {
+        cmd()
+            .args(args)
+            .env("DATABASE_URL", db.url.expose())
+            .env("HAOKA172_OVERDUE", ZERO_OVERDUE)
+            .env("HAOKA172_USER_ID", "demo")
+            .env("HAOKA172_SECRET", SECRET)
+            .env("HAOKA172_BASE_URL", "http://127.0.0.1:9")
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["track", "haoka172", "F1", "F2"]).status.success());
+    let out = run(&["poll-once", "--vendor", "haoka172"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.starts_with("haoka172: due 2, queried 2"), "{stdout}");
+    assert!(
+        stderr.contains("every haoka172 call failed") && stderr.contains("127.0.0.1: connection refused"),
+        "{stderr}"
+    );
+}
