@@ -17,7 +17,7 @@
 //!   `POLL_LEASE` (default 5m)
 //! - `POLL_CRON`, `ADMIN_TOKEN`
 //! - `CALLBACK_MAX_BODY_BYTES` (default 65536), `DB_POOL_SIZE` (default 16),
-//!   `DB_TIMEOUT_SECS` (default 3), `INGEST_WRITERS` (default 2),
+//!   `DB_TIMEOUT_SECS` (default 3), `DB_WAIT_SECS` (default 60), `INGEST_WRITERS` (default 2),
 //!   `INGEST_MAX_BATCH` (default 256)
 //! - `CALLBACK_ALLOWED_SOURCES` (comma-separated CIDRs or bare IPs; unset =
 //!   any source), `TRUSTED_PROXY_HEADER` (unset = judge the TCP peer),
@@ -98,6 +98,8 @@ pub struct Config {
     pub callback_max_body_bytes: usize,
     pub db_pool_size: u32,
     pub db_timeout: Duration,
+    /// How long `serve` waits at start for PostgreSQL to answer.
+    pub db_wait: Duration,
     pub ingest_writers: usize,
     pub ingest_max_batch: usize,
     /// Addresses callbacks are accepted from; `None` accepts any.
@@ -276,6 +278,7 @@ impl Config {
             )? as usize,
             db_pool_size,
             db_timeout: Duration::from_secs(parse_num("DB_TIMEOUT_SECS", 3, 1, 600)?),
+            db_wait: Duration::from_secs(parse_num("DB_WAIT_SECS", 60, 0, 86400)?),
             ingest_writers,
             ingest_max_batch: parse_num("INGEST_MAX_BATCH", 256, 1, 10_000)? as usize,
             callback_allowed_sources,

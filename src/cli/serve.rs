@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::startup::{shutdown_signal, Application};
 
 pub(super) async fn run(config: Config) -> CliResult {
-    prepare(&config).await?;
+    wait_for_database(&config).await?;
     if config.haoka172.secret.is_none() {
         log::warn!(
             "HAOKA172_SECRET is not set: 172 callbacks cannot be verified (they are stored and answered 503) and the 172 poller is off"
@@ -67,4 +67,45 @@ fn log_callback_sources(config: &Config) {
         "callbacks accepted only from the {} address ranges in CALLBACK_ALLOWED_SOURCES; {judged}",
         nets.len()
     );
+}
+
+/// Migrate, waiting for PostgreSQL while it is not reachable yet (a service
+/// manager may start us first), up to `DB_WAIT_SECS`; every retry says what
+/// it waits for and how to change that.
+async fn wait_for_database(config: &Config) -> CliResult {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        match prepare(config).await {
+            Err(super::CliError::Failed(e)) if is_unavailable(&*e) => {
+                // libpq's messages span lines; a log line must not.
+                let e = e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let waited = started.elapsed();
+                if waited + pause > config.db_wait {
+                    return Err(super::failed(format!(
+                        "{e}; gave up after waiting {}s (DB_WAIT_SECS={})",
+                        waited.as_secs(),
+                        config.db_wait.as_secs()
+                    )));
+                }
+                log::warn!(
+                    "{e}; retrying in {}s (serve waits up to DB_WAIT_SECS={}s for PostgreSQL)",
+                    pause.as_secs(),
+                    config.db_wait.as_secs()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<crate::db::DbError>()
+        .is_some_and(crate::db::DbError::is_unavailable)
 }

@@ -416,7 +416,69 @@ fn poll_once_exits_1_and_says_why_when_every_call_failed() {
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.starts_with("haoka172: due 2, queried 2"), "{stdout}");
     assert!(
-        stderr.contains("every haoka172 call failed") && stderr.contains("127.0.0.1: connection refused"),
+        stderr.contains("every haoka172 call failed")
+            && stderr.contains("127.0.0.1: connection refused"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_waits_for_postgresql_at_start_and_says_so_then_gives_up_after_db_wait_secs() {
+    let proxy = PgProxy::start().await;
+    let db = TestDb::new();
+    proxy.cut();
+    let spawn = |wait: &str| {
+        cmd()
+            .arg("serve")
+            .env("DATABASE_URL", db.url_via(proxy.port))
+            .env("HAOKA_SYNC_BIND", "127.0.0.1:0")
+            .env("DB_WAIT_SECS", wait)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // PostgreSQL comes back while serve waits: it starts.
+    let mut child = spawn("30");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+    assert!(
+        first.contains("retrying in") && first.contains("DB_WAIT_SECS"),
+        "{first}"
+    );
+    proxy.restore().await;
+    let mut log = first;
+    let listening = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains("listening on") {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "{log}");
+
+    // It never comes back: serve gives up after DB_WAIT_SECS, exit 1.
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let out = spawn("2").wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("gave up after waiting") && err.contains("DB_WAIT_SECS=2"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
