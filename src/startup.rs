@@ -135,6 +135,7 @@ impl Application {
             callback_max_body_bytes: config.callback_max_body_bytes,
             callback_sources,
             admin_token: config.admin_token.clone(),
+            schema_version: db::latest_migration(),
             schedule,
         });
         let listener = TcpListener::bind(config.bind)?;

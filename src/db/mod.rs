@@ -154,3 +154,77 @@ pub fn prepare(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
 pub fn ping(conn: &mut PgConnection) -> diesel::QueryResult<()> {
     conn.batch_execute("SELECT 1")
 }
+
+/// Whether the database has every migration this build embeds: a database
+/// recreated empty, or one an older version migrated, answers queries but
+/// cannot take callbacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schema {
+    Current,
+    /// The newest migration it has (none at all: never migrated).
+    Behind {
+        has: Option<String>,
+        wants: String,
+    },
+}
+
+/// The newest embedded migration's version (`2026-12-02-000007`, …).
+pub fn latest_migration() -> String {
+    use diesel::migration::MigrationSource;
+    MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .ok()
+        .into_iter()
+        .flatten()
+        .map(|m| m.name().version().to_string())
+        .max()
+        .unwrap_or_default()
+}
+
+/// Compare the database's migrations with this build's (two small queries).
+pub fn schema(conn: &mut PgConnection, wants: &str) -> diesel::QueryResult<Schema> {
+    #[derive(QueryableByName)]
+    struct Newest {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        version: Option<String>,
+    }
+    #[derive(QueryableByName)]
+    struct Present {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        present: bool,
+    }
+    let present = diesel::sql_query(
+        "SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS present",
+    )
+    .get_result::<Present>(conn)?
+    .present;
+    let has = if present {
+        diesel::sql_query("SELECT max(version) AS version FROM __diesel_schema_migrations")
+            .get_result::<Newest>(conn)?
+            .version
+    } else {
+        None
+    };
+    Ok(match has {
+        Some(h) if h.as_str() >= wants => Schema::Current,
+        has => Schema::Behind {
+            has,
+            wants: wants.to_owned(),
+        },
+    })
+}
+
+/// Run `f` with a connection only if one comes within `wait`: a readiness
+/// probe must answer within its own timeout, not the pool's.
+pub async fn run_within<T, F>(pool: &PgPool, wait: Duration, f: F) -> Result<T, DbError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut PgConnection) -> diesel::QueryResult<T> + Send + 'static,
+{
+    let pool = pool.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = pool.get_timeout(wait)?;
+        Ok(f(&mut conn)?)
+    })
+    .await
+    .map_err(|e| DbError::Unavailable(format!("database task failed: {e}")))?
+}

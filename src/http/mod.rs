@@ -30,20 +30,30 @@ pub struct AppState {
     /// Who may send callbacks, and how the sender's address is found.
     pub callback_sources: SourcePolicy,
     pub admin_token: Option<Secret>,
+    /// The newest migration this build embeds (readiness checks for it).
+    pub schema_version: String,
     pub schedule: Arc<Schedule>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .service(
-            web::resource("/callbacks/haoka172")
-                .route(web::post().to(callbacks::haoka172))
-                .route(web::get().to(callbacks::probe)),
-        )
-        .route("/api/orders", web::post().to(api::track_orders))
-        .route(
-            "/api/orders/{vendor}/{order_id}",
-            web::get().to(api::get_order),
-        );
+    cfg.service(
+        web::resource("/healthz")
+            .route(web::get().to(health::healthz))
+            .route(web::head().to(health::healthz)),
+    )
+    .service(
+        web::resource("/readyz")
+            .route(web::get().to(health::readyz))
+            .route(web::head().to(health::readyz)),
+    )
+    .service(
+        web::resource("/callbacks/haoka172")
+            .route(web::post().to(callbacks::haoka172))
+            .route(web::get().to(callbacks::probe)),
+    )
+    .route("/api/orders", web::post().to(api::track_orders))
+    .route(
+        "/api/orders/{vendor}/{order_id}",
+        web::get().to(api::get_order),
+    );
 }

@@ -131,3 +131,45 @@ async fn a_lost_database_is_unavailable_in_the_admin_api_and_the_poller_never_an
     }
     proxy.restore().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_checks_the_schema_answers_within_a_second_and_health_answers_head() {
+    use diesel::connection::SimpleConnection;
+    let proxy = PgProxy::start().await;
+    let db = TestDb::new();
+    let via = db.url_via(proxy.port);
+    let app = TestApp::spawn_on(db, Some(via), &[("DB_TIMEOUT_SECS", "3")]).await;
+    let probe = |method: reqwest::Method, path: &str| {
+        let req = app.client.request(method, format!("{}{path}", app.address));
+        async move {
+            let started = std::time::Instant::now();
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap(), started.elapsed())
+        }
+    };
+    assert_eq!(probe(reqwest::Method::HEAD, "/healthz").await.0, 200);
+    assert_eq!(probe(reqwest::Method::HEAD, "/readyz").await.0, 200);
+    assert_eq!(probe(reqwest::Method::GET, "/readyz").await.0, 200);
+
+    // The database recreated empty: it answers, but cannot take callbacks.
+    let mut c = app.db.conn();
+    c.batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        .unwrap();
+    let (status, body, _) = probe(reqwest::Method::GET, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("schema behind") && body.contains("haoka-sync migrate"),
+        "{body}"
+    );
+    let (status, body) = app.send("R-empty", "EMPTY1", "已发货").await;
+    assert_eq!(status, 503, "never a 500: {body}");
+
+    // PostgreSQL unreachable: not ready within about a second, not after
+    // the pool's 3 s.
+    proxy.cut();
+    let (status, _, took) = probe(reqwest::Method::GET, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
+    proxy.restore().await;
+}
