@@ -6,6 +6,7 @@
 mod demo;
 mod migrate;
 mod poll_once;
+mod recheck;
 mod serve;
 mod show;
 mod simulate;
@@ -56,7 +57,15 @@ enum Command {
     /// Run the service against the simulator on this machine and watch it
     /// converge (no vendor credentials needed).
     Demo(demo::DemoArgs),
-    /// Print an order's current state and its event history.
+    /// Make tracked orders due now: the next pass asks about them, within
+    /// every limit.
+    Recheck {
+        /// haoka172 or damaijia
+        vendor: Vendor,
+        #[arg(required = true)]
+        order_ids: Vec<String>,
+    },
+    /// Print an order's current state, poll state and event history.
     Show {
         /// haoka172 or damaijia
         vendor: Vendor,
@@ -107,6 +116,9 @@ pub fn main() -> ExitCode {
                 file,
             } => track::run(&config, vendor, order_ids, file).await,
             Command::PollOnce { vendor } => poll_once::run(&config, vendor).await,
+            Command::Recheck { vendor, order_ids } => {
+                recheck::run(&config, vendor, order_ids).await
+            }
             Command::Simulate(args) => simulate::run(&config, args).await,
             Command::Demo(args) => demo::run(&config, args).await,
         }

@@ -1,23 +1,58 @@
-//! `haoka-sync show <vendor> <order-id>`: an order's state, its pending
-//! confirmations and its history, personal data masked.
+//! `haoka-sync show <vendor> <order-id>`: an order's state, where it stands
+//! with the poller, its pending confirmations and its history, personal data
+//! masked. Read-only: it creates nothing, and a missing database is one line.
+
+use chrono::{DateTime, Utc};
+use diesel::{Connection, PgConnection};
 
 use super::{failed, CliResult};
 use crate::config::Config;
 use crate::db;
+use crate::rules::schedule::china_time;
 use crate::rules::Vendor;
 
 pub(super) async fn run(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
-    let pool = db::pool(&config.database_url, 1, config.db_timeout);
+    let url = config.database_url.clone();
     let id = order_id.to_owned();
-    let found = db::run(&pool, move |conn| {
-        let order = crate::store::find_order(conn, vendor, &id)?;
-        let history = crate::store::order_history(conn, vendor, &id)?;
-        let confirmations = crate::store::order_confirmations(conn, vendor, &id)?;
-        Ok(order.map(|o| (o, history, confirmations)))
+    let found = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        // One direct connection, not a pool: a database that is missing or
+        // down is said at once, in one line.
+        let mut conn = PgConnection::establish(url.expose()).map_err(|e| {
+            let e = e.to_string();
+            if e.contains("does not exist") {
+                format!(
+                    "database {} does not exist (DATABASE_URL): `haoka-sync migrate` creates it",
+                    url.database_name()
+                )
+            } else {
+                // libpq's message spans lines; one line here.
+                let e: Vec<&str> = e.split_whitespace().collect();
+                format!("cannot connect to {url}: {}", e.join(" "))
+            }
+        })?;
+        let q = |e: diesel::result::Error| format!("database {}: {e}", url.database_name());
+        if let db::Schema::Behind { has, wants } = db::schema(&mut conn, &db::latest_migration()).map_err(q)? {
+            return Err(format!(
+                "database {} is not migrated (has {}, this build needs {wants}): run `haoka-sync migrate`",
+                url.database_name(),
+                has.as_deref().unwrap_or("no migration")
+            ));
+        }
+        let conn = &mut conn;
+        let order = crate::store::find_order(conn, vendor, &id).map_err(q)?;
+        let Some(order) = order else { return Ok(None) };
+        let poll = crate::store::poll::poll_state(conn, vendor, &id).map_err(q)?;
+        let pause = crate::store::poll::active_pause(conn, vendor, Utc::now()).map_err(q)?;
+        let history = crate::store::order_history(conn, vendor, &id).map_err(q)?;
+        let confirmations = crate::store::order_confirmations(conn, vendor, &id).map_err(q)?;
+        Ok(Some((order, poll, pause, history, confirmations)))
     })
-    .await?;
-    let Some((o, history, confirmations)) = found else {
-        return Err(failed(format!("no {vendor} order {order_id}")));
+    .await?
+    .map_err(failed)?;
+    let Some((o, poll, pause, history, confirmations)) = found else {
+        return Err(failed(format!(
+            "no {vendor} order {order_id} (`haoka-sync track {vendor} {order_id}` starts tracking it)"
+        )));
     };
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     println!("{} {}", o.vendor, o.order_id);
@@ -44,9 +79,7 @@ pub(super) async fn run(config: &Config, vendor: Vendor, order_id: &str) -> CliR
     println!(
         "  card:          {} activated_at={}",
         opt(&o.card_status),
-        o.activated_at
-            .map(|t| t.to_rfc3339())
-            .unwrap_or_else(|| "-".into())
+        o.activated_at.map(china_time).unwrap_or_else(|| "-".into())
     );
     println!(
         "  first top-up:  {} {}",
@@ -58,10 +91,11 @@ pub(super) async fn run(config: &Config, vendor: Vendor, order_id: &str) -> CliR
     println!(
         "  last heard:    {} via {}",
         o.last_heard_at
-            .map(|t| t.to_rfc3339())
+            .map(china_time)
             .unwrap_or_else(|| "never".into()),
         opt(&o.last_source)
     );
+    print_poll(vendor, poll.as_ref(), pause.as_ref());
     for c in &confirmations {
         let what = match c.reason.as_str() {
             "terminal" => format!("claimed {}", c.claimed_status),
@@ -79,7 +113,7 @@ pub(super) async fn run(config: &Config, vendor: Vendor, order_id: &str) -> CliR
             (None, _) => println!(
                 "  callback {} {what}: awaiting GetOrderInfo since {}{}",
                 c.request_id,
-                c.requested_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                china_time(c.requested_at),
                 if c.expedited {
                     " (asked at once)"
                 } else {
@@ -92,7 +126,7 @@ pub(super) async fn run(config: &Config, vendor: Vendor, order_id: &str) -> CliR
     for e in history {
         println!(
             "    {}  {:<8} {:<17} {:<14} {:<8} {}",
-            e.received_at.format("%Y-%m-%d %H:%M:%S"),
+            china_time(e.received_at),
             e.source,
             e.status,
             e.effect,
@@ -101,4 +135,37 @@ pub(super) async fn run(config: &Config, vendor: Vendor, order_id: &str) -> CliR
         );
     }
     Ok(())
+}
+
+/// The poll lines: next check and why, the last outcome, quiet polls, calls
+/// today and a vendor pause in effect.
+fn print_poll(
+    vendor: Vendor,
+    poll: Option<&crate::store::poll::PollState>,
+    pause: Option<&(DateTime<Utc>, String)>,
+) {
+    let Some(p) = poll else {
+        println!("  next check:    - (not tracked)");
+        return;
+    };
+    let now = Utc::now();
+    let when = match p.next_check_at {
+        Some(t) if t <= now => format!("due now (since {})", china_time(t)),
+        Some(t) => china_time(t),
+        None => "never".to_owned(),
+    };
+    println!("  next check:    {when}: {}", p.reason);
+    println!(
+        "  last poll:     {} (quiet polls {}, calls today {}, tracked since {})",
+        p.last_poll_outcome.as_deref().unwrap_or("never polled"),
+        p.quiet_polls,
+        p.calls_today,
+        china_time(p.tracked_at)
+    );
+    if let Some((until, reason)) = pause {
+        println!(
+            "  PAUSED:        no {vendor} calls until {}: {reason}",
+            china_time(*until)
+        );
+    }
 }

@@ -1,5 +1,8 @@
 //! The admin API behind `ADMIN_TOKEN`.
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
@@ -8,11 +11,18 @@ use crate::http::error::AppError;
 use crate::vendors::Vendor;
 use crate::{db, store};
 
+/// Every `/api/*` request passes here first, before its body is read:
 /// `Authorization: Bearer $ADMIN_TOKEN`; without a configured token the API
 /// is off (403).
-fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
-    let Some(token) = &state.admin_token else {
-        return Err(AppError::Forbidden);
+pub async fn admin_gate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let token = req
+        .app_data::<web::Data<AppState>>()
+        .and_then(|s| s.admin_token.clone());
+    let Some(token) = token else {
+        return Err(AppError::Forbidden.into());
     };
     let given = req
         .headers()
@@ -24,20 +34,26 @@ fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
     // Compared without an early exit on the first differing byte.
     let ok: bool =
         subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.expose().as_bytes()).into();
-    if ok {
-        Ok(())
-    } else {
-        Err(AppError::Unauthorized)
+    if !ok {
+        return Err(AppError::Unauthorized.into());
     }
+    next.call(req).await
+}
+
+/// Any other `/api/*` path or method.
+pub async fn no_route(req: HttpRequest) -> Result<HttpResponse, AppError> {
+    Err(AppError::NotFound(format!(
+        "no API route {} {}: see the admin API in docs/contract.md",
+        req.method(),
+        req.path()
+    )))
 }
 
 /// `GET /api/orders/{vendor}/{order_id}`: current state and history.
 pub async fn get_order(
-    req: HttpRequest,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    require_admin(&req, &state)?;
     let (vendor, order_id) = path.into_inner();
     let vendor: Vendor = vendor.parse().map_err(AppError::BadRequest)?;
     crate::rules::ids::check("order id", &order_id).map_err(AppError::BadRequest)?;
@@ -108,15 +124,12 @@ pub struct TrackRequest {
 /// `POST /api/orders` `{"vendor":"haoka172","order_id":"..."}` (or
 /// `"order_ids":[...]`): start tracking. Registering again is harmless.
 pub async fn track_orders(
-    req: HttpRequest,
     body: web::Json<TrackRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    require_admin(&req, &state)?;
     let body = body.into_inner();
     let vendor: Vendor = body.vendor.parse().map_err(AppError::BadRequest)?;
-    let ids = crate::store::poll::clean_order_ids(body.order_id.into_iter().chain(body.order_ids))
-        .map_err(AppError::BadRequest)?;
+    let ids = listed(body.order_id, body.order_ids)?;
     let schedule = std::sync::Arc::clone(&state.schedule);
     let n = ids.len();
     let created = db::run(&state.pool, move |conn| {
@@ -130,5 +143,34 @@ pub async fn track_orders(
     };
     Ok(HttpResponse::build(status).json(serde_json::json!({
         "vendor": vendor, "requested": n, "newly_tracked": created, "already_tracked": n - created
+    })))
+}
+
+/// The ids of a request body, each with where it was, checked as `track`
+/// checks them.
+fn listed(one: Option<String>, many: Vec<String>) -> Result<Vec<String>, AppError> {
+    let items = one.map(|id| ("order_id".to_owned(), id)).into_iter().chain(
+        many.into_iter()
+            .enumerate()
+            .map(|(i, id)| (format!("order_ids[{i}]"), id)),
+    );
+    crate::rules::ids::clean_list(items).map_err(AppError::BadRequest)
+}
+
+/// `POST /api/orders/recheck` `{"vendor":"…","order_ids":[…]}`: make tracked
+/// orders due now; the next pass asks about them within every limit.
+pub async fn recheck_orders(
+    body: web::Json<TrackRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    let vendor: Vendor = body.vendor.parse().map_err(AppError::BadRequest)?;
+    let ids = listed(body.order_id, body.order_ids)?;
+    let done = db::run(&state.pool, move |conn| {
+        crate::store::poll::recheck(conn, vendor, &ids, chrono::Utc::now())
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "vendor": vendor, "due_now": done.due, "terminal": done.terminal, "not_tracked": done.unknown
     })))
 }

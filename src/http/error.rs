@@ -20,6 +20,10 @@ pub enum AppError {
     Forbidden,
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("database unavailable, retry later")]
     Unavailable,
     #[error("internal error")]
@@ -43,6 +47,8 @@ impl ResponseError for AppError {
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::Forbidden => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -54,4 +60,29 @@ impl ResponseError for AppError {
         }
         HttpResponse::build(self.status_code()).json(serde_json::json!({"error": self.to_string()}))
     }
+}
+
+/// A request body the JSON extractor refused, answered in the API's own
+/// `{"error": …}` form with what to change (actix would answer plain text).
+pub fn json_body(
+    err: actix_web::error::JsonPayloadError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as E;
+    let e = match &err {
+        E::ContentType => AppError::UnsupportedMediaType(
+            "the body must be JSON: send Content-Type: application/json".into(),
+        ),
+        E::OverflowKnownLength { length, limit } => AppError::PayloadTooLarge(format!(
+            "the body is {length} bytes; the API takes at most {limit}"
+        )),
+        E::Overflow { limit } => {
+            AppError::PayloadTooLarge(format!("the body is over the {limit} bytes the API takes"))
+        }
+        E::Deserialize(e) => {
+            AppError::BadRequest(format!("the body is not the JSON this route takes: {e}"))
+        }
+        other => AppError::BadRequest(format!("cannot read the body: {other}")),
+    };
+    e.into()
 }

@@ -11,7 +11,7 @@ pub mod source;
 
 use std::sync::Arc;
 
-use actix_web::web;
+use actix_web::{middleware, web};
 
 use crate::db::PgPool;
 use crate::rules::schedule::Schedule;
@@ -51,9 +51,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(callbacks::haoka172))
             .route(web::get().to(callbacks::probe)),
     )
-    .route("/api/orders", web::post().to(api::track_orders))
-    .route(
-        "/api/orders/{vendor}/{order_id}",
-        web::get().to(api::get_order),
+    .service(
+        // The admin API: the token is checked before a body is read, bodies
+        // that are not the JSON a route takes get JSON errors, and every
+        // request gets an access line (target `haoka_sync::api`).
+        web::scope("/api")
+            .app_data(web::JsonConfig::default().error_handler(error::json_body))
+            .wrap(middleware::from_fn(api::admin_gate))
+            .wrap(middleware::Logger::new(r#"%a "%r" %s %b %Dms"#).log_target("haoka_sync::api"))
+            .route("/orders", web::post().to(api::track_orders))
+            .route("/orders/recheck", web::post().to(api::recheck_orders))
+            .route("/orders/{vendor}/{order_id}", web::get().to(api::get_order))
+            .default_service(web::to(api::no_route)),
     );
 }

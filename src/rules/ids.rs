@@ -30,6 +30,46 @@ pub fn usable(id: Option<String>) -> Option<String> {
     id.filter(|i| check("id", i).is_ok())
 }
 
+/// The rule for ids a person gives (`track`, the admin API), stated in
+/// every refusal.
+pub const RULE: &str = "order ids are at most 128 bytes, without spaces or control characters";
+
+/// Order ids as a person lists them, each with where it came from (`line 3
+/// of ids.txt`, `order_ids[2]`): trimmed, blanks dropped, repeats dropped
+/// (first kept, in one pass, whatever the count), and the first unusable one
+/// refused, saying where it was and the rule.
+pub fn clean_list(
+    items: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<String>, String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (place, id) in items {
+        let id = id.trim();
+        if id.is_empty() {
+            continue;
+        }
+        let why = if id.chars().any(char::is_whitespace) {
+            Some("contains a space".to_owned())
+        } else {
+            check("the id", id).err()
+        };
+        if let Some(why) = why {
+            let shown: String = id.chars().take(40).filter(|c| !c.is_control()).collect();
+            return Err(format!(
+                "{place}: `{shown}` {}; {RULE}",
+                why.trim_start_matches("the id ")
+            ));
+        }
+        if seen.insert(id.to_owned()) {
+            out.push(id.to_owned());
+        }
+    }
+    if out.is_empty() {
+        return Err("no order id given".into());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +84,41 @@ mod tests {
         // Bytes, not characters: 43 CJK characters are 129 bytes.
         assert!(check("OrderNo", &"单".repeat(43)).is_err());
         assert!(check("OrderNo", &"单".repeat(42)).is_ok());
+    }
+
+    #[test]
+    fn a_list_is_trimmed_deduplicated_in_order_and_a_bad_id_is_refused_with_its_place() {
+        let items = |v: &[&str]| {
+            v.iter()
+                .enumerate()
+                .map(|(i, s)| (format!("line {}", i + 1), (*s).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            clean_list(items(&[" A1 ", "", "B2", "A1"])),
+            Ok(vec!["A1".to_owned(), "B2".to_owned()])
+        );
+        let e = clean_list(items(&["A1", "B 2"])).unwrap_err();
+        assert!(
+            e.starts_with("line 2: `B 2` contains a space; order ids are at most 128 bytes"),
+            "{e}"
+        );
+        let e = clean_list(items(&["x\u{7}y"])).unwrap_err();
+        assert!(
+            e.contains("line 1") && e.contains("control characters"),
+            "{e}"
+        );
+        let e = clean_list(items(&[&"9".repeat(200)])).unwrap_err();
+        assert!(e.contains("200 bytes long"), "{e}");
+        assert_eq!(
+            clean_list(items(&["", " "])),
+            Err("no order id given".into())
+        );
+        // Linear in the count: 200,000 ids, most repeated.
+        let many: Vec<(String, String)> = (0..200_000)
+            .map(|i| (format!("line {i}"), format!("ID{}", i % 50_000)))
+            .collect();
+        assert_eq!(clean_list(many).unwrap().len(), 50_000);
     }
 
     #[test]
@@ -109,6 +184,48 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(usable(Some(s.clone())).is_some(), want);
+            }
+
+            /// A list comes back as its trimmed, non-blank ids, first
+            /// occurrences in order, when every one is usable and none holds
+            /// whitespace; otherwise the first bad one is refused by its
+            /// place, with the rule.
+            #[test]
+            fn clean_list_keeps_first_occurrences_or_names_the_first_bad_place(
+                v in proptest::collection::vec(prop_oneof![
+                    3 => "[A-C][0-2]",
+                    1 => "[ ]{0,2}[A-C][0-2][ ]{0,2}",
+                    1 => Just(String::new()),
+                    1 => id(),
+                ], 0..30)
+            ) {
+                let items: Vec<(String, String)> = v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (format!("line {}", i + 1), s.clone()))
+                    .collect();
+                let bad = v.iter().position(|s| {
+                    let t = s.trim();
+                    !t.is_empty()
+                        && (t.chars().any(char::is_whitespace) || check("x", t).is_err())
+                });
+                let mut want: Vec<String> = Vec::new();
+                for s in &v {
+                    let t = s.trim();
+                    if !t.is_empty() && !want.iter().any(|w| w == t) {
+                        want.push(t.to_owned());
+                    }
+                }
+                match (clean_list(items), bad) {
+                    (Err(e), Some(i)) => {
+                        let place = format!("line {}: ", i + 1);
+                        prop_assert!(e.starts_with(&place), "{e}");
+                        prop_assert!(e.ends_with(RULE), "{e}");
+                    }
+                    (Err(e), None) => prop_assert!(want.is_empty() && e == "no order id given", "{e}"),
+                    (Ok(got), None) => prop_assert_eq!(got, want),
+                    (Ok(got), Some(i)) => prop_assert!(false, "accepted {got:?} though line {} is bad", i + 1),
+                }
             }
         }
     }

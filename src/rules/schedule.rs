@@ -267,6 +267,14 @@ fn china() -> FixedOffset {
     FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset")
 }
 
+/// A time as every person-facing line shows it: China time with its
+/// offset, `2026-12-02 05:30:00 +08:00`.
+pub fn china_time(t: DateTime<Utc>) -> String {
+    t.with_timezone(&china())
+        .format("%Y-%m-%d %H:%M:%S %:z")
+        .to_string()
+}
+
 /// The China-time (UTC+8) calendar day of `t`: the vendor's per-order
 /// daily limit counts in it.
 pub fn china_day(t: DateTime<Utc>) -> NaiveDate {

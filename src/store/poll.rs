@@ -19,28 +19,6 @@ use crate::rules::schedule::{china_day, Event, NextCheck, Schedule};
 use crate::rules::status::{Observation, Status};
 use crate::vendors::Vendor;
 
-/// Trim, drop blanks and duplicates; refuse ids no vendor would issue.
-pub fn clean_order_ids(ids: impl IntoIterator<Item = String>) -> Result<Vec<String>, String> {
-    let mut out: Vec<String> = Vec::new();
-    for id in ids {
-        let id = id.trim();
-        if id.is_empty() {
-            continue;
-        }
-        if let Err(why) = crate::rules::ids::check("order id", id) {
-            let shown: String = id.chars().take(40).filter(|c| !c.is_control()).collect();
-            return Err(format!("`{shown}`: {why}"));
-        }
-        if !out.iter().any(|o| o == id) {
-            out.push(id.to_owned());
-        }
-    }
-    if out.is_empty() {
-        return Err("no order id given".into());
-    }
-    Ok(out)
-}
-
 /// Register orders to track. New ones start as `new` and are first checked
 /// after `overdue[new]` (at once when callbacks for them wait unverified);
 /// known ones are left alone, except that an order whose tracking had
@@ -52,11 +30,25 @@ pub fn register(
     schedule: &Schedule,
     now: DateTime<Utc>,
 ) -> QueryResult<usize> {
+    register_reporting(conn, vendor, order_ids, schedule, now, |_| {}).map(|new| new.len())
+}
+
+/// `register`, telling `progress` how many ids are done after each chunk
+/// (a long `track --file` prints it); returns the ids that were new.
+pub fn register_reporting(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_ids: &[String],
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    mut progress: impl FnMut(usize),
+) -> QueryResult<Vec<String>> {
     let next = schedule
         .next_check(vendor, "", Event::Registered, NextCheck::default(), now)
         .at;
     conn.transaction(|conn| {
-        let mut created = 0;
+        let mut created = Vec::new();
+        let mut done = 0;
         for chunk in order_ids.chunks(1000) {
             // An order with callbacks kept unverified (signed over a vendor
             // number nobody vouched for yet) is asked about at once.
@@ -70,7 +62,6 @@ pub fn register(
             .bind::<Array<Text>, _>(chunk)
             .load(conn)?;
             let new: Vec<String> = new.into_iter().map(|c| c.order_id).collect();
-            created += new.len();
             // An order with callbacks kept unverified (signed over a vendor
             // number nobody vouched for yet) is asked about at once.
             diesel::sql_query(
@@ -87,6 +78,7 @@ pub fn register(
             .bind::<Timestamptz, _>(now)
             .bind::<Array<Text>, _>(&new)
             .execute(conn)?;
+            created.extend(new);
             diesel::sql_query(
                 "UPDATE order_polls p SET tracking_expired_at = NULL, tracked_at = $3, \
                         next_check_at = $3, quiet_polls = 0 \
@@ -98,9 +90,136 @@ pub fn register(
             .bind::<Array<Text>, _>(chunk)
             .bind::<Timestamptz, _>(now)
             .execute(conn)?;
+            done += chunk.len();
+            progress(done);
         }
         Ok(created)
     })
+}
+
+/// What `recheck` did with each order asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rechecked {
+    /// Due now (the next pass asks, within every limit).
+    pub due: Vec<String>,
+    /// Terminal: never asked again.
+    pub terminal: Vec<String>,
+    /// Not tracked.
+    pub unknown: Vec<String>,
+}
+
+/// Make tracked, non-terminal orders due now (an order whose tracking had
+/// expired is tracked again); the ordinary pass then asks about them
+/// within every limit, the per-order daily budget included.
+pub fn recheck(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_ids: &[String],
+    now: DateTime<Utc>,
+) -> QueryResult<Rechecked> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        order_id: String,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        is_terminal: bool,
+    }
+    conn.transaction(|conn| {
+        let mut out = Rechecked::default();
+        for chunk in order_ids.chunks(1000) {
+            let known: Vec<Row> = diesel::sql_query(
+                "SELECT order_id, is_terminal FROM orders WHERE vendor = $1 AND order_id = ANY($2)",
+            )
+            .bind::<Text, _>(vendor.as_str())
+            .bind::<Array<Text>, _>(chunk)
+            .load(conn)?;
+            let known: std::collections::HashMap<String, bool> = known
+                .into_iter()
+                .map(|r| (r.order_id, r.is_terminal))
+                .collect();
+            let mut due = Vec::new();
+            for id in chunk {
+                match known.get(id) {
+                    Some(true) => out.terminal.push(id.clone()),
+                    Some(false) => due.push(id.clone()),
+                    None => out.unknown.push(id.clone()),
+                }
+            }
+            diesel::sql_query(
+                "UPDATE order_polls SET next_check_at = $3, tracking_expired_at = NULL \
+                 WHERE vendor = $1 AND order_id = ANY($2)",
+            )
+            .bind::<Text, _>(vendor.as_str())
+            .bind::<Array<Text>, _>(&due)
+            .bind::<Timestamptz, _>(now)
+            .execute(conn)?;
+            out.due.extend(due);
+        }
+        Ok(out)
+    })
+}
+
+/// A known order's next check, for telling a person about orders that were
+/// already tracked.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Known {
+    #[diesel(sql_type = Text)]
+    pub order_id: String,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub next_check_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Text)]
+    pub status: String,
+}
+
+/// The next checks of up to `limit` of these orders.
+pub fn next_checks(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_ids: &[String],
+    limit: i64,
+) -> QueryResult<Vec<Known>> {
+    diesel::sql_query(
+        "SELECT o.order_id, p.next_check_at, o.status FROM orders o \
+         LEFT JOIN order_polls p ON p.vendor = o.vendor AND p.order_id = o.order_id \
+         WHERE o.vendor = $1 AND o.order_id = ANY($2) ORDER BY o.order_id LIMIT $3",
+    )
+    .bind::<Text, _>(vendor.as_str())
+    .bind::<Array<Text>, _>(order_ids)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+}
+
+/// Where one tracked order stands with the poller, from the
+/// `order_poll_state` view (the reason is worded there, once).
+#[derive(Debug, Clone, QueryableByName)]
+pub struct PollState {
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub next_check_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Text)]
+    pub reason: String,
+    #[diesel(sql_type = Integer)]
+    pub quiet_polls: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_poll_outcome: Option<String>,
+    #[diesel(sql_type = Integer)]
+    pub calls_today: i32,
+    #[diesel(sql_type = Timestamptz)]
+    pub tracked_at: DateTime<Utc>,
+}
+
+pub fn poll_state(
+    conn: &mut PgConnection,
+    vendor: Vendor,
+    order_id: &str,
+) -> QueryResult<Option<PollState>> {
+    diesel::sql_query(
+        "SELECT next_check_at, reason, quiet_polls, last_poll_outcome, calls_today, tracked_at \
+         FROM order_poll_state WHERE vendor = $1 AND order_id = $2",
+    )
+    .bind::<Text, _>(vendor.as_str())
+    .bind::<Text, _>(order_id)
+    .get_result(conn)
+    .optional()
 }
 
 /// The active pause of a vendor, if any: (until, reason).

@@ -360,3 +360,121 @@ async fn probe_health_and_the_admin_api() {
         .unwrap();
     assert_eq!(r.status(), 403, "no ADMIN_TOKEN: the API is off");
 }
+
+#[tokio::test]
+async fn the_admin_api_answers_json_errors_that_say_what_to_change() {
+    let app = TestApp::spawn().await;
+    let post = |path: &str, ctype: Option<&str>, body: &str, token: Option<&str>| {
+        let mut r = app
+            .client
+            .post(format!("{}{path}", app.address))
+            .body(body.to_owned());
+        if let Some(c) = ctype {
+            r = r.header("content-type", c);
+        }
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            let ctype = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let v: serde_json::Value = r.json().await.expect("a JSON error body");
+            (
+                status,
+                ctype,
+                v["error"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    };
+    let json = Some("application/json");
+    let (s, c, e) = post("/api/orders", json, "{not json", Some(ADMIN)).await;
+    assert_eq!((s, c.as_str()), (400, "application/json"), "{e}");
+    assert!(
+        e.starts_with("the body is not the JSON this route takes: "),
+        "{e}"
+    );
+    let (s, _, e) = post("/api/orders", json, r#"{"order_ids":["A"]}"#, Some(ADMIN)).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e.contains("missing field `vendor`"), "{e}");
+    let (s, _, e) = post(
+        "/api/orders",
+        Some("text/plain"),
+        r#"{"vendor":"haoka172","order_id":"A"}"#,
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(s, 415, "{e}");
+    assert!(e.contains("Content-Type: application/json"), "{e}");
+    let (s, _, e) = post(
+        "/api/orders",
+        None,
+        r#"{"vendor":"haoka172","order_id":"A"}"#,
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(s, 415, "{e}");
+    let (s, _, e) = post(
+        "/api/orders",
+        json,
+        r#"{"vendor":"haoka172","order_ids":["A","B C"]}"#,
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e.starts_with("order_ids[1]: `B C` contains a space; order ids are at most 128 bytes"),
+        "{e}"
+    );
+    let (s, _, e) = post(
+        "/api/orders",
+        json,
+        r#"{"vendor":"nokia","order_id":"A"}"#,
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e.contains("haoka172") && e.contains("damaijia"), "{e}");
+    // The token is checked before the body is read.
+    let (s, _, e) = post("/api/orders", json, "{not json", None).await;
+    assert_eq!(s, 401, "{e}");
+    let (s, _, e) = post("/api/nothing/here", json, "{}", Some(ADMIN)).await;
+    assert_eq!(s, 404, "{e}");
+    assert!(
+        e.contains("POST /api/nothing/here") && e.contains("docs/contract.md"),
+        "{e}"
+    );
+    let mut c = app.db.conn();
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM orders"), 0);
+}
+
+#[tokio::test]
+async fn recheck_through_the_admin_api_makes_tracked_orders_due_and_the_next_pass_asks_once() {
+    let (app, sim) = TestApp::with_sim(&[]).await;
+    let fake = sim.haoka172();
+    fake.answer_all(Some(haoka_sync::sim::Answer::Label("已发货".into())));
+    app.track(&["A1", "A2"]).await;
+    assert_eq!(app.poll().await.queried, 0, "not due yet");
+    let r = app
+        .client
+        .post(format!("{}/api/orders/recheck", app.address))
+        .bearer_auth(ADMIN)
+        .json(&json!({"vendor": "haoka172", "order_ids": ["A1", "ZZ"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["due_now"], json!(["A1"]), "{v}");
+    assert_eq!(v["not_tracked"], json!(["ZZ"]), "{v}");
+    assert_eq!(v["terminal"], json!([]), "{v}");
+    let pass = app.poll().await;
+    assert_eq!(pass.queried, 1, "{pass:?}");
+    assert_eq!(fake.calls_for("A1"), 1);
+    assert_eq!(fake.calls_for("A2"), 0);
+    assert_eq!(app.poll().await.queried, 0, "once");
+}

@@ -92,6 +92,7 @@ fn serve_takes_callbacks_and_stops_gracefully_on_sigterm() {
         .env("DATABASE_URL", db.url.expose())
         .env("HAOKA_SYNC_BIND", "127.0.0.1:0")
         .env("HAOKA172_SECRET", SECRET)
+        .env("ADMIN_TOKEN", "admin-s3cret")
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -124,6 +125,19 @@ fn serve_takes_callbacks_and_stops_gracefully_on_sigterm() {
         (r.status().as_u16(), r.text().await.unwrap())
     });
     assert_eq!((status, body.as_str()), (200, SUCCESS));
+    let api = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{port}/api/orders/haoka172/DOWN900"
+            ))
+            .bearer_auth("admin-s3cret")
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(api.0, 200, "{}", api.1);
+    assert!(!api.1.contains("13012345678"), "{}", api.1);
 
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -139,6 +153,13 @@ fn serve_takes_callbacks_and_stops_gracefully_on_sigterm() {
     assert!(log.contains("stopped"), "{log}");
     assert!(!log.contains(SECRET), "secret in logs");
     assert!(!log.contains("13012345678"), "phone in logs");
+    // One access line per admin API request, without its token.
+    assert!(
+        log.lines().any(|l| l.contains("haoka_sync::api")
+            && l.contains(r#""GET /api/orders/haoka172/DOWN900 HTTP/1.1" 200"#)),
+        "{log}"
+    );
+    assert!(!log.contains("admin-s3cret"), "token in logs");
     let mut c = db.conn();
     assert_eq!(order(&mut c, "DOWN900").unwrap().status, "shipped");
 }
@@ -176,7 +197,7 @@ async fn track_and_poll_once_print_one_line_summaries_and_exit_0() {
     let again = run(&["track", "haoka172", "P1"]);
     assert_eq!(
         String::from_utf8_lossy(&again.stdout).trim(),
-        "haoka172: 1 order(s): 0 newly tracked, 1 already tracked"
+        "haoka172: 1 order(s): 0 newly tracked, 1 already tracked\n  P1: already tracked (new), due now"
     );
 
     let out = run(&["poll-once", "--vendor", "haoka172"]);
@@ -209,6 +230,167 @@ async fn track_and_poll_once_print_one_line_summaries_and_exit_0() {
     );
     let bad = run(&["track", "haoka172"]);
     assert_eq!(bad.status.code(), Some(2), "no ids is a usage error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recheck_makes_an_order_due_now_the_next_pass_asks_once_and_show_prints_the_poll_state() {
+    let sim = start_sim(sim_config()).await;
+    let fake = sim.haoka172();
+    fake.answer_all(Some(haoka_sync::sim::Answer::Label("已发货".into())));
+    let db = TestDb::new();
+    let dir = tempdir();
+    let run = |args: &[&str]| {
+        // The default schedule: a new order is first asked about hours
+        // from now.
+        let mut c = cmd();
+        c.args(args)
+            .env("DATABASE_URL", db.url.expose())
+            .env("RUST_LOG", "warn")
+            .current_dir(&dir);
+        for (k, v) in fake.env() {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run(&["track", "haoka172", "R1", "R2"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, out, _) = run(&["poll-once", "--vendor", "haoka172"]);
+    assert!(out.starts_with("haoka172: due 0, queried 0"), "{out}");
+
+    // Tracking it again says so, and when it is next checked (China time).
+    let (_, out, _) = run(&["track", "haoka172", "R1"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "haoka172: 1 order(s): 0 newly tracked, 1 already tracked"
+    );
+    assert!(
+        lines[1].starts_with("  R1: already tracked (new), next check 2")
+            && lines[1].ends_with(" +08:00"),
+        "{out}"
+    );
+
+    let (code, out, err) = run(&["recheck", "haoka172", "R1", "NOPE"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        "haoka172: 1 due now (the next pass asks, within every limit), 0 terminal (never asked again), 1 not tracked\n  NOPE: not tracked: haoka-sync track haoka172 NOPE"
+    );
+    let (code, out, err) = run(&["poll-once", "--vendor", "haoka172"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("haoka172: due 1, queried 1, changed 1"),
+        "{out}"
+    );
+    assert_eq!(fake.calls_for("R1"), 1);
+    assert_eq!(fake.calls_for("R2"), 0, "only the rechecked order is asked");
+    // Once: after its answer it is scheduled again as usual.
+    let (_, out, _) = run(&["poll-once", "--vendor", "haoka172"]);
+    assert!(out.starts_with("haoka172: due 0, queried 0"), "{out}");
+    assert_eq!(fake.calls().len(), 1);
+
+    let (code, out, err) = run(&["show", "haoka172", "R1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("  status:        shipped (已发货)"), "{out}");
+    let next = out
+        .lines()
+        .find(|l| l.starts_with("  next check:    "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        next.contains(" +08:00: no news since ") && next.ends_with("while shipped"),
+        "{next}"
+    );
+    assert!(
+        out.contains("  last poll:     ok (quiet polls 0, calls today 1, tracked since 2"),
+        "{out}"
+    );
+    // The phone the vendor answered is stored in full and shown masked.
+    let mut c = db.conn();
+    #[derive(diesel::QueryableByName)]
+    struct Phone {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        third_phone: String,
+    }
+    let phone = diesel::RunQueryDsl::get_result::<Phone>(
+        diesel::sql_query("SELECT third_phone FROM orders WHERE order_id = 'R1'"),
+        &mut c,
+    )
+    .unwrap()
+    .third_phone;
+    assert!(!out.contains(&phone), "{out}");
+    assert!(
+        out.contains(&haoka_sync::rules::mask::phone(&phone)),
+        "{out}"
+    );
+
+    // A bad id names its line and the rule.
+    std::fs::write(dir.join("ids.txt"), "OK1\nBAD ID\n").unwrap();
+    let (code, _, err) = run(&["track", "haoka172", "--file", "ids.txt"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "line 2 of ids.txt: `BAD ID` contains a space; order ids are at most 128 bytes"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn show_says_in_one_line_when_the_database_is_missing_or_not_migrated() {
+    let db = TestDb::new();
+    let missing = db.url.expose().rsplit_once('/').unwrap().0.to_owned() + "/haoka_no_such_db";
+    let show = |url: &str| {
+        let started = std::time::Instant::now();
+        let out = cmd()
+            .args(["show", "haoka172", "X1"])
+            .env("DATABASE_URL", url)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let (code, err, took) = show(&missing);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        "haoka-sync: database haoka_no_such_db does not exist (DATABASE_URL): `haoka-sync migrate` creates it"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "no pool timeout: {took:?}"
+    );
+
+    let mut c = db.conn();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut c,
+        "DROP SCHEMA public CASCADE; CREATE SCHEMA public;",
+    )
+    .unwrap();
+    let (code, err, _) = show(db.url.expose());
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("is not migrated (has no migration")
+            && err.contains("run `haoka-sync migrate`"),
+        "{err}"
+    );
+
+    let (code, err, _) = show("postgres://postgres@127.0.0.1:9/x");
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("haoka-sync: cannot connect to postgres://postgres@127.0.0.1:9/x"),
+        "{err}"
+    );
 }
 
 fn tempdir() -> std::path::PathBuf {
