@@ -1,3 +1,4 @@
+DROP INDEX order_polls_expired_idx;
 DROP VIEW overdue_orders;
 DROP VIEW order_poll_state;
 

@@ -59,3 +59,7 @@ FROM order_poll_state
 WHERE next_check_at <= now();
 
 COMMENT ON VIEW overdue_orders IS 'Orders the poller should query now, and why.';
+
+-- The few orders whose tracking expired, found without scanning the rest
+-- (`track` looks them up among every id it is given).
+CREATE INDEX order_polls_expired_idx ON order_polls (vendor, order_id) WHERE tracking_expired_at IS NOT NULL;

@@ -64,6 +64,7 @@ pub fn register_reporting(
             let new: Vec<String> = new.into_iter().map(|c| c.order_id).collect();
             // An order with callbacks kept unverified (signed over a vendor
             // number nobody vouched for yet) is asked about at once.
+            if !new.is_empty() {
             diesel::sql_query(
                 "INSERT INTO order_polls (vendor, order_id, next_check_at, tracked_at) \
                  SELECT $1, k.oid, CASE WHEN EXISTS (SELECT 1 FROM inbound_callbacks i \
@@ -78,18 +79,40 @@ pub fn register_reporting(
             .bind::<Timestamptz, _>(now)
             .bind::<Array<Text>, _>(&new)
             .execute(conn)?;
+            }
+            // Known ones whose tracking had expired are tracked again. Found
+            // through the small partial index of expired orders, never by a
+            // scan of the vendor's orders: statistics are stale while a long
+            // list loads in one transaction, and such a plan made 200k ids
+            // take minutes.
+            let fresh: std::collections::HashSet<&str> = new.iter().map(String::as_str).collect();
+            let known: Vec<&String> = chunk.iter().filter(|i| !fresh.contains(i.as_str())).collect();
+            let expired: Vec<Claimed> = if known.is_empty() {
+                Vec::new()
+            } else {
+                diesel::sql_query(
+                    "SELECT order_id FROM order_polls \
+                     WHERE vendor = $1 AND order_id = ANY($2) AND tracking_expired_at IS NOT NULL",
+                )
+                .bind::<Text, _>(vendor.as_str())
+                .bind::<Array<Text>, _>(&known)
+                .load(conn)?
+            };
+            if !expired.is_empty() {
+                let expired: Vec<String> = expired.into_iter().map(|c| c.order_id).collect();
+                diesel::sql_query(
+                    "UPDATE order_polls p SET tracking_expired_at = NULL, tracked_at = $3, \
+                            next_check_at = $3, quiet_polls = 0 \
+                     FROM orders o \
+                     WHERE o.vendor = p.vendor AND o.order_id = p.order_id AND NOT o.is_terminal \
+                       AND p.vendor = $1 AND p.order_id = ANY($2)",
+                )
+                .bind::<Text, _>(vendor.as_str())
+                .bind::<Array<Text>, _>(&expired)
+                .bind::<Timestamptz, _>(now)
+                .execute(conn)?;
+            }
             created.extend(new);
-            diesel::sql_query(
-                "UPDATE order_polls p SET tracking_expired_at = NULL, tracked_at = $3, \
-                        next_check_at = $3, quiet_polls = 0 \
-                 FROM orders o \
-                 WHERE o.vendor = p.vendor AND o.order_id = p.order_id AND NOT o.is_terminal \
-                   AND p.vendor = $1 AND p.order_id = ANY($2) AND p.tracking_expired_at IS NOT NULL",
-            )
-            .bind::<Text, _>(vendor.as_str())
-            .bind::<Array<Text>, _>(chunk)
-            .bind::<Timestamptz, _>(now)
-            .execute(conn)?;
             done += chunk.len();
             progress(done);
         }
