@@ -6,6 +6,7 @@ set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 answers() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1; }
+ready() { echo "pg-up: PostgreSQL is ready on 127.0.0.1:5432"; }
 
 need=()
 command -v psql >/dev/null 2>&1 || need+=(postgresql postgresql-client)
@@ -17,9 +18,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-if answers; then exit 0; fi
+if answers; then
+  ready
+  exit 0
+fi
 
-version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | sort -V | tail -n 1 || true)
 if [ -z "$version" ]; then
   echo "pg-up: no PostgreSQL cluster found under /etc/postgresql" >&2
   exit 1
@@ -45,4 +49,4 @@ if ! answers; then
   echo "pg-up: PostgreSQL still does not accept postgres@127.0.0.1:5432 without a password" >&2
   exit 1
 fi
-echo "pg-up: PostgreSQL is ready on 127.0.0.1:5432"
+ready

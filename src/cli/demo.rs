@@ -1,5 +1,7 @@
 //! `haoka-sync demo`: the service and the simulator on this machine, until
-//! every order matches the simulator's truth.
+//! every order matches the simulator's truth. Its database,
+//! `<DATABASE_URL's database>_demo`, is recreated at the start and dropped
+//! at the end (whatever the outcome) unless `--keep-db`.
 
 use super::simulate::{sim_config, SimArgs};
 use super::{failed, CliResult};
@@ -16,6 +18,10 @@ pub(super) struct DemoArgs {
     /// Give up (exit 1) when not converged after this many seconds.
     #[arg(long, default_value_t = 180)]
     timeout_secs: u64,
+    /// Keep the demo database at the end, to look at it with SQL (it is
+    /// dropped otherwise; the next demo recreates it anyway).
+    #[arg(long)]
+    keep_db: bool,
     #[command(flatten)]
     sim: SimArgs,
 }
@@ -27,15 +33,51 @@ pub(super) async fn run(config: &Config, args: DemoArgs) -> CliResult {
     let fresh = url.clone();
     tokio::task::spawn_blocking(move || recreate_database(&fresh)).await??;
     println!(
-        "demo: {} 172 orders and {} 大麦家 orders; {:.0}% of callback pushes lost, {:.0}% duplicated, {:.0}% late; database {name} (recreated)",
+        "demo: {} 172 orders and {} 大麦家 orders; {:.0}% of callback pushes lost, {:.0}% duplicated, {:.0}% late; database {name} (recreated, {})",
         args.orders_172,
         args.orders_damaijia,
         args.sim.drop * 100.0,
         args.sim.duplicate * 100.0,
-        args.sim.reorder * 100.0
+        args.sim.reorder * 100.0,
+        if args.keep_db {
+            "kept at the end"
+        } else {
+            "dropped at the end unless --keep-db"
+        }
     );
+    let result = watch(&url, sim_cfg, &args).await;
+    if args.keep_db {
+        println!("demo: database {name} kept");
+        return result;
+    }
+    let gone = url.clone();
+    let dropped = match tokio::task::spawn_blocking(move || drop_database(&gone)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match (result, dropped) {
+        (result, Ok(())) => {
+            println!("demo: database {name} dropped");
+            result
+        }
+        (Ok(()), Err(e)) => Err(failed(format!("cannot drop database {name}: {e}"))),
+        (Err(result), Err(e)) => {
+            eprintln!("haoka-sync: cannot drop database {name}: {e}");
+            Err(result)
+        }
+    }
+}
+
+/// Start the service and the simulator on `url`, print progress until every
+/// order matches the truth (or the timeout, or Ctrl-C), then stop both.
+async fn watch(
+    url: &crate::config::DatabaseUrl,
+    sim_cfg: crate::sim::SimConfig,
+    args: &DemoArgs,
+) -> CliResult {
     let started = std::time::Instant::now();
-    let demo = crate::demo::Demo::start(&url, sim_cfg, &[])
+    let demo = crate::demo::Demo::start(url, sim_cfg, &[])
         .await
         .map_err(failed)?;
     println!(
@@ -51,7 +93,10 @@ pub(super) async fn run(config: &Config, args: DemoArgs) -> CliResult {
             _ = shutdown_signal() => break Err(failed("interrupted".into())),
             _ = tick.tick() => {}
         }
-        let p = demo.progress().await?;
+        let p = match demo.progress().await {
+            Ok(p) => p,
+            Err(e) => break Err(e.into()),
+        };
         println!("{}", p.line(started.elapsed()));
         if p.converged() {
             let s = &p.sim;
@@ -75,6 +120,12 @@ pub(super) async fn run(config: &Config, args: DemoArgs) -> CliResult {
 
 /// Drop and create the demo database, so every demo starts clean.
 fn recreate_database(url: &crate::config::DatabaseUrl) -> Result<(), db::DbError> {
+    drop_database(url)?;
+    db::prepare(url).map(|_| ())
+}
+
+/// Drop the demo database if it exists (and any connection still open to it).
+fn drop_database(url: &crate::config::DatabaseUrl) -> Result<(), db::DbError> {
     use diesel::connection::SimpleConnection;
     use diesel::Connection;
     let admin = url.with_database("postgres");
@@ -82,5 +133,5 @@ fn recreate_database(url: &crate::config::DatabaseUrl) -> Result<(), db::DbError
         .map_err(|e| db::DbError::Unavailable(format!("cannot connect to {admin}: {e}")))?;
     let name = url.database_name().replace('"', "\"\"");
     conn.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))?;
-    db::prepare(url).map(|_| ())
+    Ok(())
 }

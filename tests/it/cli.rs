@@ -439,10 +439,79 @@ fn demo_converges_on_this_machine_in_under_two_minutes_and_exits_0() {
     assert!(took < std::time::Duration::from_secs(120), "{took:?}");
     assert!(stdout.contains("converged in"), "{stdout}");
     assert!(stdout.contains("disagree with truth: 0"), "{stdout}");
+    assert!(
+        !database_exists(&format!("{name}_demo")),
+        "the demo leaves its database behind:\n{stdout}"
+    );
     eprintln!(
         "demo took {took:?}: {}",
         stdout.lines().last().unwrap_or("")
     );
+}
+
+fn database_exists(name: &str) -> bool {
+    use diesel::Connection;
+    let mut c = diesel::PgConnection::establish(&admin_url()).unwrap();
+    count(
+        &mut c,
+        &format!(
+            "SELECT count(*) AS n FROM pg_database WHERE datname = '{}'",
+            name.replace('\'', "''")
+        ),
+    ) == 1
+}
+
+#[test]
+fn demo_drops_its_database_also_when_it_fails_and_keeps_it_with_keep_db() {
+    let name = format!(
+        "haoka_cli_demokeep_{}_{}",
+        std::process::id(),
+        rand_suffix()
+    );
+    let admin = haoka_sync::config::DatabaseUrl::parse(&admin_url()).unwrap();
+    struct DropDb(String);
+    impl Drop for DropDb {
+        fn drop(&mut self) {
+            use diesel::connection::SimpleConnection;
+            use diesel::Connection;
+            if let Ok(mut c) = diesel::PgConnection::establish(&admin_url()) {
+                let _ = c.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.0
+                ));
+            }
+        }
+    }
+    let demo_db = format!("{name}_demo");
+    let _guard = DropDb(demo_db.clone());
+    // No time to converge: the demo gives up (exit 1) at its first look.
+    let demo = |keep: bool| {
+        let mut c = cmd();
+        c.args(["demo", "--orders-172", "20", "--orders-damaijia", "0"])
+            .args(["--timeout-secs", "0"])
+            .env("DATABASE_URL", admin.with_database(&name).expose());
+        if keep {
+            c.arg("--keep-db");
+        }
+        c.output().unwrap()
+    };
+    let out = demo(true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("database {demo_db} kept")),
+        "{stdout}"
+    );
+    assert!(database_exists(&demo_db), "{stdout}");
+
+    let out = demo(false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("database {demo_db} dropped")),
+        "{stdout}"
+    );
+    assert!(!database_exists(&demo_db), "{stdout}");
 }
 
 #[test]
