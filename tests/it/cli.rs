@@ -391,3 +391,30 @@ fn serve_and_poll_once_agree_on_which_vendors_poll() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What a run printed on stderr, trimmed.
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+}
+
+#[test]
+fn an_unreachable_server_is_named_with_the_database_being_created() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = cmd()
+        .arg("migrate")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres:hunter2-pw@127.0.0.1:{port}/haoka_nowhere"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "haoka-sync: cannot reach PostgreSQL at 127.0.0.1:{port} to create the database haoka_nowhere (DATABASE_URL): connection refused"
+        )
+    );
+}
