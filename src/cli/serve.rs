@@ -1,9 +1,9 @@
 //! `haoka-sync serve`: migrate, then serve HTTP and run the poll schedule
 //! until SIGINT/SIGTERM; say at start what is on and off.
 
-use super::{prepare, CliResult};
+use super::{prepare, CliError, CliResult};
 use crate::config::Config;
-use crate::startup::{shutdown_signal, Application};
+use crate::startup::{shutdown_signal, Application, BuildError};
 
 pub(super) async fn run(config: Config) -> CliResult {
     prepare(&config).await?;
@@ -27,7 +27,11 @@ pub(super) async fn run(config: Config) -> CliResult {
         log::info!("ADMIN_TOKEN is not set: /api/* answers 403");
     }
     log_callback_sources(&config);
-    let app = Application::build(&config)?;
+    let app = Application::build(&config).map_err(|e| match e {
+        // Another address fixes it: a configuration problem (exit 2).
+        BuildError::Bind { .. } => CliError::Usage(e.to_string()),
+        e => CliError::from(e),
+    })?;
     for (vendor, why) in app.poller().off() {
         log::info!("the {vendor} poller is off: {why}");
     }

@@ -418,3 +418,24 @@ fn an_unreachable_server_is_named_with_the_database_being_created() {
         )
     );
 }
+
+#[test]
+fn a_busy_address_exits_2_naming_it_and_haoka_sync_bind() {
+    let db = TestDb::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = cmd()
+        .arg("serve")
+        .env("DATABASE_URL", db.url.expose())
+        .env("HAOKA_SYNC_BIND", addr.to_string())
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "haoka-sync: cannot listen on {addr} (address already in use): set HAOKA_SYNC_BIND to a free address"
+        )
+    );
+}
