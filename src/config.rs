@@ -136,14 +136,20 @@ impl Config {
                 .filter(|v| !v.is_empty())
         };
         let err = |var: &'static str, msg: String| ConfigError { var, msg };
+        // Every message states the range.
         let parse_num =
             |k: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                let range = format!("use a whole number from {min} to {max}");
                 match var(k) {
                     None => Ok(default),
                     Some(v) => match v.parse::<u64>() {
                         Ok(n) if (min..=max).contains(&n) => Ok(n),
-                        Ok(n) => Err(err(k, format!("{n} is out of range {min}..={max}"))),
-                        Err(_) => Err(err(k, format!("`{v}` is not a whole number"))),
+                        Ok(n) => Err(err(k, format!("{n} is out of range: {range}"))),
+                        // Too many digits for a u64 is still a number.
+                        Err(_) if v.bytes().all(|b| b.is_ascii_digit()) => {
+                            Err(err(k, format!("{v} is out of range: {range}")))
+                        }
+                        Err(_) => Err(err(k, format!("`{v}` is not a whole number: {range}"))),
                     },
                 }
             };
@@ -180,13 +186,15 @@ impl Config {
             )
         })?;
 
-        let max_per_minute = parse_num("HAOKA172_MAX_CALLS_PER_MINUTE", 150, 1, u64::MAX)?;
-        if max_per_minute > 200 {
-            return Err(err(
-                "HAOKA172_MAX_CALLS_PER_MINUTE",
-                format!("{max_per_minute} is above 200, where the vendor blocks the account"),
-            ));
-        }
+        let max_per_minute = parse_num("HAOKA172_MAX_CALLS_PER_MINUTE", 150, 1, 200).map_err(|e| {
+            match var("HAOKA172_MAX_CALLS_PER_MINUTE").and_then(|v| v.parse::<u64>().ok()) {
+                Some(n) if n > 200 => err(
+                    "HAOKA172_MAX_CALLS_PER_MINUTE",
+                    format!("{n} is above 200, where the vendor blocks the account: use a whole number from 1 to 200"),
+                ),
+                _ => e,
+            }
+        })?;
         let haoka172 = Haoka172Config {
             user_id: var("HAOKA172_USER_ID"),
             secret: var("HAOKA172_SECRET").map(Secret::new),
@@ -451,6 +459,62 @@ mod tests {
             );
             assert!(!e.to_string().contains('\n'));
         }
+    }
+
+    /// Each numeric variable, its range as docs/contract.md states it.
+    const NUMERIC: [(&str, u64, u64); 10] = [
+        ("HAOKA172_MAX_CALLS_PER_MINUTE", 1, 200),
+        ("HAOKA172_MAX_CALLS_PER_ORDER_PER_DAY", 1, 1000),
+        ("HAOKA172_TIMEOUT_SECS", 1, 300),
+        ("DAMAIJIA_BATCH_SIZE", 1, 100),
+        ("DAMAIJIA_TIMEOUT_SECS", 1, 300),
+        ("DB_POOL_SIZE", 2, 512),
+        ("DB_TIMEOUT_SECS", 1, 600),
+        ("INGEST_WRITERS", 1, 64),
+        ("INGEST_MAX_BATCH", 1, 10_000),
+        ("CALLBACK_MAX_BODY_BYTES", 1024, 16_777_216),
+    ];
+
+    #[test]
+    fn every_numeric_message_states_the_real_range() {
+        for (k, min, max) in NUMERIC {
+            let range = format!("from {min} to {max}");
+            let (below, above) = ((min - 1).to_string(), (max + 1).to_string());
+            for bad in [
+                below.as_str(),
+                above.as_str(),
+                "lots",
+                "-1",
+                "99999999999999999999999",
+            ] {
+                let e = Config::with(&[(k, bad)]).unwrap_err();
+                assert_eq!(e.var, k, "{k}={bad}: {e}");
+                assert!(
+                    e.msg.contains(&range),
+                    "{k}={bad}: `{e}` should say `{range}`"
+                );
+                assert!(!e.msg.contains("18446744073709551615"), "{k}={bad}: `{e}`");
+            }
+            // The top of each range is accepted (with room in the pool for
+            // the writers).
+            let top = max.to_string();
+            let vars = match k {
+                "DB_POOL_SIZE" => vec![(k, top.as_str())],
+                _ => vec![(k, top.as_str()), ("DB_POOL_SIZE", "512")],
+            };
+            let ok = Config::with(&vars);
+            assert!(ok.is_ok(), "{k}={max}: {ok:?}");
+        }
+        let e = Config::with(&[("HAOKA172_MAX_CALLS_PER_MINUTE", "0")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "HAOKA172_MAX_CALLS_PER_MINUTE: 0 is out of range: use a whole number from 1 to 200"
+        );
+        let e = Config::with(&[("HAOKA172_MAX_CALLS_PER_MINUTE", "201")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "HAOKA172_MAX_CALLS_PER_MINUTE: 201 is above 200, where the vendor blocks the account: use a whole number from 1 to 200"
+        );
     }
 
     #[test]

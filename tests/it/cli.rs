@@ -439,3 +439,21 @@ fn a_busy_address_exits_2_naming_it_and_haoka_sync_bind() {
         )
     );
 }
+
+#[test]
+fn numeric_variables_state_their_real_range() {
+    let out = cmd()
+        .arg("serve")
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/never_reached",
+        )
+        .env("HAOKA172_MAX_CALLS_PER_MINUTE", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_of(&out),
+        "haoka-sync: configuration error: HAOKA172_MAX_CALLS_PER_MINUTE: 0 is out of range: use a whole number from 1 to 200"
+    );
+}
