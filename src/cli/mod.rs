@@ -151,3 +151,22 @@ pub(crate) async fn prepare(config: &Config) -> CliResult {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn sign_over_takes_the_values_readme_documents() {
+        for v in ["order-no", "order-no-172", "order-no172"] {
+            let parsed = Cli::try_parse_from(["haoka-sync", "simulate", "--sign-over", v]);
+            assert!(parsed.is_ok(), "{v}: {parsed:?}");
+        }
+        let help = Cli::command()
+            .find_subcommand_mut("simulate")
+            .map(|c| c.render_help().to_string())
+            .unwrap_or_default();
+        assert!(help.contains("order-no, order-no-172"), "{help}");
+    }
+}
