@@ -23,7 +23,8 @@ use crate::rules::Vendor;
 #[command(
     name = "haoka-sync",
     version,
-    about = "Phone-card order status sync: vendor callbacks + overdue polling into PostgreSQL"
+    about = "Phone-card order status sync: vendor callbacks + overdue polling into PostgreSQL",
+    after_help = "Configuration: environment variables (and a .env file in this directory); see README.md, section Configuration, or docs/contract.md"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,13 +66,34 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    // The arguments first: `--help` works whatever the configuration.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version: clap's own output, on stdout.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(0));
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // No command at all: clap would print the whole help.
+            eprintln!("haoka-sync: {}", no_command_line());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let args: Vec<String> = std::env::args().collect();
+            eprintln!(
+                "haoka-sync: {}",
+                usage_line(&e.render().to_string(), subcommand_of(&args))
+            );
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = dotenvy::dotenv() {
         if !e.not_found() {
             eprintln!("haoka-sync: configuration error: .env: {e}");
             return ExitCode::from(2);
         }
     }
-    let cli = Cli::parse();
     // The demo prints its own progress; the service's per-callback lines
     // would drown it.
     let default_log = match cli.command {
@@ -114,14 +136,83 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(e)) => {
-            eprintln!("haoka-sync: {e}");
+            eprintln!("haoka-sync: {}", one_line(&e));
             ExitCode::from(2)
         }
         Err(CliError::Failed(e)) => {
-            eprintln!("haoka-sync: {e}");
+            eprintln!("haoka-sync: {}", one_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `haoka-sync` alone: which commands there are, in one line.
+fn no_command_line() -> String {
+    use clap::CommandFactory;
+    let names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .filter(|n| n != "help")
+        .collect();
+    format!(
+        "a command is required ({}); see haoka-sync --help",
+        names.join(", ")
+    )
+}
+
+/// The subcommand named in `args` (the first word that is not an option),
+/// when it is one.
+fn subcommand_of(args: &[String]) -> Option<&str> {
+    use clap::CommandFactory;
+    let word = args.iter().skip(1).find(|a| !a.starts_with('-'))?;
+    Cli::command()
+        .find_subcommand(word)
+        .is_some()
+        .then_some(word.as_str())
+}
+
+/// clap's error (`error: <what>`, maybe indented detail lines, a tip, the
+/// usage, a pointer to `--help`) as the one line the contract promises:
+/// `<what> <detail> (tip: …); see haoka-sync track --help`. `subcommand`
+/// names the help to point to when the error shows no usage.
+fn usage_line(rendered: &str, subcommand: Option<&str>) -> String {
+    let mut paragraphs = rendered
+        .split("\n\n")
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty());
+    let what = paragraphs.next().unwrap_or_default();
+    let what = what.strip_prefix("error: ").unwrap_or(&what).to_owned();
+    let mut tips = Vec::new();
+    let mut command = match subcommand {
+        Some(sub) => format!("haoka-sync {sub}"),
+        None => "haoka-sync".to_owned(),
+    };
+    for p in paragraphs {
+        if let Some(tip) = p.strip_prefix("tip: ") {
+            tips.push(tip.to_owned());
+        } else if let Some(usage) = p.strip_prefix("Usage: ") {
+            // `haoka-sync track <VENDOR> [ORDER_IDS]...` → `haoka-sync track`
+            command = usage
+                .split(' ')
+                .take_while(|w| !w.starts_with(['<', '[', '-']))
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+    }
+    let tips = match tips.is_empty() {
+        true => String::new(),
+        false => format!(" (tip: {})", tips.join("; ")),
+    };
+    format!("{what}{tips}; see {command} --help")
+}
+
+/// A message as one line: a driver's or a library's may have several.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Usage and configuration problems exit 2; failures at run time exit 1.
@@ -157,6 +248,56 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    fn usage_error(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(args).unwrap_err();
+        assert!(e.use_stderr(), "{args:?} is not an error");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        usage_line(&e.render().to_string(), subcommand_of(&args))
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_pointing_to_help() {
+        for (args, want) in [
+            (
+                &["haoka-sync", "frobnicate"][..],
+                "unrecognized subcommand 'frobnicate'; see haoka-sync --help",
+            ),
+            (
+                &["haoka-sync", "serv"][..],
+                "unrecognized subcommand 'serv' (tip: a similar subcommand exists: 'serve'); see haoka-sync --help",
+            ),
+            (
+                &["haoka-sync", "track"][..],
+                "the following required arguments were not provided: <VENDOR>; see haoka-sync track --help",
+            ),
+            (
+                &["haoka-sync", "poll-once", "--vendor", "x"][..],
+                "invalid value 'x' for '--vendor <VENDOR>': unknown vendor `x` (expected haoka172 or damaijia); see haoka-sync poll-once --help",
+            ),
+        ] {
+            let line = usage_error(args);
+            assert_eq!(line, want, "{args:?}");
+        }
+        let e = Cli::try_parse_from(["haoka-sync"]).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        assert_eq!(
+            no_command_line(),
+            "a command is required (serve, migrate, track, poll-once, simulate, demo, show); see haoka-sync --help"
+        );
+    }
+
+    #[test]
+    fn help_points_to_the_configuration() {
+        let help = Cli::command().render_help().to_string();
+        assert!(
+            help.contains("Configuration: environment variables (and a .env file in this directory); see README.md, section Configuration, or docs/contract.md"),
+            "{help}"
+        );
+    }
+
     #[test]
     fn sign_over_takes_the_values_readme_documents() {
         for v in ["order-no", "order-no-172", "order-no172"] {
@@ -168,5 +309,10 @@ mod tests {
             .map(|c| c.render_help().to_string())
             .unwrap_or_default();
         assert!(help.contains("order-no, order-no-172"), "{help}");
+    }
+
+    #[test]
+    fn messages_print_as_one_line() {
+        assert_eq!(one_line("a\n\tb\n\n"), "a b");
     }
 }

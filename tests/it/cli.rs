@@ -457,3 +457,41 @@ fn numeric_variables_state_their_real_range() {
         "haoka-sync: configuration error: HAOKA172_MAX_CALLS_PER_MINUTE: 0 is out of range: use a whole number from 1 to 200"
     );
 }
+
+#[test]
+fn usage_errors_are_one_line_and_help_and_version_exit_0() {
+    let out = cmd().arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_of(&out),
+        "haoka-sync: unrecognized subcommand 'frobnicate'; see haoka-sync --help"
+    );
+    let out = cmd()
+        .args(["track", "haoka172", "--fil", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.ends_with("; see haoka-sync track --help"), "{err}");
+
+    let out = cmd().arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Usage: haoka-sync <COMMAND>"), "{help}");
+    assert!(
+        help.contains("Configuration: environment variables (and a .env file in this directory); see README.md, section Configuration, or docs/contract.md"),
+        "{help}"
+    );
+    assert!(out.stderr.is_empty());
+    let out = cmd().arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("haoka-sync {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = cmd().args(["simulate", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("order-no-172"), "{help}");
+}
