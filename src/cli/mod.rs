@@ -4,6 +4,7 @@
 //! time (docs/contract.md#exit-codes).
 
 mod demo;
+mod envfile;
 mod migrate;
 mod poll_once;
 mod serve;
@@ -88,12 +89,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = dotenvy::dotenv() {
-        if !e.not_found() {
-            eprintln!("haoka-sync: configuration error: .env: {e}");
+    let env_file = match envfile::load() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(why) => {
+            eprintln!("haoka-sync: configuration error: {why}");
             return ExitCode::from(2);
         }
-    }
+    };
     // The demo prints its own progress; the service's per-callback lines
     // would drown it.
     let default_log = match cli.command {
@@ -104,7 +106,14 @@ pub fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("haoka-sync: configuration error: {e}");
+            let from = env_file
+                .source_of(e.var)
+                .map(|f| format!(" (from {f})"))
+                .unwrap_or_default();
+            eprintln!(
+                "haoka-sync: configuration error: {}{from}: {}",
+                e.var, e.msg
+            );
             return ExitCode::from(2);
         }
     };

@@ -495,3 +495,40 @@ fn usage_errors_are_one_line_and_help_and_version_exit_0() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("order-no-172"), "{help}");
 }
+
+#[test]
+fn a_broken_env_line_is_placed_by_line_and_column_and_never_shown() {
+    let secret = "s3cr3t-in-dotenv";
+    for (text, at) in [
+        (
+            format!("DATABASE_URL=postgres://127.0.0.1:1/x\nHAOKA172_SECRET=\"{secret}\nPOLL_CRON=bogus\n"),
+            "line 2, column 17: the quote opened here is never closed",
+        ),
+        (
+            format!("# the 172 secret\nHAOKA172_SECRET {secret}\n"),
+            "line 2, column 17: expected = after the variable name",
+        ),
+        (
+            format!("ADMIN_TOKEN={secret} more\n"),
+            "line 1, column 30: text after a space in an unquoted value",
+        ),
+    ] {
+        let dir = tempdir();
+        std::fs::write(dir.join(".env"), &text).unwrap();
+        let out = cmd()
+            .arg("migrate")
+            .current_dir(&dir)
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/never_reached")
+            .output()
+            .unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!("haoka-sync: configuration error: .env, {at}")),
+            "{text:?}: `{err}` should name `.env, {at}`"
+        );
+        assert!(!err.contains(secret), "the secret is printed: {err}");
+        assert!(!err.contains("s3cr3t"), "part of the secret is printed: {err}");
+    }
+}
