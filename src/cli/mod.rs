@@ -5,6 +5,7 @@
 
 mod demo;
 mod envfile;
+mod logging;
 mod migrate;
 mod poll_once;
 mod serve;
@@ -102,7 +103,15 @@ pub fn main() -> ExitCode {
         Command::Demo(_) | Command::Simulate(_) => "warn",
         _ => "info",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
+    let spec = std::env::var("RUST_LOG").ok();
+    let (filter, warning) =
+        logging::filter(spec.as_deref(), env_file.source_of("RUST_LOG"), default_log);
+    if let Some(warning) = warning {
+        eprintln!("haoka-sync: warning: {warning}");
+    }
+    env_logger::Builder::from_env(env_logger::Env::new().write_style("RUST_LOG_STYLE"))
+        .parse_filters(&filter)
+        .init();
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -532,3 +532,19 @@ fn a_broken_env_line_is_placed_by_line_and_column_and_never_shown() {
         assert!(!err.contains("s3cr3t"), "part of the secret is printed: {err}");
     }
 }
+
+#[test]
+fn a_rust_log_that_is_not_understood_warns_and_logs_at_info() {
+    let db = TestDb::new();
+    let log = serve_log(&db, &[("RUST_LOG", "nonsense")]);
+    let warning = log
+        .lines()
+        .find(|l| l.contains("RUST_LOG"))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(
+        warning.starts_with("haoka-sync: warning: RUST_LOG `nonsense` is not understood"),
+        "{warning}"
+    );
+    assert!(warning.ends_with("falling back to `info`"), "{warning}");
+    assert!(log.contains("listening on"), "info lines are on:\n{log}");
+}
