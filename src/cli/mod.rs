@@ -13,13 +13,15 @@ mod show;
 mod simulate;
 mod track;
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, DatabaseConfig, DatabaseUrl, TrackingConfig};
 use crate::db;
 use crate::rules::Vendor;
+use envfile::EnvFile;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,46 +114,7 @@ pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::new().write_style("RUST_LOG_STYLE"))
         .parse_filters(&filter)
         .init();
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            let from = env_file
-                .source_of(e.var)
-                .map(|f| format!(" (from {f})"))
-                .unwrap_or_default();
-            eprintln!(
-                "haoka-sync: configuration error: {}{from}: {}",
-                e.var, e.msg
-            );
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("haoka-sync: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve => serve::run(config).await,
-            Command::Migrate => migrate::run(&config).await,
-            Command::Show { vendor, order_id } => show::run(&config, vendor, &order_id).await,
-            Command::Track {
-                vendor,
-                order_ids,
-                file,
-            } => track::run(&config, vendor, order_ids, file).await,
-            Command::PollOnce { vendor } => poll_once::run(&config, vendor).await,
-            Command::Simulate(args) => simulate::run(&config, args).await,
-            Command::Demo(args) => demo::run(&config, args).await,
-        }
-    });
-    match result {
+    match run(cli.command, &env_file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(e)) => {
             eprintln!("haoka-sync: {}", one_line(&e));
@@ -162,6 +125,59 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Each command reads the configuration it uses: `migrate` and `show` only
+/// the database, `track` the database and the schedule, the others all of
+/// it (docs/contract.md#commands).
+fn run(command: Command, env_file: &EnvFile) -> CliResult {
+    let configured = |e: ConfigError| {
+        let from = env_file
+            .source_of(e.var)
+            .map(|f| format!(" (from {f})"))
+            .unwrap_or_default();
+        CliError::Usage(format!("configuration error: {}{from}: {}", e.var, e.msg))
+    };
+    match command {
+        Command::Migrate => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(migrate::run(&db))
+        }
+        Command::Show { vendor, order_id } => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(show::run(&db, vendor, &order_id))
+        }
+        Command::Track {
+            vendor,
+            order_ids,
+            file,
+        } => {
+            let config = TrackingConfig::from_env().map_err(configured)?;
+            block_on(track::run(config, vendor, order_ids, file))
+        }
+        command => {
+            let config = Config::from_env().map_err(configured)?;
+            block_on(async move {
+                match command {
+                    Command::Serve => serve::run(config).await,
+                    Command::PollOnce { vendor } => poll_once::run(&config, vendor).await,
+                    Command::Simulate(args) => simulate::run(&config, args).await,
+                    Command::Demo(args) => demo::run(&config, args).await,
+                    Command::Migrate | Command::Show { .. } | Command::Track { .. } => {
+                        unreachable!("handled above")
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn block_on(work: impl Future<Output = CliResult>) -> CliResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(work)
 }
 
 /// `haoka-sync` alone: which commands there are, in one line.
@@ -252,8 +268,8 @@ pub(crate) fn failed(msg: String) -> CliError {
 
 pub(crate) type CliResult = Result<(), CliError>;
 
-pub(crate) async fn prepare(config: &Config) -> CliResult {
-    let url = config.database_url.clone();
+pub(crate) async fn prepare(url: &DatabaseUrl) -> CliResult {
+    let url = url.clone();
     let applied = tokio::task::spawn_blocking(move || db::prepare(&url)).await??;
     for m in &applied {
         log::info!("applied migration {m}");

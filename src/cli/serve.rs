@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::startup::{shutdown_signal, Application, BuildError};
 
 pub(super) async fn run(config: Config) -> CliResult {
-    prepare(&config).await?;
+    prepare(&config.database_url).await?;
     if config.haoka172.secret.is_none() {
         log::warn!(
             "HAOKA172_SECRET is not set: 172 callbacks cannot be verified (they are stored and answered 503) and the 172 poller is off"

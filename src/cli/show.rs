@@ -2,12 +2,12 @@
 //! confirmations and its history, personal data masked.
 
 use super::{failed, CliResult};
-use crate::config::Config;
+use crate::config::DatabaseConfig;
 use crate::db;
 use crate::rules::Vendor;
 
-pub(super) async fn run(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
-    let pool = db::pool(&config.database_url, 1, config.db_timeout);
+pub(super) async fn run(db: &DatabaseConfig, vendor: Vendor, order_id: &str) -> CliResult {
+    let pool = db::pool(&db.url, 1, db.timeout);
     let id = order_id.to_owned();
     let found = db::run(&pool, move |conn| {
         let order = crate::store::find_order(conn, vendor, &id)?;

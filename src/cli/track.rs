@@ -2,12 +2,12 @@
 //! to track.
 
 use super::{prepare, CliError, CliResult};
-use crate::config::Config;
+use crate::config::TrackingConfig;
 use crate::db;
 use crate::rules::Vendor;
 
 pub(super) async fn run(
-    config: &Config,
+    config: TrackingConfig,
     vendor: Vendor,
     mut ids: Vec<String>,
     file: Option<std::path::PathBuf>,
@@ -22,9 +22,9 @@ pub(super) async fn run(
         ids.extend(text.lines().map(str::to_owned));
     }
     let ids = crate::store::poll::clean_order_ids(ids).map_err(CliError::Usage)?;
-    prepare(config).await?;
-    let pool = db::pool(&config.database_url, 1, config.db_timeout);
-    let schedule = config.schedule();
+    prepare(&config.database.url).await?;
+    let pool = db::pool(&config.database.url, 1, config.database.timeout);
+    let schedule = config.schedule;
     let n = ids.len();
     let created = db::run(&pool, move |conn| {
         crate::store::poll::register(conn, vendor, &ids, &schedule, chrono::Utc::now())

@@ -65,8 +65,13 @@ fn rand_suffix() -> u32 {
 
 #[test]
 fn bad_configuration_exits_2_with_one_clear_line() {
+    // `serve` reads every variable (`migrate` would not read this one).
     let out = cmd()
-        .arg("migrate")
+        .arg("serve")
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/never_reached",
+        )
         .env("HAOKA172_MAX_CALLS_PER_MINUTE", "500")
         .env("HAOKA172_SECRET", "do-not-print-me")
         .output()
@@ -547,4 +552,73 @@ fn a_rust_log_that_is_not_understood_warns_and_logs_at_info() {
     );
     assert!(warning.ends_with("falling back to `info`"), "{warning}");
     assert!(log.contains("listening on"), "info lines are on:\n{log}");
+}
+
+#[test]
+fn a_value_from_env_says_so_and_migrate_ignores_the_pollers_settings() {
+    let db = TestDb::new();
+    let dir = tempdir();
+    std::fs::write(
+        dir.join(".env"),
+        "POLL_CRON=bogus\nHAOKA172_OVERDUE=pending=6x\n",
+    )
+    .unwrap();
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut c = cmd();
+        c.args(args)
+            .current_dir(&dir)
+            .env("DATABASE_URL", db.url.expose())
+            .env("RUST_LOG", "warn");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // serve needs every setting: the first bad one, from .env.
+    let out = run(&["serve"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(
+        err.starts_with("haoka-sync: configuration error: HAOKA172_OVERDUE (from .env): "),
+        "{err}"
+    );
+    // The environment wins over .env, and its value is not "from .env".
+    let out = run(&["poll-once"], &[("HAOKA172_OVERDUE", "pending=1h")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out)
+            .starts_with("haoka-sync: configuration error: POLL_CRON (from .env): `bogus`"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = run(
+        &["poll-once"],
+        &[("HAOKA172_OVERDUE", "pending=1h"), ("POLL_CRON", "x")],
+    );
+    assert!(
+        stderr_of(&out).starts_with("haoka-sync: configuration error: POLL_CRON: `x`"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // migrate and show need only the database.
+    let out = run(&["migrate"], &[("HAOKA172_MAX_CALLS_PER_MINUTE", "0")]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is up to date"));
+    let out = run(&["show", "haoka172", "NOPE"], &[("HAOKA_SYNC_BIND", "x")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(stderr_of(&out), "haoka-sync: no haoka172 order NOPE");
+    // track needs the schedule (HAOKA172_OVERDUE), not POLL_CRON.
+    let out = run(&["track", "haoka172", "T1"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("HAOKA172_OVERDUE (from .env)"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = run(
+        &["track", "haoka172", "T1"],
+        &[("HAOKA172_OVERDUE", "pending=1h")],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
 }
