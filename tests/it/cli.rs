@@ -622,3 +622,44 @@ fn a_value_from_env_says_so_and_migrate_ignores_the_pollers_settings() {
     );
     assert!(out.status.success(), "{}", stderr_of(&out));
 }
+
+#[test]
+fn the_172_poller_names_the_variable_that_turns_it_on() {
+    let db = TestDb::new();
+    let poll_once = |vars: &[(&str, &str)]| {
+        let mut c = cmd();
+        c.args(["poll-once", "--vendor", "haoka172"])
+            .env("DATABASE_URL", db.url.expose())
+            .env("RUST_LOG", "warn");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    for (vars, why) in [
+        (
+            &[("HAOKA172_SECRET", SECRET)][..],
+            "set HAOKA172_USER_ID (the 172 login; HAOKA172_SECRET is set)",
+        ),
+        (
+            &[("HAOKA172_USER_ID", "agent-1")][..],
+            "set HAOKA172_SECRET (HAOKA172_USER_ID is set)",
+        ),
+        (&[][..], "set HAOKA172_USER_ID and HAOKA172_SECRET"),
+    ] {
+        let log = serve_log(&db, vars);
+        assert!(
+            log.contains(&format!("the haoka172 poller is off: {why}")),
+            "{vars:?}:\n{log}"
+        );
+        assert!(!log.contains(SECRET), "secret in the log");
+        let out = poll_once(vars);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{vars:?}: {err}");
+        assert!(
+            err.ends_with(&format!("haoka172 polling is off: {why}")),
+            "{vars:?}: {err}"
+        );
+        assert!(!err.contains(SECRET), "secret on stderr");
+    }
+}
