@@ -723,6 +723,115 @@ mod tests {
         }
     }
 
+    /// The variables the parsing code above reads: every string literal in
+    /// it that looks like an environment variable name.
+    fn variables_parsed_here() -> std::collections::BTreeSet<String> {
+        let src = include_str!("config.rs");
+        let code = &src[..src.find("#[cfg(test)]").unwrap_or(src.len())];
+        code.split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| {
+                s.contains('_')
+                    && s.starts_with(|c: char| c.is_ascii_uppercase())
+                    && s.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn manifest_file(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// `.env.example`'s commented-out assignments (`#NAME=value`).
+    fn env_example() -> Vec<(String, String)> {
+        manifest_file(".env.example")
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// Every variable in docs/contract.md's configuration tables.
+    fn contract_variables() -> std::collections::BTreeSet<String> {
+        let doc = manifest_file("docs/contract.md");
+        let start = doc
+            .find("\n## Configuration")
+            .expect("a Configuration section");
+        let section = &doc[start + 1..];
+        let section = &section[..section[1..].find("\n## ").map_or(section.len(), |i| i + 1)];
+        section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .flat_map(|l| {
+                let first_cell = l.split(" |").next().unwrap_or("");
+                format!("`{first_cell}")
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_variable_is_in_the_env_example_and_the_contract() {
+        let example: std::collections::BTreeSet<String> =
+            env_example().into_iter().map(|(k, _)| k).collect();
+        let parsed = variables_parsed_here();
+        let documented = contract_variables();
+        assert!(parsed.len() >= 35, "{parsed:?}");
+        for k in &parsed {
+            assert!(example.contains(k), "{k} is parsed but not in .env.example");
+            assert!(
+                documented.contains(k),
+                "{k} is parsed but not in docs/contract.md"
+            );
+        }
+        for k in &documented {
+            assert!(
+                example.contains(k),
+                "{k} is in docs/contract.md but not in .env.example"
+            );
+        }
+        for k in &example {
+            assert!(
+                documented.contains(k),
+                "{k} is in .env.example but not in docs/contract.md"
+            );
+        }
+    }
+
+    #[test]
+    fn the_env_example_uncommented_is_the_default_configuration() {
+        // Uncommented, the example must be a valid .env whose values are
+        // the defaults.
+        let text: String = env_example()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
+        let mut map = BTreeMap::new();
+        for item in dotenvy::from_read_iter(text.as_bytes()) {
+            let (k, v) = item.unwrap_or_else(|e| panic!(".env.example does not parse: {e}"));
+            map.insert(k, v);
+        }
+        let from_example = Config::from_lookup(|k| map.get(k).cloned()).unwrap();
+        assert_eq!(
+            format!("{from_example:?}"),
+            format!("{:?}", Config::with(&[]).unwrap())
+        );
+    }
+
     #[test]
     fn every_source_is_allowed_and_the_peer_judged_unless_configured() {
         let c = Config::with(&[]).unwrap();
