@@ -124,120 +124,260 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/haoka
 /// Loopback: a reverse proxy on the same host.
 pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128";
 
+/// What a command that only talks to the database needs (`migrate`,
+/// `show`): parsed without the poller's and the server's variables, so a
+/// mistake there does not stop them.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: DatabaseUrl,
+    /// How long a request waits for a pooled connection (`DB_TIMEOUT_SECS`).
+    pub timeout: Duration,
+}
+
+impl DatabaseConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// `DATABASE_URL` and `DB_TIMEOUT_SECS` only.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        database(&Vars(&get))
+    }
+}
+
+/// What `track` needs: the database and the "when to ask" rules, without
+/// the server's, the callbacks' or the vendor clients' variables.
+#[derive(Debug, Clone)]
+pub struct TrackingConfig {
+    pub database: DatabaseConfig,
+    pub schedule: Schedule,
+}
+
+impl TrackingConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let v = Vars(&get);
+        let database = database(&v)?;
+        let rules = ScheduleVars::parse(&v)?;
+        let can_poll_172 =
+            v.var("HAOKA172_USER_ID").is_some() && v.var("HAOKA172_SECRET").is_some();
+        Ok(TrackingConfig {
+            database,
+            schedule: rules.schedule(can_poll_172),
+        })
+    }
+}
+
+/// The lookup every parser reads through: a value is trimmed, and an empty
+/// one counts as unset.
+struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Vars<'_> {
+    fn var(&self, k: &str) -> Option<String> {
+        (self.0)(k)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A whole number in `min..=max`; every message states the range.
+    fn num(&self, k: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        self.num_capped(k, default, min, max, None)
+    }
+
+    /// As `num`, with the reason for the upper bound when there is one
+    /// worth telling.
+    fn num_capped(
+        &self,
+        k: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+        why_max: Option<&str>,
+    ) -> Result<u64, ConfigError> {
+        let range = format!("use a whole number from {min} to {max}");
+        let Some(v) = self.var(k) else {
+            return Ok(default);
+        };
+        match v.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            Ok(n) => Err(err(
+                k,
+                match why_max {
+                    Some(why) if n > max => format!("{n} is above {max}, {why}: {range}"),
+                    _ => format!("{n} is out of range: {range}"),
+                },
+            )),
+            // Digits too many for a u64 are still a number, just too big.
+            Err(_) if v.bytes().all(|b| b.is_ascii_digit()) => {
+                Err(err(k, format!("{v} is out of range: {range}")))
+            }
+            Err(_) => Err(err(k, format!("`{v}` is not a whole number: {range}"))),
+        }
+    }
+
+    fn dur(&self, k: &'static str, default: &str) -> Result<Duration, ConfigError> {
+        parse_duration(&self.var(k).unwrap_or_else(|| default.to_owned())).map_err(|m| err(k, m))
+    }
+
+    fn switch(&self, k: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.var(k).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) => match v.as_str() {
+                "on" | "true" | "1" | "yes" => Ok(true),
+                "off" | "false" | "0" | "no" => Ok(false),
+                _ => Err(err(k, format!("`{v}` is not on or off"))),
+            },
+        }
+    }
+
+    fn url(&self, k: &'static str, default: &str) -> Result<url::Url, ConfigError> {
+        let v = self.var(k).unwrap_or_else(|| default.to_owned());
+        let u = url::Url::parse(&v).map_err(|e| err(k, format!("`{v}` is not a URL ({e})")))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(err(k, format!("`{v}` must be http:// or https://")));
+        }
+        Ok(u)
+    }
+}
+
+fn err(var: &'static str, msg: String) -> ConfigError {
+    ConfigError { var, msg }
+}
+
+fn database(v: &Vars) -> Result<DatabaseConfig, ConfigError> {
+    let url = DatabaseUrl::parse(
+        &v.var("DATABASE_URL")
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+    )
+    .map_err(|m| err("DATABASE_URL", m))?;
+    let timeout = Duration::from_secs(v.num("DB_TIMEOUT_SECS", 3, 1, 600)?);
+    Ok(DatabaseConfig { url, timeout })
+}
+
+/// The variables behind `Schedule`, parsed once for `Config` and
+/// `TrackingConfig` alike.
+struct ScheduleVars {
+    overdue: StatusDurations,
+    refresh: StatusDurations,
+    horizon: Duration,
+    min_recheck: Duration,
+    callback_gap: Option<GapPolicy>,
+    confirm_terminal: bool,
+}
+
+impl ScheduleVars {
+    fn parse(v: &Vars) -> Result<Self, ConfigError> {
+        Ok(ScheduleVars {
+            overdue: StatusDurations::parse(
+                &v.var("HAOKA172_OVERDUE").unwrap_or_default(),
+                &StatusDurations::haoka172_default(),
+            )
+            .map_err(|m| err("HAOKA172_OVERDUE", m))?,
+            refresh: StatusDurations::parse(
+                &v.var("DAMAIJIA_REFRESH").unwrap_or_default(),
+                &StatusDurations::damaijia_default(),
+            )
+            .map_err(|m| err("DAMAIJIA_REFRESH", m))?,
+            horizon: v.dur("TRACKING_HORIZON", "60d")?,
+            min_recheck: v.dur("POLL_MIN_RECHECK", "1m")?,
+            callback_gap: GapPolicy::parse(
+                &v.var("HAOKA172_CALLBACK_GAP")
+                    .unwrap_or_else(|| GapPolicy::DEFAULT_SPEC.into()),
+            )
+            .map_err(|m| err("HAOKA172_CALLBACK_GAP", m))?,
+            confirm_terminal: v.switch("HAOKA172_CONFIRM_TERMINAL", true)?,
+        })
+    }
+
+    /// Terminal callbacks wait for a confirmation only when the 172 poller
+    /// can ask for it.
+    fn schedule(self, can_poll_172: bool) -> Schedule {
+        Schedule {
+            waits: [
+                (Vendor::Haoka172, self.overdue),
+                (Vendor::Damaijia, self.refresh),
+            ]
+            .into(),
+            horizon: self.horizon,
+            min_recheck: self.min_recheck,
+            callback_gap: self.callback_gap,
+            confirm_terminal: self.confirm_terminal && can_poll_172,
+        }
+    }
+}
+
 impl Config {
     /// From the process environment (after `.env` was loaded by the caller).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
-    /// From any lookup; tests pass a map.
+    /// From any lookup; tests pass a map. Every variable: what `serve` and
+    /// `poll-once` need (`DatabaseConfig` and `TrackingConfig` read less).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let var = |k: &'static str| {
-            get(k)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let err = |var: &'static str, msg: String| ConfigError { var, msg };
-        let parse_num =
-            |k: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-                match var(k) {
-                    None => Ok(default),
-                    Some(v) => match v.parse::<u64>() {
-                        Ok(n) if (min..=max).contains(&n) => Ok(n),
-                        Ok(n) => Err(err(k, format!("{n} is out of range {min}..={max}"))),
-                        Err(_) => Err(err(k, format!("`{v}` is not a whole number"))),
-                    },
-                }
-            };
-        let parse_dur = |k: &'static str, default: &str| -> Result<Duration, ConfigError> {
-            parse_duration(&var(k).unwrap_or_else(|| default.to_owned())).map_err(|m| err(k, m))
-        };
-        let parse_switch = |k: &'static str, default: bool| -> Result<bool, ConfigError> {
-            match var(k).map(|v| v.to_ascii_lowercase()) {
-                None => Ok(default),
-                Some(v) => match v.as_str() {
-                    "on" | "true" | "1" | "yes" => Ok(true),
-                    "off" | "false" | "0" | "no" => Ok(false),
-                    _ => Err(err(k, format!("`{v}` is not on or off"))),
-                },
-            }
-        };
-        let parse_url = |k: &'static str, default: &str| -> Result<url::Url, ConfigError> {
-            let v = var(k).unwrap_or_else(|| default.to_owned());
-            let u = url::Url::parse(&v).map_err(|e| err(k, format!("`{v}` is not a URL ({e})")))?;
-            if !matches!(u.scheme(), "http" | "https") {
-                return Err(err(k, format!("`{v}` must be http:// or https://")));
-            }
-            Ok(u)
-        };
-
-        let database_url =
-            DatabaseUrl::parse(&var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()))
-                .map_err(|m| err("DATABASE_URL", m))?;
-        let bind_s = var("HAOKA_SYNC_BIND").unwrap_or_else(|| "127.0.0.1:8080".into());
+        let v = Vars(&get);
+        let DatabaseConfig {
+            url: database_url,
+            timeout: db_timeout,
+        } = database(&v)?;
+        let bind_s = v
+            .var("HAOKA_SYNC_BIND")
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
         let bind = bind_s.parse().map_err(|_| {
             err(
                 "HAOKA_SYNC_BIND",
                 format!("`{bind_s}` is not an address like 127.0.0.1:8080"),
             )
         })?;
+        let rules = ScheduleVars::parse(&v)?;
 
-        let max_per_minute = parse_num("HAOKA172_MAX_CALLS_PER_MINUTE", 150, 1, u64::MAX)?;
-        if max_per_minute > 200 {
-            return Err(err(
-                "HAOKA172_MAX_CALLS_PER_MINUTE",
-                format!("{max_per_minute} is above 200, where the vendor blocks the account"),
-            ));
-        }
         let haoka172 = Haoka172Config {
-            user_id: var("HAOKA172_USER_ID"),
-            secret: var("HAOKA172_SECRET").map(Secret::new),
-            previous_secret: var("HAOKA172_SECRET_PREVIOUS").map(Secret::new),
-            base_url: parse_url("HAOKA172_BASE_URL", "https://haokaopenapi.lot-ml.com")?,
-            overdue: StatusDurations::parse(
-                &var("HAOKA172_OVERDUE").unwrap_or_default(),
-                &StatusDurations::haoka172_default(),
-            )
-            .map_err(|m| err("HAOKA172_OVERDUE", m))?,
-            max_calls_per_minute: max_per_minute as u32,
-            max_calls_per_order_per_day: parse_num(
+            user_id: v.var("HAOKA172_USER_ID"),
+            secret: v.var("HAOKA172_SECRET").map(Secret::new),
+            previous_secret: v.var("HAOKA172_SECRET_PREVIOUS").map(Secret::new),
+            base_url: v.url("HAOKA172_BASE_URL", "https://haokaopenapi.lot-ml.com")?,
+            overdue: rules.overdue,
+            max_calls_per_minute: v.num_capped(
+                "HAOKA172_MAX_CALLS_PER_MINUTE",
+                150,
+                1,
+                200,
+                Some("where the vendor blocks the account"),
+            )? as u32,
+            max_calls_per_order_per_day: v.num(
                 "HAOKA172_MAX_CALLS_PER_ORDER_PER_DAY",
                 10,
                 1,
                 1000,
             )? as u32,
-            cooloff: parse_dur("HAOKA172_COOLOFF", "10m")?,
-            callback_gap: GapPolicy::parse(
-                &var("HAOKA172_CALLBACK_GAP").unwrap_or_else(|| GapPolicy::DEFAULT_SPEC.into()),
-            )
-            .map_err(|m| err("HAOKA172_CALLBACK_GAP", m))?,
-            timeout: Duration::from_secs(parse_num("HAOKA172_TIMEOUT_SECS", 10, 1, 300)?),
-            confirm_terminal: parse_switch("HAOKA172_CONFIRM_TERMINAL", true)?,
+            cooloff: v.dur("HAOKA172_COOLOFF", "10m")?,
+            callback_gap: rules.callback_gap,
+            timeout: Duration::from_secs(v.num("HAOKA172_TIMEOUT_SECS", 10, 1, 300)?),
+            confirm_terminal: rules.confirm_terminal,
         };
         let damaijia = DamaijiaConfig {
-            token: var("DAMAIJIA_TOKEN").map(Secret::new),
-            owner_id: var("DAMAIJIA_OWNER_ID"),
-            base_url: parse_url("DAMAIJIA_BASE_URL", "http://www.damaijia168.com")?,
-            app_id: var("DAMAIJIA_APP_ID"),
-            app_secret: var("DAMAIJIA_APP_SECRET").map(Secret::new),
-            refresh: StatusDurations::parse(
-                &var("DAMAIJIA_REFRESH").unwrap_or_default(),
-                &StatusDurations::damaijia_default(),
-            )
-            .map_err(|m| err("DAMAIJIA_REFRESH", m))?,
-            batch_size: parse_num("DAMAIJIA_BATCH_SIZE", 20, 1, 100)? as u32,
-            edition: var("DAMAIJIA_EDITION"),
-            cooloff: parse_dur("DAMAIJIA_COOLOFF", "30m")?,
-            timeout: Duration::from_secs(parse_num("DAMAIJIA_TIMEOUT_SECS", 15, 1, 300)?),
+            token: v.var("DAMAIJIA_TOKEN").map(Secret::new),
+            owner_id: v.var("DAMAIJIA_OWNER_ID"),
+            base_url: v.url("DAMAIJIA_BASE_URL", "http://www.damaijia168.com")?,
+            app_id: v.var("DAMAIJIA_APP_ID"),
+            app_secret: v.var("DAMAIJIA_APP_SECRET").map(Secret::new),
+            refresh: rules.refresh,
+            batch_size: v.num("DAMAIJIA_BATCH_SIZE", 20, 1, 100)? as u32,
+            edition: v.var("DAMAIJIA_EDITION"),
+            cooloff: v.dur("DAMAIJIA_COOLOFF", "30m")?,
+            timeout: Duration::from_secs(v.num("DAMAIJIA_TIMEOUT_SECS", 15, 1, 300)?),
         };
-        let poll_cron = var("POLL_CRON").unwrap_or_else(|| "0 * * * * *".into());
+        let poll_cron = v.var("POLL_CRON").unwrap_or_else(|| "0 * * * * *".into());
         validate_cron(&poll_cron).map_err(|m| err("POLL_CRON", m))?;
 
-        let db_pool_size = parse_num("DB_POOL_SIZE", 16, 2, 512)? as u32;
+        let db_pool_size = v.num("DB_POOL_SIZE", 16, 2, 512)? as u32;
         // Two writers keep one batch executing while the other commits; more
         // only add contention on a small server (bench/ingest: 2 writers gave
         // the best throughput and p99 on 2 cores).
-        let ingest_writers = parse_num("INGEST_WRITERS", 2, 1, 64)? as usize;
+        let ingest_writers = v.num("INGEST_WRITERS", 2, 1, 64)? as usize;
         // Each writer keeps a connection; leave two for polling and the API.
         if ingest_writers + 2 > db_pool_size as usize {
             return Err(err(
@@ -248,39 +388,39 @@ impl Config {
                 ),
             ));
         }
-        let callback_allowed_sources = var("CALLBACK_ALLOWED_SOURCES")
-            .map(|v| parse_nets(&v))
+        let callback_allowed_sources = v
+            .var("CALLBACK_ALLOWED_SOURCES")
+            .map(|s| parse_nets(&s))
             .transpose()
             .map_err(|m| err("CALLBACK_ALLOWED_SOURCES", m))?
             .filter(|nets| !nets.is_empty());
-        let trusted_proxy_header = var("TRUSTED_PROXY_HEADER")
-            .map(|v| validate_header_name(&v))
+        let trusted_proxy_header = v
+            .var("TRUSTED_PROXY_HEADER")
+            .map(|s| validate_header_name(&s))
             .transpose()
             .map_err(|m| err("TRUSTED_PROXY_HEADER", m))?;
-        let trusted_proxies =
-            parse_nets(&var("TRUSTED_PROXIES").unwrap_or_else(|| DEFAULT_TRUSTED_PROXIES.into()))
-                .map_err(|m| err("TRUSTED_PROXIES", m))?;
+        let trusted_proxies = parse_nets(
+            &v.var("TRUSTED_PROXIES")
+                .unwrap_or_else(|| DEFAULT_TRUSTED_PROXIES.into()),
+        )
+        .map_err(|m| err("TRUSTED_PROXIES", m))?;
         Ok(Config {
             database_url,
             bind,
             haoka172,
             damaijia,
             poll_cron,
-            tracking_horizon: parse_dur("TRACKING_HORIZON", "60d")?,
-            poll_min_recheck: parse_dur("POLL_MIN_RECHECK", "1m")?,
-            poll_lease: parse_dur("POLL_LEASE", "5m")?,
-            admin_token: var("ADMIN_TOKEN").map(Secret::new),
-            callback_max_body_bytes: parse_num(
-                "CALLBACK_MAX_BODY_BYTES",
-                64 * 1024,
-                1024,
-                16 << 20,
-            )? as usize,
+            tracking_horizon: rules.horizon,
+            poll_min_recheck: rules.min_recheck,
+            poll_lease: v.dur("POLL_LEASE", "5m")?,
+            admin_token: v.var("ADMIN_TOKEN").map(Secret::new),
+            callback_max_body_bytes: v.num("CALLBACK_MAX_BODY_BYTES", 64 * 1024, 1024, 16 << 20)?
+                as usize,
             db_pool_size,
-            db_timeout: Duration::from_secs(parse_num("DB_TIMEOUT_SECS", 3, 1, 600)?),
-            db_wait: Duration::from_secs(parse_num("DB_WAIT_SECS", 60, 0, 86400)?),
+            db_timeout,
+            db_wait: Duration::from_secs(v.num("DB_WAIT_SECS", 60, 0, 86400)?),
             ingest_writers,
-            ingest_max_batch: parse_num("INGEST_MAX_BATCH", 256, 1, 10_000)? as usize,
+            ingest_max_batch: v.num("INGEST_MAX_BATCH", 256, 1, 10_000)? as usize,
             callback_allowed_sources,
             trusted_proxy_header,
             trusted_proxies,
@@ -290,16 +430,22 @@ impl Config {
     /// The "when to ask" rules this configuration sets, built once by the
     /// caller (startup, a CLI command) and shared.
     pub fn schedule(&self) -> Schedule {
-        Schedule {
-            waits: [
-                (Vendor::Haoka172, self.haoka172.overdue.clone()),
-                (Vendor::Damaijia, self.damaijia.refresh.clone()),
-            ]
-            .into(),
+        ScheduleVars {
+            overdue: self.haoka172.overdue.clone(),
+            refresh: self.damaijia.refresh.clone(),
             horizon: self.tracking_horizon,
             min_recheck: self.poll_min_recheck,
             callback_gap: self.haoka172.callback_gap.clone(),
-            confirm_terminal: self.haoka172.confirm_terminal && self.haoka172.can_poll(),
+            confirm_terminal: self.haoka172.confirm_terminal,
+        }
+        .schedule(self.haoka172.can_poll())
+    }
+
+    /// The database part, for code that takes only that.
+    pub fn database(&self) -> DatabaseConfig {
+        DatabaseConfig {
+            url: self.database_url.clone(),
+            timeout: self.db_timeout,
         }
     }
 
@@ -454,6 +600,239 @@ mod tests {
             );
             assert!(!e.to_string().contains('\n'));
         }
+    }
+
+    /// Each numeric variable, its range as docs/contract.md states it.
+    const NUMERIC: [(&str, u64, u64); 10] = [
+        ("HAOKA172_MAX_CALLS_PER_MINUTE", 1, 200),
+        ("HAOKA172_MAX_CALLS_PER_ORDER_PER_DAY", 1, 1000),
+        ("HAOKA172_TIMEOUT_SECS", 1, 300),
+        ("DAMAIJIA_BATCH_SIZE", 1, 100),
+        ("DAMAIJIA_TIMEOUT_SECS", 1, 300),
+        ("DB_POOL_SIZE", 2, 512),
+        ("DB_TIMEOUT_SECS", 1, 600),
+        ("INGEST_WRITERS", 1, 64),
+        ("INGEST_MAX_BATCH", 1, 10_000),
+        ("CALLBACK_MAX_BODY_BYTES", 1024, 16_777_216),
+    ];
+
+    #[test]
+    fn every_numeric_message_states_the_real_range() {
+        for (k, min, max) in NUMERIC {
+            let range = format!("from {min} to {max}");
+            let (below, above) = ((min - 1).to_string(), (max + 1).to_string());
+            for bad in [
+                below.as_str(),
+                above.as_str(),
+                "lots",
+                "-1",
+                "99999999999999999999999",
+            ] {
+                let e = Config::with(&[(k, bad)]).unwrap_err();
+                assert_eq!(e.var, k, "{k}={bad}: {e}");
+                assert!(
+                    e.msg.contains(&range),
+                    "{k}={bad}: `{e}` should say `{range}`"
+                );
+                assert!(!e.msg.contains("18446744073709551615"), "{k}={bad}: `{e}`");
+            }
+            // The top of each range is accepted (with room in the pool for
+            // the writers).
+            let top = max.to_string();
+            let vars = match k {
+                "DB_POOL_SIZE" => vec![(k, top.as_str())],
+                _ => vec![(k, top.as_str()), ("DB_POOL_SIZE", "512")],
+            };
+            let ok = Config::with(&vars);
+            assert!(ok.is_ok(), "{k}={max}: {ok:?}");
+        }
+        let e = Config::with(&[("HAOKA172_MAX_CALLS_PER_MINUTE", "0")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "HAOKA172_MAX_CALLS_PER_MINUTE: 0 is out of range: use a whole number from 1 to 200"
+        );
+        let e = Config::with(&[("HAOKA172_MAX_CALLS_PER_MINUTE", "201")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "HAOKA172_MAX_CALLS_PER_MINUTE: 201 is above 200, where the vendor blocks the account: use a whole number from 1 to 200"
+        );
+    }
+
+    #[test]
+    fn the_database_commands_read_only_the_database_variables() {
+        let poller_mistakes: &'static [(&str, &str)] = &[
+            ("POLL_CRON", "bogus"),
+            ("HAOKA172_MAX_CALLS_PER_MINUTE", "0"),
+            ("HAOKA_SYNC_BIND", "nowhere"),
+            ("HAOKA172_OVERDUE", "pending=6x"),
+            ("TRUSTED_PROXIES", "localhost"),
+        ];
+        let lookup = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let db = DatabaseConfig::from_lookup(lookup(poller_mistakes)).unwrap();
+        assert_eq!(db.url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(db.timeout, Duration::from_secs(3));
+        let e =
+            DatabaseConfig::from_lookup(lookup(&[("DATABASE_URL", "mysql://x/y")])).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        let e = DatabaseConfig::from_lookup(lookup(&[("DB_TIMEOUT_SECS", "0")])).unwrap_err();
+        assert_eq!(e.var, "DB_TIMEOUT_SECS");
+
+        // `track` needs the schedule too, not the server or the clients.
+        let t = TrackingConfig::from_lookup(lookup(&[
+            ("POLL_CRON", "bogus"),
+            ("HAOKA_SYNC_BIND", "nowhere"),
+            ("HAOKA172_BASE_URL", "ftp://x"),
+        ]))
+        .unwrap();
+        assert_eq!(t.database.url.expose(), DEFAULT_DATABASE_URL);
+        let e =
+            TrackingConfig::from_lookup(lookup(&[("HAOKA172_OVERDUE", "pending=6x")])).unwrap_err();
+        assert_eq!(e.var, "HAOKA172_OVERDUE");
+        let e = TrackingConfig::from_lookup(lookup(&[("TRACKING_HORIZON", "long")])).unwrap_err();
+        assert_eq!(e.var, "TRACKING_HORIZON");
+    }
+
+    #[test]
+    fn the_tracking_schedule_is_the_one_the_service_uses() {
+        let cases: [&[(&str, &str)]; 4] = [
+            &[],
+            &[("HAOKA172_USER_ID", "u"), ("HAOKA172_SECRET", "s")],
+            &[
+                ("HAOKA172_SECRET", "s"),
+                ("HAOKA172_CONFIRM_TERMINAL", "on"),
+            ],
+            &[
+                ("HAOKA172_USER_ID", "u"),
+                ("HAOKA172_SECRET", "s"),
+                ("HAOKA172_CONFIRM_TERMINAL", "off"),
+                ("HAOKA172_OVERDUE", "pending=1h"),
+                ("DAMAIJIA_REFRESH", "shipped=3h"),
+                ("TRACKING_HORIZON", "9d"),
+                ("POLL_MIN_RECHECK", "30s"),
+                ("HAOKA172_CALLBACK_GAP", "off"),
+            ],
+        ];
+        for vars in cases {
+            let map: BTreeMap<&str, &str> = vars.iter().copied().collect();
+            let t = TrackingConfig::from_lookup(|k| map.get(k).map(|v| v.to_string())).unwrap();
+            let full = Config::with(vars).unwrap().schedule();
+            assert_eq!(format!("{:?}", t.schedule), format!("{full:?}"), "{vars:?}");
+        }
+    }
+
+    /// The variables the parsing code above reads: every string literal in
+    /// it that looks like an environment variable name.
+    fn variables_parsed_here() -> std::collections::BTreeSet<String> {
+        let src = include_str!("config.rs");
+        let code = &src[..src.find("#[cfg(test)]").unwrap_or(src.len())];
+        code.split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| {
+                s.contains('_')
+                    && s.starts_with(|c: char| c.is_ascii_uppercase())
+                    && s.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn manifest_file(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// `.env.example`'s commented-out assignments (`#NAME=value`).
+    fn env_example() -> Vec<(String, String)> {
+        manifest_file(".env.example")
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// Every variable in docs/contract.md's configuration tables.
+    fn contract_variables() -> std::collections::BTreeSet<String> {
+        let doc = manifest_file("docs/contract.md");
+        let start = doc
+            .find("\n## Configuration")
+            .expect("a Configuration section");
+        let section = &doc[start + 1..];
+        let section = &section[..section[1..].find("\n## ").map_or(section.len(), |i| i + 1)];
+        section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .flat_map(|l| {
+                let first_cell = l.split(" |").next().unwrap_or("");
+                format!("`{first_cell}")
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_variable_is_in_the_env_example_and_the_contract() {
+        let example: std::collections::BTreeSet<String> =
+            env_example().into_iter().map(|(k, _)| k).collect();
+        let parsed = variables_parsed_here();
+        let documented = contract_variables();
+        assert!(parsed.len() >= 35, "{parsed:?}");
+        for k in &parsed {
+            assert!(example.contains(k), "{k} is parsed but not in .env.example");
+            assert!(
+                documented.contains(k),
+                "{k} is parsed but not in docs/contract.md"
+            );
+        }
+        for k in &documented {
+            assert!(
+                example.contains(k),
+                "{k} is in docs/contract.md but not in .env.example"
+            );
+        }
+        for k in &example {
+            assert!(
+                documented.contains(k),
+                "{k} is in .env.example but not in docs/contract.md"
+            );
+        }
+    }
+
+    #[test]
+    fn the_env_example_uncommented_is_the_default_configuration() {
+        // Uncommented, the example must be a valid .env whose values are
+        // the defaults.
+        let text: String = env_example()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
+        let mut map = BTreeMap::new();
+        for item in dotenvy::from_read_iter(text.as_bytes()) {
+            let (k, v) = item.unwrap_or_else(|e| panic!(".env.example does not parse: {e}"));
+            map.insert(k, v);
+        }
+        let from_example = Config::from_lookup(|k| map.get(k).cloned()).unwrap();
+        assert_eq!(
+            format!("{from_example:?}"),
+            format!("{:?}", Config::with(&[]).unwrap())
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Building and running the service; callable from tests (bind port 0, read
 //! `port()`), from `serve`, and later from `demo`.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -86,6 +86,54 @@ pub fn poller(config: &Config, pool: PgPool) -> Result<Poller, String> {
     ))
 }
 
+/// Why the service could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `HAOKA_SYNC_BIND` names an address this process cannot listen on:
+    /// a configuration problem, fixed by another address.
+    #[error("cannot listen on {addr} ({why}): set HAOKA_SYNC_BIND to {fix}")]
+    Bind {
+        addr: SocketAddr,
+        why: String,
+        fix: &'static str,
+    },
+    /// A vendor client or the proxy header cannot be built.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl BuildError {
+    /// From binding `addr`: the kinds a different `HAOKA_SYNC_BIND` fixes
+    /// become `Bind`; anything else stays an I/O failure.
+    fn bind(addr: SocketAddr, e: std::io::Error) -> BuildError {
+        use std::io::ErrorKind;
+        let (why, fix) = match e.kind() {
+            ErrorKind::AddrInUse => ("address already in use".to_owned(), "a free address"),
+            ErrorKind::AddrNotAvailable => (
+                "no network interface of this host has that address".to_owned(),
+                "an address of this host (0.0.0.0:PORT listens on all of them)",
+            ),
+            ErrorKind::PermissionDenied if addr.port() < 1024 => (
+                "permission denied: ports below 1024 need privileges".to_owned(),
+                "a port above 1023",
+            ),
+            ErrorKind::PermissionDenied => (
+                "permission denied".to_owned(),
+                "an address this process may listen on",
+            ),
+            _ => {
+                return BuildError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr}: {e}"),
+                ))
+            }
+        };
+        BuildError::Bind { addr, why, fix }
+    }
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -98,7 +146,7 @@ pub struct Application {
 impl Application {
     /// Bind and wire everything. Does not touch the database (the pool
     /// connects lazily), so it starts even while PostgreSQL is down.
-    pub fn build(config: &Config) -> std::io::Result<Application> {
+    pub fn build(config: &Config) -> Result<Application, BuildError> {
         let pool = db::pool(&config.database_url, config.db_pool_size, config.db_timeout);
         let schedule = Arc::new(config.schedule());
         let ingest = Ingest::start(
@@ -107,11 +155,10 @@ impl Application {
             config.ingest_max_batch,
             Arc::clone(&schedule),
         );
-        let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
         let poller = Arc::new(Poller::new(
             pool.clone(),
             Arc::clone(&schedule),
-            askers(config).map_err(invalid)?,
+            askers(config).map_err(BuildError::Invalid)?,
             config.poll_lease,
         ));
         let keys = callback_keys(config);
@@ -122,7 +169,7 @@ impl Application {
             .as_deref()
             .map(|h| actix_web::http::header::HeaderName::from_bytes(h.as_bytes()))
             .transpose()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            .map_err(|e| BuildError::Invalid(format!("TRUSTED_PROXY_HEADER: {e}")))?;
         let callback_sources = SourcePolicy::new(
             config.callback_allowed_sources.clone(),
             header,
@@ -138,7 +185,8 @@ impl Application {
             schema_version: db::latest_migration(),
             schedule,
         });
-        let listener = TcpListener::bind(config.bind)?;
+        let listener =
+            TcpListener::bind(config.bind).map_err(|e| BuildError::bind(config.bind, e))?;
         let port = listener.local_addr()?.port();
         let server =
             HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
@@ -244,4 +292,36 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BuildError;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_bind_error_names_the_address_and_what_to_set() {
+        let cases = [
+            ("127.0.0.1:8080", ErrorKind::AddrInUse, "cannot listen on 127.0.0.1:8080 (address already in use): set HAOKA_SYNC_BIND to a free address"),
+            ("10.9.9.9:8080", ErrorKind::AddrNotAvailable, "cannot listen on 10.9.9.9:8080 (no network interface of this host has that address): set HAOKA_SYNC_BIND to an address of this host (0.0.0.0:PORT listens on all of them)"),
+            ("0.0.0.0:80", ErrorKind::PermissionDenied, "cannot listen on 0.0.0.0:80 (permission denied: ports below 1024 need privileges): set HAOKA_SYNC_BIND to a port above 1023"),
+        ];
+        for (addr, kind, want) in cases {
+            let e = BuildError::bind(addr.parse().unwrap(), Error::from(kind));
+            assert!(matches!(e, BuildError::Bind { .. }), "{kind:?}");
+            assert_eq!(e.to_string(), want);
+        }
+        let e = BuildError::bind(
+            "127.0.0.1:1".parse().unwrap(),
+            Error::from(ErrorKind::OutOfMemory),
+        );
+        assert!(
+            matches!(e, BuildError::Io(_)),
+            "not a matter of the address"
+        );
+        assert!(
+            e.to_string().starts_with("cannot listen on 127.0.0.1:1: "),
+            "{e}"
+        );
+    }
 }

@@ -127,10 +127,11 @@ fn recreate_database(url: &crate::config::DatabaseUrl) -> Result<(), db::DbError
 /// Drop the demo database if it exists (and any connection still open to it).
 fn drop_database(url: &crate::config::DatabaseUrl) -> Result<(), db::DbError> {
     use diesel::connection::SimpleConnection;
-    use diesel::Connection;
-    let admin = url.with_database("postgres");
-    let mut conn = diesel::PgConnection::establish(admin.expose())
-        .map_err(|e| db::DbError::Unavailable(format!("cannot connect to {admin}: {e}")))?;
+    let mut conn = db::connect(
+        url,
+        &url.with_database("postgres"),
+        &format!("to recreate the demo database {}", url.database_name()),
+    )?;
     let name = url.database_name().replace('"', "\"\"");
     conn.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))?;
     Ok(())

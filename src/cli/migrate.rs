@@ -2,13 +2,12 @@
 //! migrations, exit.
 
 use super::{prepare, CliResult};
-use crate::config::Config;
+use crate::config::DatabaseConfig;
 
-pub(super) async fn run(config: &Config) -> CliResult {
-    prepare(config).await?;
-    println!(
-        "database {} is up to date",
-        config.database_url.database_name()
-    );
+/// Reads only the database variables: a mistake in the poller's or the
+/// server's settings does not stop a migration.
+pub(super) async fn run(db: &DatabaseConfig) -> CliResult {
+    prepare(&db.url).await?;
+    println!("database {} is up to date", db.url.database_name());
     Ok(())
 }

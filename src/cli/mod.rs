@@ -4,6 +4,8 @@
 //! time (docs/contract.md#exit-codes).
 
 mod demo;
+mod envfile;
+mod logging;
 mod migrate;
 mod poll_once;
 mod recheck;
@@ -12,19 +14,22 @@ mod show;
 mod simulate;
 mod track;
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, DatabaseConfig, DatabaseUrl, TrackingConfig};
 use crate::db;
 use crate::rules::Vendor;
+use envfile::EnvFile;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "haoka-sync",
     version,
-    about = "Phone-card order status sync: vendor callbacks + overdue polling into PostgreSQL"
+    about = "Phone-card order status sync: vendor callbacks + overdue polling into PostgreSQL",
+    after_help = "Configuration: environment variables (and a .env file in this directory); see README.md, section Configuration, or docs/contract.md"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -46,6 +51,14 @@ enum Command {
         #[arg(long)]
         file: Option<std::path::PathBuf>,
     },
+    /// Make tracked orders due now: the next pass asks about them, within
+    /// every limit.
+    Recheck {
+        /// haoka172 or damaijia
+        vendor: Vendor,
+        #[arg(required = true)]
+        order_ids: Vec<String>,
+    },
     /// Run one reconciliation pass now and print a one-line summary per vendor.
     PollOnce {
         /// Only this vendor (default: every vendor with credentials).
@@ -57,14 +70,6 @@ enum Command {
     /// Run the service against the simulator on this machine and watch it
     /// converge (no vendor credentials needed).
     Demo(demo::DemoArgs),
-    /// Make tracked orders due now: the next pass asks about them, within
-    /// every limit.
-    Recheck {
-        /// haoka172 or damaijia
-        vendor: Vendor,
-        #[arg(required = true)]
-        order_ids: Vec<String>,
-    },
     /// Print an order's current state, poll state and event history.
     Show {
         /// haoka172 or damaijia
@@ -74,66 +79,192 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    if let Err(e) = dotenvy::dotenv() {
-        if !e.not_found() {
-            eprintln!("haoka-sync: configuration error: .env: {e}");
+    // The arguments first: `--help` works whatever the configuration.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version: clap's own output, on stdout.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(0));
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // No command at all: clap would print the whole help.
+            eprintln!("haoka-sync: {}", no_command_line());
             return ExitCode::from(2);
         }
-    }
-    let cli = Cli::parse();
+        Err(e) => {
+            let args: Vec<String> = std::env::args().collect();
+            eprintln!(
+                "haoka-sync: {}",
+                usage_line(&e.render().to_string(), subcommand_of(&args))
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let env_file = match envfile::load() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(why) => {
+            eprintln!("haoka-sync: configuration error: {why}");
+            return ExitCode::from(2);
+        }
+    };
     // The demo prints its own progress; the service's per-callback lines
     // would drown it.
     let default_log = match cli.command {
         Command::Demo(_) | Command::Simulate(_) => "warn",
-        _ => "info",
+        // The libraries' internals (scheduler set-up, worker start and stop)
+        // are not the operator's business unless asked for.
+        _ => "info,tokio_cron_scheduler=warn,actix_server=warn",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("haoka-sync: configuration error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("haoka-sync: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve => serve::run(config).await,
-            Command::Migrate => migrate::run(&config).await,
-            Command::Show { vendor, order_id } => show::run(&config, vendor, &order_id).await,
-            Command::Track {
-                vendor,
-                order_ids,
-                file,
-            } => track::run(&config, vendor, order_ids, file).await,
-            Command::PollOnce { vendor } => poll_once::run(&config, vendor).await,
-            Command::Recheck { vendor, order_ids } => {
-                recheck::run(&config, vendor, order_ids).await
-            }
-            Command::Simulate(args) => simulate::run(&config, args).await,
-            Command::Demo(args) => demo::run(&config, args).await,
-        }
-    });
-    match result {
+    let spec = std::env::var("RUST_LOG").ok();
+    let (filter, warning) =
+        logging::filter(spec.as_deref(), env_file.source_of("RUST_LOG"), default_log);
+    if let Some(warning) = warning {
+        eprintln!("haoka-sync: warning: {warning}");
+    }
+    env_logger::Builder::from_env(env_logger::Env::new().write_style("RUST_LOG_STYLE"))
+        .parse_filters(&filter)
+        .init();
+    match run(cli.command, &env_file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(e)) => {
-            eprintln!("haoka-sync: {e}");
+            eprintln!("haoka-sync: {}", one_line(&e));
             ExitCode::from(2)
         }
         Err(CliError::Failed(e)) => {
-            eprintln!("haoka-sync: {e}");
+            eprintln!("haoka-sync: {}", one_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Each command reads the configuration it uses: `migrate` and `show` only
+/// the database, `track` the database and the schedule, the others all of
+/// it (docs/contract.md#commands).
+fn run(command: Command, env_file: &EnvFile) -> CliResult {
+    let configured = |e: ConfigError| {
+        let from = env_file
+            .source_of(e.var)
+            .map(|f| format!(" (from {f})"))
+            .unwrap_or_default();
+        CliError::Usage(format!("configuration error: {}{from}: {}", e.var, e.msg))
+    };
+    match command {
+        Command::Migrate => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(migrate::run(&db))
+        }
+        Command::Show { vendor, order_id } => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(show::run(&db, vendor, &order_id))
+        }
+        Command::Recheck { vendor, order_ids } => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(recheck::run(&db, vendor, order_ids))
+        }
+        Command::Track {
+            vendor,
+            order_ids,
+            file,
+        } => {
+            let config = TrackingConfig::from_env().map_err(configured)?;
+            block_on(track::run(config, vendor, order_ids, file))
+        }
+        command => {
+            let config = Config::from_env().map_err(configured)?;
+            block_on(async move {
+                match command {
+                    Command::Serve => serve::run(config).await,
+                    Command::PollOnce { vendor } => poll_once::run(&config, vendor).await,
+                    Command::Simulate(args) => simulate::run(&config, args).await,
+                    Command::Demo(args) => demo::run(&config, args).await,
+                    Command::Migrate
+                    | Command::Show { .. }
+                    | Command::Recheck { .. }
+                    | Command::Track { .. } => {
+                        unreachable!("handled above")
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn block_on(work: impl Future<Output = CliResult>) -> CliResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(work)
+}
+
+/// `haoka-sync` alone: which commands there are, in one line.
+fn no_command_line() -> String {
+    use clap::CommandFactory;
+    let names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .filter(|n| n != "help")
+        .collect();
+    format!(
+        "a command is required ({}); see haoka-sync --help",
+        names.join(", ")
+    )
+}
+
+/// The subcommand named in `args` (the first word that is not an option),
+/// when it is one.
+fn subcommand_of(args: &[String]) -> Option<&str> {
+    use clap::CommandFactory;
+    let word = args.iter().skip(1).find(|a| !a.starts_with('-'))?;
+    Cli::command()
+        .find_subcommand(word)
+        .is_some()
+        .then_some(word.as_str())
+}
+
+/// clap's error (`error: <what>`, maybe indented detail lines, a tip, the
+/// usage, a pointer to `--help`) as the one line the contract promises:
+/// `<what> <detail> (tip: …); see haoka-sync track --help`. `subcommand`
+/// names the help to point to when the error shows no usage.
+fn usage_line(rendered: &str, subcommand: Option<&str>) -> String {
+    let mut paragraphs = rendered
+        .split("\n\n")
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty());
+    let what = paragraphs.next().unwrap_or_default();
+    let what = what.strip_prefix("error: ").unwrap_or(&what).to_owned();
+    let mut tips = Vec::new();
+    let mut command = match subcommand {
+        Some(sub) => format!("haoka-sync {sub}"),
+        None => "haoka-sync".to_owned(),
+    };
+    for p in paragraphs {
+        if let Some(tip) = p.strip_prefix("tip: ") {
+            tips.push(tip.to_owned());
+        } else if let Some(usage) = p.strip_prefix("Usage: ") {
+            // `haoka-sync track <VENDOR> [ORDER_IDS]...` → `haoka-sync track`
+            command = usage
+                .split(' ')
+                .take_while(|w| !w.starts_with(['<', '[', '-']))
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+    }
+    let tips = match tips.is_empty() {
+        true => String::new(),
+        false => format!(" (tip: {})", tips.join("; ")),
+    };
+    format!("{what}{tips}; see {command} --help")
+}
+
+/// A message as one line: a driver's or a library's may have several.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Usage and configuration problems exit 2; failures at run time exit 1.
@@ -155,11 +286,85 @@ pub(crate) fn failed(msg: String) -> CliError {
 
 pub(crate) type CliResult = Result<(), CliError>;
 
-pub(crate) async fn prepare(config: &Config) -> CliResult {
-    let url = config.database_url.clone();
+pub(crate) async fn prepare(url: &DatabaseUrl) -> CliResult {
+    let url = url.clone();
     let applied = tokio::task::spawn_blocking(move || db::prepare(&url)).await??;
     for m in &applied {
         log::info!("applied migration {m}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn usage_error(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(args).unwrap_err();
+        assert!(e.use_stderr(), "{args:?} is not an error");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        usage_line(&e.render().to_string(), subcommand_of(&args))
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_pointing_to_help() {
+        for (args, want) in [
+            (
+                &["haoka-sync", "frobnicate"][..],
+                "unrecognized subcommand 'frobnicate'; see haoka-sync --help",
+            ),
+            (
+                &["haoka-sync", "serv"][..],
+                "unrecognized subcommand 'serv' (tip: a similar subcommand exists: 'serve'); see haoka-sync --help",
+            ),
+            (
+                &["haoka-sync", "track"][..],
+                "the following required arguments were not provided: <VENDOR>; see haoka-sync track --help",
+            ),
+            (
+                &["haoka-sync", "poll-once", "--vendor", "x"][..],
+                "invalid value 'x' for '--vendor <VENDOR>': unknown vendor `x` (expected haoka172 or damaijia); see haoka-sync poll-once --help",
+            ),
+        ] {
+            let line = usage_error(args);
+            assert_eq!(line, want, "{args:?}");
+        }
+        let e = Cli::try_parse_from(["haoka-sync"]).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        assert_eq!(
+            no_command_line(),
+            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show); see haoka-sync --help"
+        );
+    }
+
+    #[test]
+    fn help_points_to_the_configuration() {
+        let help = Cli::command().render_help().to_string();
+        assert!(
+            help.contains("Configuration: environment variables (and a .env file in this directory); see README.md, section Configuration, or docs/contract.md"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn sign_over_takes_the_values_readme_documents() {
+        for v in ["order-no", "order-no-172", "order-no172"] {
+            let parsed = Cli::try_parse_from(["haoka-sync", "simulate", "--sign-over", v]);
+            assert!(parsed.is_ok(), "{v}: {parsed:?}");
+        }
+        let help = Cli::command()
+            .find_subcommand_mut("simulate")
+            .map(|c| c.render_help().to_string())
+            .unwrap_or_default();
+        assert!(help.contains("order-no, order-no-172"), "{help}");
+    }
+
+    #[test]
+    fn messages_print_as_one_line() {
+        assert_eq!(one_line("a\n\tb\n\n"), "a b");
+    }
 }

@@ -7,7 +7,7 @@ use crate::db;
 use crate::rules::Vendor;
 
 pub(super) async fn run(config: &Config, vendor: Option<Vendor>) -> CliResult {
-    prepare(config).await?;
+    prepare(&config.database_url).await?;
     let pool = db::pool(&config.database_url, 4, config.db_timeout);
     let poller = crate::startup::poller(config, pool).map_err(CliError::Usage)?;
     if vendor.is_none() && poller.enabled().is_empty() {

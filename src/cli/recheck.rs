@@ -2,19 +2,19 @@
 //! the next pass asks about them within every limit.
 
 use super::{prepare, CliError, CliResult};
-use crate::config::Config;
-use crate::db;
+use crate::config::DatabaseConfig;
+
 use crate::rules::Vendor;
 
-pub(super) async fn run(config: &Config, vendor: Vendor, args: Vec<String>) -> CliResult {
+pub(super) async fn run(db: &DatabaseConfig, vendor: Vendor, args: Vec<String>) -> CliResult {
     let items = args
         .into_iter()
         .enumerate()
         .map(|(i, id)| (format!("argument {}", i + 1), id));
     let ids = crate::rules::ids::clean_list(items).map_err(CliError::Usage)?;
-    prepare(config).await?;
-    let pool = db::pool(&config.database_url, 1, config.db_timeout);
-    let done = db::run(&pool, move |conn| {
+    prepare(&db.url).await?;
+    let pool = crate::db::pool(&db.url, 1, db.timeout);
+    let done = crate::db::run(&pool, move |conn| {
         crate::store::poll::recheck(conn, vendor, &ids, chrono::Utc::now())
     })
     .await?;

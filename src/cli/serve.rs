@@ -1,9 +1,9 @@
 //! `haoka-sync serve`: migrate, then serve HTTP and run the poll schedule
 //! until SIGINT/SIGTERM; say at start what is on and off.
 
-use super::{prepare, CliResult};
+use super::{prepare, CliError, CliResult};
 use crate::config::Config;
-use crate::startup::{shutdown_signal, Application};
+use crate::startup::{shutdown_signal, Application, BuildError};
 
 pub(super) async fn run(config: Config) -> CliResult {
     wait_for_database(&config).await?;
@@ -27,7 +27,11 @@ pub(super) async fn run(config: Config) -> CliResult {
         log::info!("ADMIN_TOKEN is not set: /api/* answers 403");
     }
     log_callback_sources(&config);
-    let app = Application::build(&config)?;
+    let app = Application::build(&config).map_err(|e| match e {
+        // Another address fixes it: a configuration problem (exit 2).
+        BuildError::Bind { .. } => CliError::Usage(e.to_string()),
+        e => CliError::from(e),
+    })?;
     for (vendor, why) in app.poller().off() {
         log::info!("the {vendor} poller is off: {why}");
     }
@@ -76,7 +80,7 @@ async fn wait_for_database(config: &Config) -> CliResult {
     let started = std::time::Instant::now();
     let mut pause = std::time::Duration::from_secs(1);
     loop {
-        match prepare(config).await {
+        match prepare(&config.database_url).await {
             Err(super::CliError::Failed(e)) if is_unavailable(&*e) => {
                 // libpq's messages span lines; a log line must not.
                 let e = e

@@ -3,31 +3,25 @@
 //! masked. Read-only: it creates nothing, and a missing database is one line.
 
 use chrono::{DateTime, Utc};
-use diesel::{Connection, PgConnection};
 
 use super::{failed, CliResult};
-use crate::config::Config;
+use crate::config::DatabaseConfig;
 use crate::db;
 use crate::rules::schedule::china_time;
 use crate::rules::Vendor;
 
-pub(super) async fn run(config: &Config, vendor: Vendor, order_id: &str) -> CliResult {
-    let url = config.database_url.clone();
+pub(super) async fn run(db: &DatabaseConfig, vendor: Vendor, order_id: &str) -> CliResult {
+    let url = db.url.clone();
     let id = order_id.to_owned();
     let found = tokio::task::spawn_blocking(move || -> Result<_, String> {
         // One direct connection, not a pool: a database that is missing or
         // down is said at once, in one line.
-        let mut conn = PgConnection::establish(url.expose()).map_err(|e| {
-            let e = e.to_string();
-            if e.contains("does not exist") {
-                format!(
-                    "database {} does not exist (DATABASE_URL): `haoka-sync migrate` creates it",
-                    url.database_name()
-                )
+        let name = url.database_name();
+        let mut conn = db::connect(&url, &url, &format!("to read the database {name}")).map_err(|e| {
+            if e.to_string().contains(&format!("database \"{name}\" does not exist")) {
+                format!("database {name} does not exist (DATABASE_URL): `haoka-sync migrate` creates it")
             } else {
-                // libpq's message spans lines; one line here.
-                let e: Vec<&str> = e.split_whitespace().collect();
-                format!("cannot connect to {url}: {}", e.join(" "))
+                e.to_string()
             }
         })?;
         let q = |e: diesel::result::Error| format!("database {}: {e}", url.database_name());

@@ -8,6 +8,9 @@ use crate::startup::shutdown_signal;
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(super) enum SignOver {
     OrderNo,
+    /// Spelled as README and docs/contract.md write it; clap's own spelling
+    /// `order-no172`, the only one accepted before, still works.
+    #[value(name = "order-no-172", alias = "order-no172")]
     OrderNo172,
 }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::{prepare, CliError, CliResult};
-use crate::config::Config;
+use crate::config::TrackingConfig;
 use crate::db;
 use crate::rules::schedule::china_time;
 use crate::rules::Vendor;
@@ -13,7 +13,7 @@ use crate::rules::Vendor;
 const LIST_KNOWN: i64 = 10;
 
 pub(super) async fn run(
-    config: &Config,
+    config: TrackingConfig,
     vendor: Vendor,
     args: Vec<String>,
     file: Option<std::path::PathBuf>,
@@ -41,9 +41,9 @@ pub(super) async fn run(
         );
     }
     let ids = crate::rules::ids::clean_list(items).map_err(CliError::Usage)?;
-    prepare(config).await?;
-    let pool = db::pool(&config.database_url, 1, config.db_timeout);
-    let schedule = config.schedule();
+    prepare(&config.database.url).await?;
+    let pool = db::pool(&config.database.url, 1, config.database.timeout);
+    let schedule = config.schedule;
     let n = ids.len();
     let (created, known) = db::run(&pool, move |conn| {
         let started = Instant::now();

@@ -30,6 +30,10 @@ pub enum DbError {
     Query(diesel::result::Error),
     #[error("migration failed: {0}")]
     Migration(String),
+    /// A connection could not be opened to create or migrate the database;
+    /// the message says to which server, for what, and why.
+    #[error("{0}")]
+    Connect(String),
 }
 
 /// The one place a diesel error becomes ours: connection-level failures are
@@ -57,7 +61,7 @@ impl From<diesel::result::Error> for DbError {
 
 impl DbError {
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, DbError::Unavailable(_))
+        matches!(self, DbError::Unavailable(_) | DbError::Connect(_))
     }
 }
 
@@ -100,9 +104,11 @@ where
 /// server's `postgres` database to do so).
 pub fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, DbError> {
     let name = url.database_name();
-    let admin_url = url.with_database("postgres");
-    let mut conn = PgConnection::establish(admin_url.expose())
-        .map_err(|e| DbError::Unavailable(format!("cannot connect to {admin_url}: {e}")))?;
+    let mut conn = connect(
+        url,
+        &url.with_database("postgres"),
+        &format!("to create the database {name}"),
+    )?;
     #[derive(QueryableByName)]
     struct Exists {
         #[diesel(sql_type = diesel::sql_types::Bool)]
@@ -145,9 +151,52 @@ pub fn prepare(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
     if create_database_if_missing(url)? {
         log::info!("created database {}", url.database_name());
     }
-    let mut conn = PgConnection::establish(url.expose())
-        .map_err(|e| DbError::Unavailable(format!("cannot connect to {url}: {e}")))?;
+    let name = url.database_name();
+    let mut conn = connect(url, url, &format!("to migrate the database {name}"))?;
     migrate(&mut conn)
+}
+
+/// Connect to `target` (`configured` itself, or another database on its
+/// server) for `purpose`; a failure names the server, the purpose and the
+/// variable, and gives the driver's reason in one line, password masked:
+/// `cannot reach PostgreSQL at 127.0.0.1:5432 to create the database
+/// haoka_sync (DATABASE_URL): connection refused`.
+pub fn connect(
+    configured: &DatabaseUrl,
+    target: &DatabaseUrl,
+    purpose: &str,
+) -> Result<PgConnection, DbError> {
+    PgConnection::establish(target.expose()).map_err(|e| {
+        DbError::Connect(format!(
+            "cannot reach PostgreSQL at {} {purpose} (DATABASE_URL): {}",
+            configured.server(),
+            configured.redact(&connection_reason(&e.to_string()))
+        ))
+    })
+}
+
+/// libpq's message in one line, without what the caller already says
+/// (`connection to server at "h", port p failed: `) or the severity:
+/// `Connection refused\n\tIs the server running…` → `connection refused`.
+fn connection_reason(message: &str) -> String {
+    let first = message
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let reason = first.split_once(" failed: ").map_or(first, |(_, r)| r);
+    let reason = reason
+        .trim_start_matches("FATAL:")
+        .trim_start_matches("ERROR:")
+        .trim();
+    // `Connection refused` → `connection refused`, but `SSL …` stays.
+    let mut chars = reason.chars();
+    match (chars.next(), chars.next()) {
+        (Some(a), Some(b)) if a.is_ascii_uppercase() && b.is_ascii_lowercase() => {
+            format!("{}{}", a.to_ascii_lowercase(), &reason[1..])
+        }
+        _ => reason.to_owned(),
+    }
 }
 
 /// `SELECT 1` through the pool.
@@ -227,4 +276,31 @@ where
     })
     .await
     .map_err(|e| DbError::Unavailable(format!("database task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_reason;
+
+    #[test]
+    fn the_connection_reason_is_one_line_without_the_server_or_severity() {
+        for (libpq, want) in [
+            (
+                "connection to server at \"127.0.0.1\", port 1 failed: Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?\n",
+                "connection refused",
+            ),
+            (
+                "connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  role \"nobody\" does not exist\n",
+                "role \"nobody\" does not exist",
+            ),
+            (
+                "could not translate host name \"x.invalid\" to address: Name or service not known\n",
+                "could not translate host name \"x.invalid\" to address: Name or service not known",
+            ),
+            ("SSL error: certificate verify failed", "SSL error: certificate verify failed"),
+            ("", ""),
+        ] {
+            assert_eq!(connection_reason(libpq), want);
+        }
+    }
 }

@@ -32,6 +32,31 @@ impl DatabaseUrl {
     }
 }
 
+impl DatabaseUrl {
+    /// `host:port` of the server, for messages (no user, no password).
+    pub fn server(&self) -> String {
+        let port = self.0.port().unwrap_or(5432);
+        match self.0.host_str() {
+            Some(h) if !h.is_empty() => format!("{h}:{port}"),
+            _ => format!("the local socket (port {port})"),
+        }
+    }
+
+    /// `text` with this URL's password masked wherever it appears, for
+    /// messages that quote what the server or the driver said.
+    pub fn redact(&self, text: &str) -> String {
+        let Some(raw) = self.0.password().filter(|p| !p.is_empty()) else {
+            return text.to_owned();
+        };
+        let decoded = percent_decode(raw);
+        let mut out = text.replace(raw, "***");
+        if !decoded.is_empty() {
+            out = out.replace(&decoded, "***");
+        }
+        out
+    }
+}
+
 fn percent_decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("x={s}").as_bytes())
         .next()
@@ -52,5 +77,31 @@ impl fmt::Display for DatabaseUrl {
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DatabaseUrl({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_is_named_without_user_or_password() {
+        let u = DatabaseUrl::parse("postgres://u:pw@db.example:5433/x").unwrap();
+        assert_eq!(u.server(), "db.example:5433");
+        let u = DatabaseUrl::parse("postgresql://127.0.0.1/x").unwrap();
+        assert_eq!(u.server(), "127.0.0.1:5432");
+        let u = DatabaseUrl::parse("postgres://[::1]:6000/x").unwrap();
+        assert_eq!(u.server(), "[::1]:6000");
+    }
+
+    #[test]
+    fn redact_masks_the_password_raw_and_decoded() {
+        let u = DatabaseUrl::parse("postgres://u:p%40ss-w0rd@h/x").unwrap();
+        assert_eq!(
+            u.redact("bad token p%40ss-w0rd or p@ss-w0rd"),
+            "bad token *** or ***"
+        );
+        let u = DatabaseUrl::parse("postgres://u@h/x").unwrap();
+        assert_eq!(u.redact("nothing to hide"), "nothing to hide");
     }
 }

@@ -65,8 +65,13 @@ fn rand_suffix() -> u32 {
 
 #[test]
 fn bad_configuration_exits_2_with_one_clear_line() {
+    // `serve` reads every variable (`migrate` would not read this one).
     let out = cmd()
-        .arg("migrate")
+        .arg("serve")
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/never_reached",
+        )
         .env("HAOKA172_MAX_CALLS_PER_MINUTE", "500")
         .env("HAOKA172_SECRET", "do-not-print-me")
         .output()
@@ -388,7 +393,7 @@ fn show_says_in_one_line_when_the_database_is_missing_or_not_migrated() {
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.starts_with("haoka-sync: cannot connect to postgres://postgres@127.0.0.1:9/x"),
+        err.starts_with("haoka-sync: cannot reach PostgreSQL at 127.0.0.1:9 to read the database x (DATABASE_URL): connection refused"),
         "{err}"
     );
 }
@@ -732,4 +737,313 @@ async fn serve_waits_for_postgresql_at_start_and_says_so_then_gives_up_after_db_
         "{err}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+/// What a run printed on stderr, trimmed.
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+}
+
+#[test]
+fn an_unreachable_server_is_named_with_the_database_being_created() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = cmd()
+        .arg("migrate")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres:hunter2-pw@127.0.0.1:{port}/haoka_nowhere"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "haoka-sync: cannot reach PostgreSQL at 127.0.0.1:{port} to create the database haoka_nowhere (DATABASE_URL): connection refused"
+        )
+    );
+}
+
+#[test]
+fn a_busy_address_exits_2_naming_it_and_haoka_sync_bind() {
+    let db = TestDb::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = cmd()
+        .arg("serve")
+        .env("DATABASE_URL", db.url.expose())
+        .env("HAOKA_SYNC_BIND", addr.to_string())
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "haoka-sync: cannot listen on {addr} (address already in use): set HAOKA_SYNC_BIND to a free address"
+        )
+    );
+}
+
+#[test]
+fn numeric_variables_state_their_real_range() {
+    let out = cmd()
+        .arg("serve")
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/never_reached",
+        )
+        .env("HAOKA172_MAX_CALLS_PER_MINUTE", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_of(&out),
+        "haoka-sync: configuration error: HAOKA172_MAX_CALLS_PER_MINUTE: 0 is out of range: use a whole number from 1 to 200"
+    );
+}
+
+#[test]
+fn usage_errors_are_one_line_and_help_and_version_exit_0() {
+    let out = cmd().arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_of(&out),
+        "haoka-sync: unrecognized subcommand 'frobnicate'; see haoka-sync --help"
+    );
+    let out = cmd()
+        .args(["track", "haoka172", "--fil", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.ends_with("; see haoka-sync track --help"), "{err}");
+
+    let out = cmd().arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Usage: haoka-sync <COMMAND>"), "{help}");
+    assert!(
+        help.contains("Configuration: environment variables (and a .env file in this directory); see README.md, section Configuration, or docs/contract.md"),
+        "{help}"
+    );
+    assert!(out.stderr.is_empty());
+    let out = cmd().arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("haoka-sync {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = cmd().args(["simulate", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("order-no-172"), "{help}");
+}
+
+#[test]
+fn a_broken_env_line_is_placed_by_line_and_column_and_never_shown() {
+    let secret = "s3cr3t-in-dotenv";
+    for (text, at) in [
+        (
+            format!("DATABASE_URL=postgres://127.0.0.1:1/x\nHAOKA172_SECRET=\"{secret}\nPOLL_CRON=bogus\n"),
+            "line 2, column 17: the quote opened here is never closed",
+        ),
+        (
+            format!("# the 172 secret\nHAOKA172_SECRET {secret}\n"),
+            "line 2, column 17: expected = after the variable name",
+        ),
+        (
+            format!("ADMIN_TOKEN={secret} more\n"),
+            "line 1, column 30: text after a space in an unquoted value",
+        ),
+    ] {
+        let dir = tempdir();
+        std::fs::write(dir.join(".env"), &text).unwrap();
+        let out = cmd()
+            .arg("migrate")
+            .current_dir(&dir)
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/never_reached")
+            .output()
+            .unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!("haoka-sync: configuration error: .env, {at}")),
+            "{text:?}: `{err}` should name `.env, {at}`"
+        );
+        assert!(!err.contains(secret), "the secret is printed: {err}");
+        assert!(!err.contains("s3cr3t"), "part of the secret is printed: {err}");
+    }
+}
+
+#[test]
+fn a_rust_log_that_is_not_understood_warns_and_logs_at_info() {
+    let db = TestDb::new();
+    let log = serve_log(&db, &[("RUST_LOG", "nonsense")]);
+    let warning = log
+        .lines()
+        .find(|l| l.contains("RUST_LOG"))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(
+        warning.starts_with("haoka-sync: warning: RUST_LOG `nonsense` is not understood"),
+        "{warning}"
+    );
+    assert!(
+        warning.ends_with("falling back to `info,tokio_cron_scheduler=warn,actix_server=warn`"),
+        "{warning}"
+    );
+    assert!(log.contains("listening on"), "info lines are on:\n{log}");
+}
+
+#[test]
+fn a_value_from_env_says_so_and_migrate_ignores_the_pollers_settings() {
+    let db = TestDb::new();
+    let dir = tempdir();
+    std::fs::write(
+        dir.join(".env"),
+        "POLL_CRON=bogus\nHAOKA172_OVERDUE=pending=6x\n",
+    )
+    .unwrap();
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut c = cmd();
+        c.args(args)
+            .current_dir(&dir)
+            .env("DATABASE_URL", db.url.expose())
+            .env("RUST_LOG", "warn");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // serve needs every setting: the first bad one, from .env.
+    let out = run(&["serve"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(
+        err.starts_with("haoka-sync: configuration error: HAOKA172_OVERDUE (from .env): "),
+        "{err}"
+    );
+    // The environment wins over .env, and its value is not "from .env".
+    let out = run(&["poll-once"], &[("HAOKA172_OVERDUE", "pending=1h")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out)
+            .starts_with("haoka-sync: configuration error: POLL_CRON (from .env): `bogus`"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = run(
+        &["poll-once"],
+        &[("HAOKA172_OVERDUE", "pending=1h"), ("POLL_CRON", "x")],
+    );
+    assert!(
+        stderr_of(&out).starts_with("haoka-sync: configuration error: POLL_CRON: `x`"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // migrate and show need only the database.
+    let out = run(&["migrate"], &[("HAOKA172_MAX_CALLS_PER_MINUTE", "0")]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is up to date"));
+    let out = run(&["show", "haoka172", "NOPE"], &[("HAOKA_SYNC_BIND", "x")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(
+        stderr_of(&out),
+        "haoka-sync: no haoka172 order NOPE (`haoka-sync track haoka172 NOPE` starts tracking it)"
+    );
+    // track needs the schedule (HAOKA172_OVERDUE), not POLL_CRON.
+    let out = run(&["track", "haoka172", "T1"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("HAOKA172_OVERDUE (from .env)"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = run(
+        &["track", "haoka172", "T1"],
+        &[("HAOKA172_OVERDUE", "pending=1h")],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
+#[test]
+fn the_172_poller_names_the_variable_that_turns_it_on() {
+    let db = TestDb::new();
+    let poll_once = |vars: &[(&str, &str)]| {
+        let mut c = cmd();
+        c.args(["poll-once", "--vendor", "haoka172"])
+            .env("DATABASE_URL", db.url.expose())
+            .env("RUST_LOG", "warn");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    for (vars, why) in [
+        (
+            &[("HAOKA172_SECRET", SECRET)][..],
+            "set HAOKA172_USER_ID (the 172 login; HAOKA172_SECRET is set)",
+        ),
+        (
+            &[("HAOKA172_USER_ID", "agent-1")][..],
+            "set HAOKA172_SECRET (HAOKA172_USER_ID is set)",
+        ),
+        (&[][..], "set HAOKA172_USER_ID and HAOKA172_SECRET"),
+    ] {
+        let log = serve_log(&db, vars);
+        assert!(
+            log.contains(&format!("the haoka172 poller is off: {why}")),
+            "{vars:?}:\n{log}"
+        );
+        assert!(!log.contains(SECRET), "secret in the log");
+        let out = poll_once(vars);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{vars:?}: {err}");
+        assert!(
+            err.ends_with(&format!("haoka172 polling is off: {why}")),
+            "{vars:?}: {err}"
+        );
+        assert!(!err.contains(SECRET), "secret on stderr");
+    }
+}
+
+#[test]
+fn serve_logs_by_default_what_an_operator_acts_on_and_not_the_libraries_internals() {
+    let db = TestDb::new();
+    let mut child = cmd()
+        .arg("serve")
+        .env("DATABASE_URL", db.url.expose())
+        .env("HAOKA_SYNC_BIND", "127.0.0.1:0")
+        .env("HAOKA172_SECRET", SECRET)
+        .env("HAOKA172_USER_ID", "demo")
+        .env("HAOKA172_BASE_URL", "http://127.0.0.1:9")
+        .env("POLL_CRON", "*/1 * * * * *")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(child.wait().unwrap().success());
+    let log = reader.join().unwrap();
+    for wanted in [
+        "listening on 127.0.0.1:",
+        "poller on: a pass runs on",
+        "stopped",
+    ] {
+        assert!(log.contains(wanted), "{wanted}: {log}");
+    }
+    for noise in ["tokio_cron_scheduler", "actix_server"] {
+        assert!(!log.contains(noise), "{noise}: {log}");
+    }
 }
