@@ -373,7 +373,7 @@ impl Config {
         let poll_cron = v.var("POLL_CRON").unwrap_or_else(|| "0 * * * * *".into());
         validate_cron(&poll_cron).map_err(|m| err("POLL_CRON", m))?;
 
-        let db_pool_size = v.num("DB_POOL_SIZE", 16, 2, 512)? as u32;
+        let db_pool_size = v.num("DB_POOL_SIZE", 16, 3, 512)? as u32;
         // Two writers keep one batch executing while the other commits; more
         // only add contention on a small server (bench/ingest: 2 writers gave
         // the best throughput and p99 on 2 cores).
@@ -383,7 +383,8 @@ impl Config {
             return Err(err(
                 "INGEST_WRITERS",
                 format!(
-                    "{ingest_writers} writers need DB_POOL_SIZE of at least {} (each keeps a connection; two more for polling and the API)",
+                    "{ingest_writers} {} DB_POOL_SIZE of at least {} (each keeps a connection; two more for polling and the API)",
+                    if ingest_writers == 1 { "writer needs" } else { "writers need" },
                     ingest_writers + 2
                 ),
             ));
@@ -493,7 +494,8 @@ fn validate_cron(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();
     if !(6..=7).contains(&fields) {
         return Err(format!(
-            "`{expr}` has {fields} fields; use six, starting with seconds (e.g. `0 * * * * *`)"
+            "`{expr}` has {fields} field{}; use six, starting with seconds (e.g. `0 * * * * *`)",
+            if fields == 1 { "" } else { "s" }
         ));
     }
     tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {}))
@@ -573,6 +575,8 @@ mod tests {
             ("HAOKA_SYNC_BIND", "localhost", "not an address"),
             ("HAOKA172_BASE_URL", "ftp://x", "http"),
             ("POLL_CRON", "* * * * *", "six"),
+            ("POLL_CRON", "bogus", "has 1 field; use six"),
+            ("POLL_CRON", "* * * * *", "has 5 fields; use six"),
             ("POLL_CRON", "x y z a b c", "not a valid schedule"),
             ("DAMAIJIA_BATCH_SIZE", "0", "out of range"),
             ("HAOKA172_CALLBACK_GAP", "silence=1h,quiet=2h", "not one of"),
@@ -609,7 +613,7 @@ mod tests {
         ("HAOKA172_TIMEOUT_SECS", 1, 300),
         ("DAMAIJIA_BATCH_SIZE", 1, 100),
         ("DAMAIJIA_TIMEOUT_SECS", 1, 300),
-        ("DB_POOL_SIZE", 2, 512),
+        ("DB_POOL_SIZE", 3, 512),
         ("DB_TIMEOUT_SECS", 1, 600),
         ("INGEST_WRITERS", 1, 64),
         ("INGEST_MAX_BATCH", 1, 10_000),
@@ -885,7 +889,19 @@ mod tests {
         assert_eq!(ok.ingest_writers, 6);
         let e = Config::with(&[("INGEST_WRITERS", "7"), ("DB_POOL_SIZE", "8")]).unwrap_err();
         assert_eq!(e.var, "INGEST_WRITERS");
-        assert!(e.to_string().contains("DB_POOL_SIZE of at least 9"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("7 writers need DB_POOL_SIZE of at least 9"),
+            "{e}"
+        );
+        let e = Config::with(&[("INGEST_WRITERS", "1"), ("DB_POOL_SIZE", "3")]);
+        assert!(e.is_ok(), "the smallest pool takes one writer: {e:?}");
+        let e = Config::with(&[("INGEST_WRITERS", "2"), ("DB_POOL_SIZE", "3")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("2 writers need DB_POOL_SIZE of at least 4"),
+            "{e}"
+        );
     }
 
     #[test]
