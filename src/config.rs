@@ -171,6 +171,36 @@ impl TrackingConfig {
     }
 }
 
+/// What `replay` needs: what `track` reads (the commit reschedules orders
+/// as a live callback does), the callback secrets, and the source rule
+/// callbacks are judged by; not the server's, the poll clients' or the
+/// 大麦家 variables.
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    pub tracking: TrackingConfig,
+    pub secret: Option<Secret>,
+    pub previous_secret: Option<Secret>,
+    /// `CALLBACK_ALLOWED_SOURCES`; `None` accepts any address.
+    pub callback_allowed_sources: Option<Vec<ipnet::IpNet>>,
+}
+
+impl ReplayConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let tracking = TrackingConfig::from_lookup(&get)?;
+        let v = Vars(&get);
+        Ok(ReplayConfig {
+            tracking,
+            secret: v.var("HAOKA172_SECRET").map(Secret::new),
+            previous_secret: v.var("HAOKA172_SECRET_PREVIOUS").map(Secret::new),
+            callback_allowed_sources: allowed_sources(&v)?,
+        })
+    }
+}
+
 /// The lookup every parser reads through: a value is trimmed, and an empty
 /// one counts as unset.
 struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
@@ -389,12 +419,7 @@ impl Config {
                 ),
             ));
         }
-        let callback_allowed_sources = v
-            .var("CALLBACK_ALLOWED_SOURCES")
-            .map(|s| parse_nets(&s))
-            .transpose()
-            .map_err(|m| err("CALLBACK_ALLOWED_SOURCES", m))?
-            .filter(|nets| !nets.is_empty());
+        let callback_allowed_sources = allowed_sources(&v)?;
         let trusted_proxy_header = v
             .var("TRUSTED_PROXY_HEADER")
             .map(|s| validate_header_name(&s))
@@ -458,6 +483,15 @@ impl Config {
             .collect();
         Self::from_lookup(|k| map.get(k).cloned())
     }
+}
+
+/// `CALLBACK_ALLOWED_SOURCES`: `None` (any address) when unset or empty.
+fn allowed_sources(v: &Vars) -> Result<Option<Vec<ipnet::IpNet>>, ConfigError> {
+    Ok(v.var("CALLBACK_ALLOWED_SOURCES")
+        .map(|s| parse_nets(&s))
+        .transpose()
+        .map_err(|m| err("CALLBACK_ALLOWED_SOURCES", m))?
+        .filter(|nets| !nets.is_empty()))
 }
 
 /// `203.0.113.0/24, 198.51.100.7, 2001:db8::/32`: operators copy single
@@ -700,6 +734,28 @@ mod tests {
         assert_eq!(e.var, "HAOKA172_OVERDUE");
         let e = TrackingConfig::from_lookup(lookup(&[("TRACKING_HORIZON", "long")])).unwrap_err();
         assert_eq!(e.var, "TRACKING_HORIZON");
+
+        // `replay` adds the callback secrets and the source rule, nothing of
+        // the server, the proxy or the clients.
+        let r = ReplayConfig::from_lookup(lookup(&[
+            ("POLL_CRON", "bogus"),
+            ("HAOKA_SYNC_BIND", "nowhere"),
+            ("TRUSTED_PROXIES", "localhost"),
+            ("HAOKA172_SECRET", "s1"),
+            ("HAOKA172_SECRET_PREVIOUS", "s0"),
+            ("CALLBACK_ALLOWED_SOURCES", "203.0.113.0/24, 198.51.100.7"),
+        ]))
+        .unwrap();
+        assert_eq!(r.secret.as_ref().map(Secret::expose), Some("s1"));
+        assert_eq!(r.previous_secret.as_ref().map(Secret::expose), Some("s0"));
+        assert_eq!(r.callback_allowed_sources.map(|n| n.len()), Some(2));
+        let r = ReplayConfig::from_lookup(lookup(&[])).unwrap();
+        assert!(r.secret.is_none() && r.callback_allowed_sources.is_none());
+        let e =
+            ReplayConfig::from_lookup(lookup(&[("CALLBACK_ALLOWED_SOURCES", "x")])).unwrap_err();
+        assert_eq!(e.var, "CALLBACK_ALLOWED_SOURCES");
+        let e = ReplayConfig::from_lookup(lookup(&[("HAOKA172_OVERDUE", "x=1")])).unwrap_err();
+        assert_eq!(e.var, "HAOKA172_OVERDUE");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod logging;
 mod migrate;
 mod poll_once;
 mod recheck;
+mod replay;
 mod serve;
 mod show;
 mod simulate;
@@ -19,7 +20,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, DatabaseConfig, DatabaseUrl, TrackingConfig};
+use crate::config::{
+    Config, ConfigError, DatabaseConfig, DatabaseUrl, ReplayConfig, TrackingConfig,
+};
 use crate::db;
 use crate::rules::Vendor;
 use envfile::EnvFile;
@@ -76,6 +79,12 @@ enum Command {
         vendor: Vendor,
         order_id: String,
     },
+    /// Judge stored callback requests again with the current configuration
+    /// and commit those that now verify, as if they had just arrived.
+    #[command(
+        after_help = "Reads DATABASE_URL, HAOKA172_SECRET (required), HAOKA172_SECRET_PREVIOUS, CALLBACK_ALLOWED_SOURCES and the schedule variables track reads. Calls no vendor. Exit 0 when it ran (whatever the requests' results), 2 for bad usage or configuration, 1 for a database error; running it again is safe. See docs/contract.md, haoka-sync replay."
+    )]
+    Replay(replay::ReplayArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -139,8 +148,9 @@ pub fn main() -> ExitCode {
 }
 
 /// Each command reads the configuration it uses: `migrate` and `show` only
-/// the database, `track` the database and the schedule, the others all of
-/// it (docs/contract.md#commands).
+/// the database, `track` the database and the schedule, `replay` also the
+/// callback secrets and sources, the others all of it
+/// (docs/contract.md#commands).
 fn run(command: Command, env_file: &EnvFile) -> CliResult {
     let configured = |e: ConfigError| {
         let from = env_file
@@ -170,6 +180,10 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
             let config = TrackingConfig::from_env().map_err(configured)?;
             block_on(track::run(config, vendor, order_ids, file))
         }
+        Command::Replay(args) => {
+            let config = ReplayConfig::from_env().map_err(configured)?;
+            block_on(replay::run(config, args))
+        }
         command => {
             let config = Config::from_env().map_err(configured)?;
             block_on(async move {
@@ -181,7 +195,8 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
                     Command::Migrate
                     | Command::Show { .. }
                     | Command::Recheck { .. }
-                    | Command::Track { .. } => {
+                    | Command::Track { .. }
+                    | Command::Replay(_) => {
                         unreachable!("handled above")
                     }
                 }
@@ -337,7 +352,7 @@ mod tests {
         );
         assert_eq!(
             no_command_line(),
-            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show); see haoka-sync --help"
+            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay); see haoka-sync --help"
         );
     }
 

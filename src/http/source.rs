@@ -71,7 +71,17 @@ impl SourcePolicy {
     /// cannot be judged is not an allowed one.
     pub fn judge(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Judged {
         let addr = peer.map(|p| self.client_addr(p, headers));
-        let refusal = match addr {
+        Judged {
+            addr,
+            refusal: self.refusal(addr),
+        }
+    }
+
+    /// Why a client address (already judged from the peer and the proxy
+    /// header) may not send callbacks, if it may not. A stored request is
+    /// judged again by this, on the address it recorded.
+    pub fn refusal(&self, addr: Option<IpAddr>) -> Option<String> {
+        match addr {
             Some(a) if !self.allows(a) => Some(format!(
                 "source address {a} is not in CALLBACK_ALLOWED_SOURCES"
             )),
@@ -79,8 +89,7 @@ impl SourcePolicy {
                 "source address unknown (no TCP peer), CALLBACK_ALLOWED_SOURCES is set".to_owned(),
             ),
             _ => None,
-        };
-        Judged { addr, refusal }
+        }
     }
 
     fn is_trusted_proxy(&self, addr: IpAddr) -> bool {

@@ -2,8 +2,9 @@
 //! nothing else. The status model and the merge (`status`), when to ask a
 //! vendor next (`schedule`), deployment-wide callback silences (`gaps`),
 //! how a callback request is judged and answered (`inbound`), bounded
-//! identifiers (`ids`), masking of personal data (`mask`), and the `Vendor`
-//! and `Observation` types both paths share.
+//! identifiers (`ids`), masking of personal data (`mask`), times as
+//! operators type them (`time`), and the `Vendor` and `Observation` types
+//! both paths share.
 //!
 //! Pure: no I/O, no clock (callers pass `now`), no database, no logging.
 //! Nothing here imports another module of the crate but `secret`.
@@ -15,6 +16,7 @@ pub mod inbound;
 pub mod mask;
 pub mod schedule;
 pub mod status;
+pub mod time;
 pub mod vendor;
 
 pub use status::{Observation, Source, Status};

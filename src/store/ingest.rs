@@ -264,7 +264,7 @@ fn write_batch(
 /// connection, each request is retried alone so one bad request cannot sink
 /// the others, and a request that cannot be stored in full is kept raw as
 /// `internal_error`: every request leaves its row.
-fn commit_with_fallback(
+pub(super) fn commit_with_fallback(
     conn: &mut PgConnection,
     reqs: &[InboundRequest],
     schedule: &Schedule,
@@ -363,7 +363,7 @@ fn commit_retrying(
     }
 }
 
-fn is_retryable(e: &diesel::result::Error) -> bool {
+pub(super) fn is_retryable(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     match e {
         Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
@@ -490,7 +490,9 @@ pub const UNVERIFIED: &str = "bad signature: the sign decrypts to OrderNo172, wh
 /// order's vendor number.
 pub const MISMATCH: &str = "bad signature: the sign decrypts to OrderNo172, but this order's vendor number (from GetOrderInfo or a callback signed over OrderNo) is another";
 
-/// Record the re-judgement of stored requests (one statement).
+/// Record the re-judgement of stored requests (one statement). The time and
+/// outcome are the latest replay's; the event a replay produced stays linked
+/// when a later one produces none (it then finds the request a duplicate).
 fn mark_replayed(
     conn: &mut PgConnection,
     replayed: &[(i64, Outcome, Option<i64>)],
@@ -503,7 +505,8 @@ fn mark_replayed(
     let outcomes: Vec<&str> = replayed.iter().map(|r| r.1.as_str()).collect();
     let events: Vec<Option<i64>> = replayed.iter().map(|r| r.2).collect();
     diesel::sql_query(
-        "UPDATE inbound_callbacks i SET replayed_at = $1, replay_outcome = u.outcome, replay_event_id = u.event_id \
+        "UPDATE inbound_callbacks i SET replayed_at = $1, replay_outcome = u.outcome, \
+         replay_event_id = COALESCE(u.event_id, i.replay_event_id) \
          FROM unnest($2::bigint[], $3::text[], $4::bigint[]) AS u(id, outcome, event_id) WHERE i.id = u.id",
     )
     .bind::<diesel::sql_types::Timestamptz, _>(now)

@@ -478,3 +478,64 @@ async fn recheck_through_the_admin_api_makes_tracked_orders_due_and_the_next_pas
     assert_eq!(fake.calls_for("A2"), 0);
     assert_eq!(app.poll().await.queried, 0, "once");
 }
+
+/// Interop with the public PHP integration and clients that label every
+/// POST as a form (issue 15, acceptance 6).
+#[tokio::test]
+async fn a_json_body_is_json_whatever_its_content_type_and_a_body_sign_beats_sign_with_a_capital() {
+    let app = TestApp::spawn().await;
+    let json_bytes = |v: &serde_json::Value| serde_json::to_vec(v).unwrap();
+    for (i, ct) in [
+        "application/x-www-form-urlencoded",
+        "application/x-www-form-urlencoded; charset=UTF-8",
+        "text/plain",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let order_no = format!("IOP{i}");
+        let body = json_bytes(&callback(&format!("R-iop-{i}"), &order_no, "已发货"));
+        let sign = app.key.encrypt(&order_no);
+        assert_eq!(
+            app.post_raw(ct, body, Some(&sign)).await,
+            (200, SUCCESS.to_owned()),
+            "{ct}"
+        );
+        let mut c = app.db.conn();
+        assert_eq!(order(&mut c, &order_no).unwrap().status, "shipped", "{ct}");
+    }
+
+    // Both body fields, no header: `sign` decides.
+    let good = app.key.encrypt("IOP-S1");
+    let wrong = app.key.encrypt("IOP-S-other");
+    let mut both = callback("R-iop-s1", "IOP-S1", "待处理");
+    both["sign"] = json!(good);
+    both["Sign"] = json!(wrong);
+    assert_eq!(app.post_callback(&both, None).await.0, 200);
+    let mut reverse = callback("R-iop-s2", "IOP-S1", "已发货");
+    reverse["sign"] = json!(wrong);
+    reverse["Sign"] = json!(good);
+    let (status, body) = app.post_callback(&reverse, None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"code":-1,"message":"bad signature"}"#)
+    );
+
+    let mut c = app.db.conn();
+    assert_eq!(order(&mut c, "IOP-S1").unwrap().status, "pending");
+    let rows = inbound(&mut c);
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["applied", "applied", "applied", "applied", "bad_signature"]
+    );
+    assert!(
+        rows[4]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("bad signature"),
+        "{:?}",
+        rows[4].error
+    );
+}

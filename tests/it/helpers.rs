@@ -24,14 +24,11 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A database of this test's own, dropped when the value is dropped.
 /// The migrated template every test database is cloned from, named after
-/// the migrations' contents so a changed migration gets a new one. Made
-/// under a temporary name and renamed when complete, under an advisory lock
-/// (several test processes may start at once); older templates are dropped.
-fn template() -> &'static str {
-    static TEMPLATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TEMPLATE.get_or_init(|| {
+/// the migrations' contents so a changed migration gets a new one.
+fn template_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
         use std::hash::{Hash, Hasher};
         let mut files: Vec<_> =
             std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
@@ -46,44 +43,56 @@ fn template() -> &'static str {
                 .unwrap_or_default()
                 .hash(&mut h);
         }
-        let name = format!("haoka_test_tpl_{:016x}", h.finish());
-        let mut c = PgConnection::establish(&admin_url()).expect("connect to the admin database");
-        c.batch_execute("SELECT pg_advisory_lock(7217209999)")
-            .unwrap();
-        #[derive(QueryableByName)]
-        struct Name {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            datname: String,
-        }
-        let existing: Vec<String> = diesel::sql_query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'haoka_test_tpl_%'",
-        )
-        .load::<Name>(&mut c)
-        .unwrap()
-        .into_iter()
-        .map(|n| n.datname)
-        .collect();
-        if !existing.contains(&name) {
-            let building = format!("{name}_building");
-            let _ = c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"
-            ));
-            let admin = DatabaseUrl::parse(&admin_url()).unwrap();
-            db::prepare(&admin.with_database(&building)).expect("create and migrate the template");
-            c.batch_execute(&format!(
-                "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
-            ))
-            .unwrap();
-            for old in existing.iter().filter(|e| **e != name) {
-                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{old}\" WITH (FORCE)"));
-            }
-        }
-        c.batch_execute("SELECT pg_advisory_unlock(7217209999)")
-            .unwrap();
-        name
+        format!("haoka_test_tpl_{:016x}", h.finish())
     })
 }
 
+/// The template, made once per test process (see `build_template`).
+fn template() -> &'static str {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| build_template(template_name()));
+    template_name()
+}
+
+/// Make the template `name` if it is missing: under a temporary name,
+/// renamed when complete, under an advisory lock (several test processes
+/// may start at once); older templates are dropped.
+fn build_template(name: &str) {
+    let mut c = PgConnection::establish(&admin_url()).expect("connect to the admin database");
+    c.batch_execute("SELECT pg_advisory_lock(7217209999)")
+        .unwrap();
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    let existing: Vec<String> =
+        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'haoka_test_tpl_%'")
+            .load::<Name>(&mut c)
+            .unwrap()
+            .into_iter()
+            .map(|n| n.datname)
+            .collect();
+    if !existing.iter().any(|e| e == name) {
+        let building = format!("{name}_building");
+        let _ = c.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"
+        ));
+        let admin = DatabaseUrl::parse(&admin_url()).unwrap();
+        db::prepare(&admin.with_database(&building)).expect("create and migrate the template");
+        c.batch_execute(&format!(
+            "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
+        ))
+        .unwrap();
+        for old in existing.iter().filter(|e| *e != name) {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{old}\" WITH (FORCE)"));
+        }
+    }
+    c.batch_execute("SELECT pg_advisory_unlock(7217209999)")
+        .unwrap();
+}
+
+/// A database of this test's own, dropped when the value is dropped.
 pub struct TestDb {
     pub name: String,
     pub url: DatabaseUrl,
@@ -108,11 +117,18 @@ impl TestDb {
         let admin = DatabaseUrl::parse(&admin_url()).unwrap();
         let url = admin.with_database(&name);
         let mut c = PgConnection::establish(&admin_url()).expect("connect to the admin database");
-        c.batch_execute(&format!(
-            "CREATE DATABASE \"{name}\" TEMPLATE \"{}\"",
-            template()
-        ))
-        .expect("create the test database from the template");
+        let create = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{}\"", template());
+        let mut attempt = 0;
+        while let Err(e) = c.batch_execute(&create) {
+            // The tests of a checkout with other migrations, sharing this
+            // server, dropped our template as an older one: make it again.
+            assert!(
+                attempt < 3 && e.to_string().contains("does not exist"),
+                "create the test database from the template: {e}"
+            );
+            attempt += 1;
+            build_template(template_name());
+        }
         TestDb { name, url }
     }
 

@@ -136,11 +136,39 @@ fn malformed(msg: impl Into<String>, partial: Partial) -> (Rejection, Partial) {
     (Rejection::Malformed(msg.into()), partial)
 }
 
-/// Parse the envelope from JSON, urlencoded or multipart bodies. Without a
-/// usable content type the body is sniffed (JSON if it starts with `{`).
-pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Callback, (Rejection, Partial)> {
-    let none = Partial::default();
-    let mime = content_type
+/// How a callback body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    Json,
+    Form,
+    Multipart,
+}
+
+/// Which format to read `body` in. A body that is a JSON object is JSON
+/// whatever the content type says: some HTTP clients label every POST
+/// `application/x-www-form-urlencoded` (or `text/plain`, or nothing), and a
+/// JSON object read as a form would lose every field. Otherwise the content
+/// type decides; without a usable one the body is sniffed (JSON if it
+/// starts with `{`, so a broken JSON body is reported as such).
+pub fn body_format(content_type: Option<&str>, body: &[u8]) -> BodyFormat {
+    let mime = mime_of(content_type);
+    let declared = match mime.as_str() {
+        "multipart/form-data" => Some(BodyFormat::Multipart),
+        "application/x-www-form-urlencoded" => Some(BodyFormat::Form),
+        _ => None,
+    };
+    match declared {
+        // A form that merely starts with `{` stays a form: only a whole JSON
+        // object overrides what the sender declared.
+        Some(_) if is_json_object(body) => BodyFormat::Json,
+        Some(declared) => declared,
+        None if mime.contains("json") || looks_like_json(body) => BodyFormat::Json,
+        None => BodyFormat::Form,
+    }
+}
+
+fn mime_of(content_type: Option<&str>) -> String {
+    content_type
         .map(|c| {
             c.split(';')
                 .next()
@@ -148,27 +176,33 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Callback, (Rejec
                 .trim()
                 .to_ascii_lowercase()
         })
-        .unwrap_or_default();
-    let fields: Map<String, Value> = if mime == "multipart/form-data" {
-        let boundary = content_type
-            .and_then(|c| multer::parse_boundary(c).ok())
-            .ok_or_else(|| malformed("multipart body without a boundary", none.clone()))?;
-        parse_multipart(body, &boundary).map_err(|m| malformed(m, none.clone()))?
-    } else if mime == "application/x-www-form-urlencoded"
-        || (!mime.contains("json") && !looks_like_json(body))
-    {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|e| malformed(format!("form body does not decode: {e}"), none.clone()))?;
-        pairs
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect()
-    } else {
-        match serde_json::from_slice::<Value>(body) {
+        .unwrap_or_default()
+}
+
+/// Parse the envelope from JSON, urlencoded or multipart bodies, in the
+/// format `body_format` says.
+pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Callback, (Rejection, Partial)> {
+    let none = Partial::default();
+    let fields: Map<String, Value> = match body_format(content_type, body) {
+        BodyFormat::Multipart => {
+            let boundary = content_type
+                .and_then(|c| multer::parse_boundary(c).ok())
+                .ok_or_else(|| malformed("multipart body without a boundary", none.clone()))?;
+            parse_multipart(body, &boundary).map_err(|m| malformed(m, none.clone()))?
+        }
+        BodyFormat::Form => {
+            let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+                .map_err(|e| malformed(format!("form body does not decode: {e}"), none.clone()))?;
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect()
+        }
+        BodyFormat::Json => match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(m)) => m,
             Ok(_) => return Err(malformed("JSON body is not an object", none)),
             Err(e) => return Err(malformed(format!("body is not valid JSON: {e}"), none)),
-        }
+        },
     };
     from_envelope(&fields)
 }
@@ -177,6 +211,11 @@ fn looks_like_json(body: &[u8]) -> bool {
     body.iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b == b'{')
+}
+
+/// The whole body is one JSON object (checked without building it).
+fn is_json_object(body: &[u8]) -> bool {
+    looks_like_json(body) && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 fn parse_multipart(body: &[u8], boundary: &str) -> Result<Map<String, Value>, String> {
@@ -277,8 +316,12 @@ fn from_envelope(env: &Map<String, Value>) -> Result<Callback, (Rejection, Parti
     };
     Ok(Callback {
         request_id,
-        // `sign` wins over any other spelling, as in the PHP integration.
-        body_sign: text(env.get("sign")).or_else(|| text(get(env, &["sign"]))),
+        // `sign` first, then `Sign`, as the PHP integration reads them (an
+        // empty one counts as absent); any other spelling last.
+        body_sign: ["sign", "Sign"]
+            .into_iter()
+            .find_map(|k| text(env.get(k)))
+            .or_else(|| text(get(env, &["sign"]))),
         order_no_172: fields.vendor_order_no.clone(),
         order_no,
         order_status,
@@ -559,27 +602,120 @@ mod tests {
     fn a_body_sign_spelled_sign_wins_over_sign_with_a_capital() {
         let key = CallbackKey::from_secret(SECRET);
         let good = key.encrypt("DOWN20240101001");
-        for (a, b) in [("sign", "Sign"), ("Sign", "sign")] {
+        // A sign that decrypts, but to another order: a wrong sign, not noise.
+        let wrong = key.encrypt("DOWN20240101999");
+        let judged = |sign: &str, capital: &str| {
             let mut env = serde_json::json!({"RequidId": "R1", "Data": data().to_string()});
-            env[a] = Value::String(if a == "sign" {
-                good.clone()
-            } else {
-                "bad".into()
-            });
-            env[b] = Value::String(if b == "sign" {
-                good.clone()
-            } else {
-                "bad".into()
-            });
-            let body = serde_json::to_vec(&env).unwrap();
-            assert!(
-                matches!(
-                    judge(Some("application/json"), &body, None, &keys()),
-                    Ok(Verdict::Apply { .. })
-                ),
-                "{a} then {b}"
-            );
+            env["sign"] = Value::String(sign.into());
+            env["Sign"] = Value::String(capital.into());
+            judge(
+                Some("application/json"),
+                &serde_json::to_vec(&env).unwrap(),
+                None,
+                &keys(),
+            )
+        };
+        assert!(matches!(judged(&good, &wrong), Ok(Verdict::Apply { .. })));
+        assert!(matches!(
+            judged(&good, "not base64!"),
+            Ok(Verdict::Apply { .. })
+        ));
+        let (rejection, _) = judged(&wrong, &good).unwrap_err();
+        assert_eq!(rejection, Rejection::BadSignature(SignError::Mismatch));
+        // An empty `sign` is absent, as in the PHP integration: `Sign` counts.
+        assert!(matches!(judged(" ", &good), Ok(Verdict::Apply { .. })));
+        // Other spellings count only without either of the two.
+        let body = serde_json::to_vec(&serde_json::json!({
+            "RequidId": "R1", "Data": data().to_string(), "SIGN": good, "Sign": wrong
+        }))
+        .unwrap();
+        assert!(judge(Some("application/json"), &body, None, &keys()).is_err());
+    }
+
+    #[test]
+    fn a_header_sign_still_wins_over_any_body_sign() {
+        let key = CallbackKey::from_secret(SECRET);
+        let good = key.encrypt("DOWN20240101001");
+        let wrong = key.encrypt("DOWN20240101999");
+        let body = |sign: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "RequidId": "R1", "Data": data().to_string(), "sign": sign
+            }))
+            .unwrap()
+        };
+        assert!(judge(
+            Some("application/json"),
+            &body(&wrong),
+            Some(&good),
+            &keys()
+        )
+        .is_ok());
+        assert!(judge(
+            Some("application/json"),
+            &body(&good),
+            Some(&wrong),
+            &keys()
+        )
+        .is_err());
+        // A blank header is no header.
+        assert!(judge(Some("application/json"), &body(&good), Some(" "), &keys()).is_ok());
+    }
+
+    #[test]
+    fn a_json_object_is_read_as_json_whatever_the_content_type_says() {
+        let body = json_body(&data());
+        for ct in [
+            Some("application/x-www-form-urlencoded"),
+            Some("application/x-www-form-urlencoded; charset=UTF-8"),
+            Some("multipart/form-data; boundary=XyZ"),
+            Some("multipart/form-data"),
+            Some("text/plain"),
+            Some("application/octet-stream"),
+            None,
+        ] {
+            assert_eq!(body_format(ct, &body), BodyFormat::Json, "{ct:?}");
+            assert_eq!(parse(ct, &body).unwrap().request_id, "R1", "{ct:?}");
         }
+        // Leading whitespace (a trailing newline from a client) changes nothing.
+        let mut spaced = b" \r\n".to_vec();
+        spaced.extend_from_slice(&body);
+        spaced.push(b'\n');
+        assert_eq!(
+            body_format(Some("application/x-www-form-urlencoded"), &spaced),
+            BodyFormat::Json
+        );
+    }
+
+    #[test]
+    fn everything_but_a_json_object_keeps_the_declared_format() {
+        let form = serde_urlencoded::to_string([("RequidId", "R5"), ("Data", &data().to_string())])
+            .unwrap();
+        let form_ct = Some("application/x-www-form-urlencoded");
+        assert_eq!(body_format(form_ct, form.as_bytes()), BodyFormat::Form);
+        assert_eq!(body_format(None, form.as_bytes()), BodyFormat::Form);
+        assert_eq!(
+            body_format(Some("text/plain"), form.as_bytes()),
+            BodyFormat::Form
+        );
+        // Starts like JSON but is not an object: the declared format stands.
+        assert_eq!(body_format(form_ct, b"{not json"), BodyFormat::Form);
+        assert_eq!(
+            body_format(
+                Some("multipart/form-data; boundary=XyZ"),
+                b"{\"a\":1} trailing"
+            ),
+            BodyFormat::Multipart
+        );
+        // A JSON content type still reports a broken JSON body as JSON.
+        assert_eq!(
+            body_format(Some("application/json"), b"{not json"),
+            BodyFormat::Json
+        );
+        assert_eq!(
+            body_format(Some("application/json"), b"[1,2]"),
+            BodyFormat::Json
+        );
+        assert_eq!(body_format(None, b"{not json"), BodyFormat::Json);
     }
 
     mod props {
@@ -667,6 +803,55 @@ mod tests {
                     prop_assert_eq!(Some(plain.as_str()), want);
                     prop_assert!(observation.order_id.len() <= ids::MAX_BYTES);
                 }
+            }
+
+            /// A body that is a JSON object is JSON under any content type,
+            /// with any whitespace around it, and a valid callback in it
+            /// reads the same as under `application/json`.
+            #[test]
+            fn a_json_object_is_json_under_any_content_type(
+                ct in content_type(),
+                pad in "[ \t\r\n]{0,3}",
+                rid in "[A-Za-z0-9-]{1,40}",
+                extra in proptest::collection::btree_map("[A-Za-z]{1,8}", "[ -~]{0,12}", 0..4),
+            ) {
+                let mut env = serde_json::json!({"RequidId": rid, "Data": data().to_string()});
+                for (k, v) in &extra {
+                    if !k.eq_ignore_ascii_case("RequidId") && !k.eq_ignore_ascii_case("Data") {
+                        env[k] = Value::String(v.clone());
+                    }
+                }
+                let mut body = pad.clone().into_bytes();
+                body.extend(serde_json::to_vec(&env).unwrap());
+                body.extend(pad.as_bytes());
+                prop_assert_eq!(body_format(ct.as_deref(), &body), BodyFormat::Json);
+                prop_assert_eq!(
+                    parse(ct.as_deref(), &body).unwrap(),
+                    parse(Some("application/json"), &body).unwrap()
+                );
+            }
+
+            /// What is not a JSON object keeps the format its content type
+            /// declares: any form body (keys never start with `{`) stays a
+            /// form, any multipart body stays multipart.
+            #[test]
+            fn other_bodies_keep_their_declared_format(
+                pairs in proptest::collection::vec(("[A-Za-z][A-Za-z0-9]{0,8}", "[ -~]{0,20}"), 0..5),
+                noise in proptest::collection::vec(any::<u8>(), 0..100),
+            ) {
+                let form = serde_urlencoded::to_string(&pairs).unwrap();
+                for ct in [Some("application/x-www-form-urlencoded"), Some("text/plain"), None] {
+                    prop_assert_eq!(body_format(ct, form.as_bytes()), BodyFormat::Form);
+                }
+                let multipart = format!("--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n{form}\r\n--XyZ--\r\n");
+                prop_assert_eq!(
+                    body_format(Some("multipart/form-data; boundary=XyZ"), multipart.as_bytes()),
+                    BodyFormat::Multipart
+                );
+                // Noise is JSON only when it is a JSON object.
+                let declared = body_format(Some("application/x-www-form-urlencoded"), &noise);
+                let is_object = matches!(serde_json::from_slice::<Value>(&noise), Ok(Value::Object(_)));
+                prop_assert_eq!(declared == BodyFormat::Json, is_object);
             }
 
             /// A valid callback reads the same from every encoding.
