@@ -7,7 +7,7 @@ use crate::helpers::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_haoka-sync");
 
-fn cmd() -> Command {
+pub(crate) fn cmd() -> Command {
     let mut c = Command::new(BIN);
     // A clean environment: only what the test sets (no developer .env).
     c.env_clear()
