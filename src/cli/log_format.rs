@@ -415,9 +415,18 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        /// Any text, often with what JSON must escape or keep as is.
+        fn text() -> impl Strategy<Value = String> {
+            let tricky = prop::sample::select(vec![
+                '"', '\\', '\n', '\r', '\t', '\u{0}', '\u{1b}', '\u{7f}', '\u{2028}', '已', '🚀',
+            ]);
+            prop::collection::vec(prop_oneof![any::<char>(), tricky], 0..40)
+                .prop_map(|chars| chars.into_iter().collect())
+        }
+
         fn value() -> impl Strategy<Value = serde_json::Value> {
             prop_oneof![
-                any::<String>().prop_map(serde_json::Value::from),
+                text().prop_map(serde_json::Value::from),
                 any::<u64>().prop_map(serde_json::Value::from),
                 any::<i64>().prop_map(serde_json::Value::from),
                 any::<bool>().prop_map(serde_json::Value::from),
@@ -429,7 +438,7 @@ mod tests {
             prop_oneof![
                 prop::sample::select(vec!["time", "message", "vendor", "order_id", "level_"])
                     .prop_map(str::to_owned),
-                any::<String>(),
+                text(),
             ]
         }
 
@@ -438,8 +447,8 @@ mod tests {
 
             #[test]
             fn any_message_and_key_values_make_exactly_one_json_object_line(
-                message in any::<String>(),
-                target in any::<String>(),
+                message in text(),
+                target in text(),
                 kvs in prop::collection::vec((key(), value()), 0..6),
             ) {
                 let values: Vec<(&str, Value)> = kvs

@@ -16,34 +16,33 @@ type Line = Map<String, Value>;
 /// Every line of `stderr` as a JSON object with the fields every line has;
 /// fails naming the first line that is not one.
 fn json_lines(stderr: &str) -> Vec<Line> {
-    stderr
-        .lines()
-        .map(|line| {
-            let m = match serde_json::from_str::<Value>(line) {
-                Ok(Value::Object(m)) => m,
-                other => panic!("not a JSON object: {line:?} ({other:?})\nin:\n{stderr}"),
-            };
-            let time = m["time"].as_str().unwrap_or_else(|| panic!("time: {line}"));
-            // RFC 3339, UTC, milliseconds: 2026-12-01T02:03:04.567Z
-            assert!(
-                chrono::DateTime::parse_from_rfc3339(time).is_ok()
-                    && time.len() == 24
-                    && time.ends_with('Z'),
-                "time: {line}"
-            );
-            assert!(
-                ["error", "warn", "info", "debug", "trace"]
-                    .contains(&m["level"].as_str().unwrap_or("")),
-                "level: {line}"
-            );
-            assert!(
-                m["target"].as_str().is_some_and(|t| !t.is_empty()),
-                "target: {line}"
-            );
-            assert!(m["message"].is_string(), "message: {line}");
-            m
-        })
-        .collect()
+    stderr.lines().map(|line| json_line(line, stderr)).collect()
+}
+
+/// One line (of `all`, shown on failure) as such an object.
+fn json_line(line: &str, all: &str) -> Line {
+    let m = match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(m)) => m,
+        other => panic!("not a JSON object: {line:?} ({other:?})\nin:\n{all}"),
+    };
+    let time = m["time"].as_str().unwrap_or_else(|| panic!("time: {line}"));
+    // RFC 3339, UTC, milliseconds: 2026-12-01T02:03:04.567Z
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(time).is_ok()
+            && time.len() == 24
+            && time.ends_with('Z'),
+        "time: {line}"
+    );
+    assert!(
+        ["error", "warn", "info", "debug", "trace"].contains(&m["level"].as_str().unwrap_or("")),
+        "level: {line}"
+    );
+    assert!(
+        m["target"].as_str().is_some_and(|t| !t.is_empty()),
+        "target: {line}"
+    );
+    assert!(m["message"].is_string(), "message: {line}");
+    m
 }
 
 fn text(m: &Line, key: &str) -> String {
@@ -124,7 +123,7 @@ async fn serve_in_json_mode_writes_only_json_lines_with_the_ids_as_fields() {
             let line = rx.recv_timeout(left).ok()?;
             log.push_str(&line);
             log.push('\n');
-            let m = json_lines(&line).remove(0);
+            let m = json_line(&line, log);
             if until(&m) {
                 return Some(m);
             }
