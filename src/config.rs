@@ -16,6 +16,7 @@
 //! - `TRACKING_HORIZON` (default 60d), `POLL_MIN_RECHECK` (default 1m),
 //!   `POLL_LEASE` (default 5m)
 //! - `POLL_CRON`, `ADMIN_TOKEN`
+//! - `LOG_FORMAT` (default `text`; read by every command: `LogFormat`)
 //! - `CALLBACK_MAX_BODY_BYTES` (default 65536), `DB_POOL_SIZE` (default 16),
 //!   `DB_TIMEOUT_SECS` (default 3), `DB_WAIT_SECS` (default 60), `INGEST_WRITERS` (default 2),
 //!   `INGEST_MAX_BATCH` (default 256)
@@ -198,6 +199,40 @@ impl ReplayConfig {
             previous_secret: v.var("HAOKA172_SECRET_PREVIOUS").map(Secret::new),
             callback_allowed_sources: allowed_sources(&v)?,
         })
+    }
+}
+
+/// How log lines are written to stderr (`LOG_FORMAT`): env_logger's text,
+/// or one JSON object a line for log shippers. Every command reads it, before
+/// anything else is logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// `text` or `json`, any case; unset or empty is `text`.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let Some(value) = Vars(&get).var("LOG_FORMAT") else {
+            return Ok(LogFormat::Text);
+        };
+        match value.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(err(
+                "LOG_FORMAT",
+                format!(
+                    "`{}` is not a log format: use text (the default) or json",
+                    value.escape_debug()
+                ),
+            )),
+        }
     }
 }
 
@@ -586,6 +621,27 @@ mod tests {
         assert_eq!(p.silence, GapPolicy::default().silence);
         let c = Config::with(&[("HAOKA172_CALLBACK_GAP", "off")]).unwrap();
         assert_eq!(c.haoka172.callback_gap, None);
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_for_and_nothing_else_is_taken() {
+        let format = |v: &str| LogFormat::from_lookup(|k| (k == "LOG_FORMAT").then(|| v.into()));
+        assert_eq!(LogFormat::from_lookup(|_| None), Ok(LogFormat::Text));
+        for (v, want) in [
+            ("", LogFormat::Text),
+            ("text", LogFormat::Text),
+            (" JSON ", LogFormat::Json),
+            ("json", LogFormat::Json),
+        ] {
+            assert_eq!(format(v), Ok(want), "{v:?}");
+        }
+        let e = format("xml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "LOG_FORMAT: `xml` is not a log format: use text (the default) or json"
+        );
+        let e = format("js\non").unwrap_err();
+        assert!(!e.msg.contains('\n'), "{e}");
     }
 
     #[test]

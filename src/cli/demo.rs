@@ -63,7 +63,15 @@ pub(super) async fn run(config: &Config, args: DemoArgs) -> CliResult {
         }
         (Ok(()), Err(e)) => Err(failed(format!("cannot drop database {name}: {e}"))),
         (Err(result), Err(e)) => {
-            eprintln!("haoka-sync: cannot drop database {name}: {e}");
+            let msg = format!("cannot drop database {name}: {e}");
+            let kvs = [("database", name.as_str())];
+            super::log_format::note(
+                log::Level::Error,
+                module_path!(),
+                "haoka-sync: ",
+                &msg,
+                &kvs,
+            );
             Err(result)
         }
     }

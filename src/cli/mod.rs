@@ -5,6 +5,7 @@
 
 mod demo;
 mod envfile;
+mod log_format;
 mod logging;
 mod migrate;
 mod poll_once;
@@ -21,7 +22,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{
-    Config, ConfigError, DatabaseConfig, DatabaseUrl, ReplayConfig, TrackingConfig,
+    Config, ConfigError, DatabaseConfig, DatabaseUrl, LogFormat, ReplayConfig, TrackingConfig,
 };
 use crate::db;
 use crate::rules::Vendor;
@@ -88,6 +89,9 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    // Until `.env` is read, the environment's LOG_FORMAT says how to report
+    // a usage error.
+    log_format::assume(LogFormat::from_env().unwrap_or_default());
     // The arguments first: `--help` works whatever the configuration.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -98,23 +102,27 @@ pub fn main() -> ExitCode {
         }
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             // No command at all: clap would print the whole help.
-            eprintln!("haoka-sync: {}", no_command_line());
-            return ExitCode::from(2);
+            return exit_line(2, &no_command_line());
         }
         Err(e) => {
             let args: Vec<String> = std::env::args().collect();
-            eprintln!(
-                "haoka-sync: {}",
-                usage_line(&e.render().to_string(), subcommand_of(&args))
+            return exit_line(
+                2,
+                &usage_line(&e.render().to_string(), subcommand_of(&args)),
             );
-            return ExitCode::from(2);
         }
     };
     let env_file = match envfile::load() {
         Ok(f) => f.unwrap_or_default(),
-        Err(why) => {
-            eprintln!("haoka-sync: configuration error: {why}");
-            return ExitCode::from(2);
+        Err(why) => return exit_line(2, &format!("configuration error: {why}")),
+    };
+    // Every command logs in the format asked for; a bad value is reported
+    // in text, the one format certain to be read.
+    let format = match LogFormat::from_env() {
+        Ok(f) => f,
+        Err(e) => {
+            log_format::assume(LogFormat::Text);
+            return exit_line(2, &config_error(&e, &env_file));
         }
     };
     // The demo prints its own progress; the service's per-callback lines
@@ -128,23 +136,43 @@ pub fn main() -> ExitCode {
     let spec = std::env::var("RUST_LOG").ok();
     let (filter, warning) =
         logging::filter(spec.as_deref(), env_file.source_of("RUST_LOG"), default_log);
+    log_format::init(format, &filter);
     if let Some(warning) = warning {
-        eprintln!("haoka-sync: warning: {warning}");
+        log_format::note(
+            log::Level::Warn,
+            "haoka_sync::config",
+            "haoka-sync: warning: ",
+            &warning,
+            &[("var", "RUST_LOG")],
+        );
     }
-    env_logger::Builder::from_env(env_logger::Env::new().write_style("RUST_LOG_STYLE"))
-        .parse_filters(&filter)
-        .init();
     match run(cli.command, &env_file) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(CliError::Usage(e)) => {
-            eprintln!("haoka-sync: {}", one_line(&e));
-            ExitCode::from(2)
-        }
-        Err(CliError::Failed(e)) => {
-            eprintln!("haoka-sync: {}", one_line(&e.to_string()));
-            ExitCode::FAILURE
-        }
+        Err(CliError::Usage(e)) => exit_line(2, &one_line(&e)),
+        Err(CliError::Failed(e)) => exit_line(1, &one_line(&e.to_string())),
     }
+}
+
+/// The last line of a command that fails, `haoka-sync: <why>` (a JSON
+/// `error` line with `exit_code` in JSON mode), and its exit code.
+fn exit_line(code: u8, why: &str) -> ExitCode {
+    log_format::note(
+        log::Level::Error,
+        "haoka_sync",
+        "haoka-sync: ",
+        why,
+        &[("exit_code", code)],
+    );
+    ExitCode::from(code)
+}
+
+/// `configuration error: VAR (from .env): why`.
+fn config_error(e: &ConfigError, env_file: &EnvFile) -> String {
+    let from = env_file
+        .source_of(e.var)
+        .map(|f| format!(" (from {f})"))
+        .unwrap_or_default();
+    format!("configuration error: {}{from}: {}", e.var, e.msg)
 }
 
 /// Each command reads the configuration it uses: `migrate` and `show` only
@@ -152,13 +180,7 @@ pub fn main() -> ExitCode {
 /// callback secrets and sources, the others all of it
 /// (docs/contract.md#commands).
 fn run(command: Command, env_file: &EnvFile) -> CliResult {
-    let configured = |e: ConfigError| {
-        let from = env_file
-            .source_of(e.var)
-            .map(|f| format!(" (from {f})"))
-            .unwrap_or_default();
-        CliError::Usage(format!("configuration error: {}{from}: {}", e.var, e.msg))
-    };
+    let configured = |e: ConfigError| CliError::Usage(config_error(&e, env_file));
     match command {
         Command::Migrate => {
             let db = DatabaseConfig::from_env().map_err(configured)?;

@@ -114,10 +114,12 @@ pub(super) async fn run(config: ReplayConfig, args: ReplayArgs) -> CliResult {
             |done, total| {
                 if last.elapsed() >= PROGRESS_EVERY {
                     last = Instant::now();
-                    eprintln!(
+                    let msg = format!(
                         "replay: {done} of {total} requests judged ({:.0}s)",
                         started.elapsed().as_secs_f64()
                     );
+                    let kvs = [("judged", done), ("selected", total)];
+                    super::log_format::note(log::Level::Info, module_path!(), "", &msg, &kvs);
                 }
             },
         )
@@ -130,7 +132,14 @@ pub(super) async fn run(config: ReplayConfig, args: ReplayArgs) -> CliResult {
     .await?
     .map_err(failed)?;
     for line in &unselected {
-        eprintln!("replay: {line}");
+        let kvs: [(&str, &str); 0] = [];
+        super::log_format::note(
+            log::Level::Warn,
+            module_path!(),
+            "",
+            &format!("replay: {line}"),
+            &kvs,
+        );
     }
     let line = tally.line(dry_run);
     println!("{line}");

@@ -9,6 +9,7 @@ pub(super) async fn run(config: Config) -> CliResult {
     wait_for_database(&config).await?;
     if config.haoka172.secret.is_none() {
         log::warn!(
+            var = "HAOKA172_SECRET";
             "HAOKA172_SECRET is not set: 172 callbacks cannot be verified (they are stored and answered 503) and the 172 poller is off"
         );
     }
@@ -17,14 +18,16 @@ pub(super) async fn run(config: Config) -> CliResult {
             "a 172 callback that would make its order terminal is held until GetOrderInfo confirms it (HAOKA172_CONFIRM_TERMINAL=off applies it at once)"
         ),
         (true, false) => log::warn!(
+            var = "HAOKA172_USER_ID";
             "HAOKA172_USER_ID is not set, so nothing can confirm a callback's terminal status: such callbacks apply at once, and a replayed signature can make an order terminal; callbacks signed over an OrderNo172 we cannot corroborate stay unverified"
         ),
         (false, _) => log::warn!(
+            var = "HAOKA172_CONFIRM_TERMINAL";
             "HAOKA172_CONFIRM_TERMINAL=off: a callback's terminal status applies at once; the vendor's signature covers only the order number, so a replayed signature can make an order terminal"
         ),
     }
     if config.admin_token.is_none() {
-        log::info!("ADMIN_TOKEN is not set: /api/* answers 403");
+        log::info!(var = "ADMIN_TOKEN"; "ADMIN_TOKEN is not set: /api/* answers 403");
     }
     log_callback_sources(&config);
     let app = Application::build(&config).map_err(|e| match e {
@@ -33,7 +36,7 @@ pub(super) async fn run(config: Config) -> CliResult {
         e => CliError::from(e),
     })?;
     for (vendor, why) in app.poller().off() {
-        log::info!("the {vendor} poller is off: {why}");
+        log::info!(vendor = vendor.as_str(); "the {vendor} poller is off: {why}");
     }
     log::info!(
         "haoka-sync listening on {} (database {}); callback URL path /callbacks/haoka172",
@@ -56,6 +59,7 @@ pub(super) async fn run(config: Config) -> CliResult {
 fn log_callback_sources(config: &Config) {
     let Some(nets) = &config.callback_allowed_sources else {
         log::info!(
+            var = "CALLBACK_ALLOWED_SOURCES";
             "CALLBACK_ALLOWED_SOURCES is not set: callbacks are accepted from any address; setting it to the vendor's addresses is the strongest defence against forged callbacks (the vendor's signature covers only the order number)"
         );
         return;
@@ -97,6 +101,7 @@ async fn wait_for_database(config: &Config) -> CliResult {
                     )));
                 }
                 log::warn!(
+                    var = "DB_WAIT_SECS", retry_in_secs = pause.as_secs();
                     "{e}; retrying in {}s (serve waits up to DB_WAIT_SECS={}s for PostgreSQL)",
                     pause.as_secs(),
                     config.db_wait.as_secs()

@@ -58,10 +58,12 @@ pub(super) async fn run(
                 // A long list says how far it is, every few seconds.
                 if last.elapsed() >= Duration::from_secs(2) {
                     last = Instant::now();
-                    eprintln!(
+                    let msg = format!(
                         "track: {done} of {n} ids registered ({:.0}s)",
                         started.elapsed().as_secs_f64()
                     );
+                    let kvs = [("registered", done), ("ids", n)];
+                    super::log_format::note(log::Level::Info, module_path!(), "", &msg, &kvs);
                 }
             },
         )?;

@@ -64,19 +64,28 @@ fn respond(result: Result<Receipt, DbError>) -> HttpResponse {
     } else {
         ""
     };
+    let (order_id, request_id) = (r.order_id.as_deref(), r.request_id.as_deref());
     match (r.outcome.is_success(), r.effect) {
         (true, Some((Effect::Unconfirmed, claimed))) => log::info!(
+            vendor = "haoka172", order_id = order_id, request_id = request_id,
+            outcome = r.outcome.as_str(), effect = "unconfirmed", claimed:% = claimed;
             "callback haoka172 order={oid} request_id={rid}: held, claims {claimed}; it waits for GetOrderInfo to confirm it{expedited}"
         ),
         (true, Some((effect, now))) => log::info!(
+            vendor = "haoka172", order_id = order_id, request_id = request_id,
+            outcome = r.outcome.as_str(), effect = effect.as_str(), status:% = now;
             "callback haoka172 order={oid} request_id={rid}: applied ({}, order now {now})",
             effect.as_str()
         ),
         (true, None) => log::info!(
+            vendor = "haoka172", order_id = order_id, request_id = request_id,
+            outcome = r.outcome.as_str();
             "callback haoka172 order={oid} request_id={rid}: {}",
             r.outcome.as_str()
         ),
         (false, _) => log::warn!(
+            vendor = "haoka172", order_id = order_id, request_id = request_id,
+            outcome = r.outcome.as_str(), error = r.error.as_deref();
             "callback haoka172 order={oid} request_id={rid}: {} ({}){expedited}",
             r.outcome.as_str(),
             r.error.as_deref().unwrap_or("-")

@@ -179,11 +179,32 @@ impl Poller {
             Some(results) => {
                 for r in results {
                     match r {
-                        Ok(s) if s.due == 0 && s.expired == 0 && s.paused_until.is_none() => {
-                            log::debug!("poll pass: {s}")
+                        Ok(s) => {
+                            let quiet = s.due == 0 && s.expired == 0 && s.paused_until.is_none();
+                            let level = if quiet {
+                                log::Level::Debug
+                            } else {
+                                log::Level::Info
+                            };
+                            let paused_until = s.paused_until.map(|t| t.to_rfc3339());
+                            log::log!(
+                                level,
+                                vendor = s.vendor.map(Vendor::as_str), due = s.due,
+                                queried = s.queried, changed = s.changed, not_found = s.not_found,
+                                errors = s.errors, skipped_for_limits = s.skipped_for_limits,
+                                calls = s.calls, left_by_pause = s.left_by_pause,
+                                lease_lost = s.lease_lost, expired = s.expired,
+                                paused_until = paused_until.as_deref();
+                                "poll pass: {s}"
+                            )
                         }
-                        Ok(s) => log::info!("poll pass: {s}"),
-                        Err(e) => log::error!("poll pass failed: {e}"),
+                        Err(e) => {
+                            let vendor = match &e {
+                                PollError::Disabled(v, _) => Some(v.as_str()),
+                                PollError::Db(_) => None,
+                            };
+                            log::error!(vendor = vendor, error:% = e; "poll pass failed: {e}")
+                        }
                     }
                 }
             }
@@ -211,7 +232,10 @@ impl Poller {
             ..
         }) = &start
         {
-            log::info!("{vendor} polling resumed (was paused: {reason})");
+            log::info!(
+                vendor = vendor.as_str(), reason = reason.as_str();
+                "{vendor} polling resumed (was paused: {reason})"
+            );
         }
         Ok(start)
     }
@@ -229,7 +253,10 @@ impl Poller {
         .await;
         match found {
             Ok(events) => events.iter().for_each(|e| log_gap(vendor, e)),
-            Err(e) => log::error!("{vendor} callback gap check failed: {e}"),
+            Err(e) => log::error!(
+                vendor = vendor.as_str(), error:% = e;
+                "{vendor} callback gap check failed: {e}"
+            ),
         }
     }
 
@@ -248,6 +275,7 @@ impl Poller {
         .await?;
         if newly {
             log::warn!(
+                vendor = vendor.as_str(), paused_until:% = until.to_rfc3339(), reason = reason.as_str();
                 "{vendor} polling paused until {} ({reason})",
                 until.format("%Y-%m-%d %H:%M:%S UTC")
             );
@@ -295,6 +323,8 @@ fn log_gap(vendor: Vendor, e: &GapEvent) {
             since,
             expected_per_day,
         } => log::warn!(
+            vendor = vendor.as_str(), silent_since:% = since.to_rfc3339(),
+            expected_per_day = *expected_per_day;
             "no {vendor} callbacks heard since {} (those hours usually bring {expected_per_day}): callbacks are being lost; once they resume, every tracked order not heard from since will be queried",
             t(since)
         ),
@@ -303,6 +333,8 @@ fn log_gap(vendor: Vendor, e: &GapEvent) {
             resumed_at,
             expected_per_day,
         } => log::warn!(
+            vendor = vendor.as_str(), silent_since:% = since.to_rfc3339(),
+            resumed_at:% = resumed_at.to_rfc3339(), expected_per_day = *expected_per_day;
             "{vendor} callbacks were silent from {} to {} (those hours usually bring {expected_per_day}): the orders not heard from since will be queried",
             t(since),
             t(resumed_at)
@@ -312,11 +344,14 @@ fn log_gap(vendor: Vendor, e: &GapEvent) {
             orders,
             closing,
         } => log::info!(
+            vendor = vendor.as_str(), silent_since:% = since.to_rfc3339(), orders = *orders,
+            recovery_done = *closing;
             "{vendor} callback gap since {}: {orders} tracked orders made due for a query{}",
             t(since),
             if *closing { " (recovery done)" } else { " (still silent)" }
         ),
         GapEvent::SweepFailed { since, error } => log::error!(
+            vendor = vendor.as_str(), silent_since:% = since.to_rfc3339(), error = error.as_str();
             "{vendor} callback gap since {}: the sweep failed part way ({error}); retried in {} minutes",
             t(since),
             gaps::SWEEP_LEASE.as_secs() / 60

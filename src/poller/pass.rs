@@ -221,6 +221,7 @@ impl Pass<'_> {
                 }
                 Reservation::LeaseLost => {
                     log::warn!(
+                        vendor = vendor.as_str(), outcome = "lease_lost", order_ids:% = ids.join(", ");
                         "poll {vendor}: the lease of {} ran out while the call waited its turn (POLL_LEASE is short for this pass); left to the process that claimed it",
                         ids.join(", ")
                     );
@@ -443,9 +444,12 @@ impl Pass<'_> {
         result: Result<crate::vendors::Answer, Failure>,
         r: Report,
     ) -> Called {
-        let vendor = self.asker.vendor();
+        let (vendor, api) = (self.asker.vendor(), self.asker.api());
         for id in &r.changed {
-            log::info!("poll {vendor} order={id}: changed");
+            log::info!(
+                vendor = vendor.as_str(), api = api, order_id = id, outcome = "changed";
+                "poll {vendor} order={id}: changed"
+            );
         }
         for (id, replayed) in &r.replayed {
             log_replays(vendor, id, replayed);
@@ -456,7 +460,10 @@ impl Pass<'_> {
         match result {
             Ok(answer) => {
                 if ids.len() == 1 && !answer.missing.is_empty() {
-                    log::info!("poll {vendor} order={}: not found at the vendor", ids[0]);
+                    log::info!(
+                        vendor = vendor.as_str(), api = api, order_id = ids[0], outcome = "not_found";
+                        "poll {vendor} order={}: not found at the vendor", ids[0]
+                    );
                 }
                 Called::Answered {
                     asked: ids.len(),
@@ -469,14 +476,27 @@ impl Pass<'_> {
                     [one] => format!("order={one}"),
                     many => format!("batch of {}", many.len()),
                 };
+                let order_id = match ids {
+                    [one] => Some(one.as_str()),
+                    _ => None,
+                };
+                let (outcome, orders) = (failure.outcome, ids.len());
                 match failure.kind {
-                    FailureKind::NotFound => {
-                        log::info!("poll {vendor} {what}: not found at the vendor")
-                    }
+                    FailureKind::NotFound => log::info!(
+                        vendor = vendor.as_str(), api = api, order_id = order_id, orders = orders,
+                        outcome = outcome;
+                        "poll {vendor} {what}: not found at the vendor"
+                    ),
                     FailureKind::BadRequest => log::error!(
+                        vendor = vendor.as_str(), api = api, order_id = order_id, orders = orders,
+                        outcome = outcome, error:% = failure;
                         "poll {vendor} {what}: our request was refused, a bug to report: {failure}"
                     ),
-                    _ => log::warn!("poll {vendor} {what}: {failure}"),
+                    _ => log::warn!(
+                        vendor = vendor.as_str(), api = api, order_id = order_id, orders = orders,
+                        outcome = outcome, error:% = failure;
+                        "poll {vendor} {what}: {failure}"
+                    ),
                 }
                 Called::Failed {
                     asked: ids.len(),
@@ -505,6 +525,7 @@ fn log_replays(vendor: crate::vendors::Vendor, order_id: &str, replayed: &[Recei
     }
     let parts: Vec<String> = by.iter().map(|(o, n)| format!("{n} {o}")).collect();
     log::info!(
+        vendor = vendor.as_str(), order_id = order_id;
         "poll {vendor} order={order_id}: judged its unverified callbacks again now that its vendor number is known: {}",
         parts.join(", ")
     );
@@ -512,19 +533,28 @@ fn log_replays(vendor: crate::vendors::Vendor, order_id: &str, replayed: &[Recei
 
 fn log_settled(vendor: crate::vendors::Vendor, order_id: &str, label: &str, s: &Settled) {
     let rid = &s.request_id;
-    match (s.reason.as_str(), s.result.as_str()) {
+    let (reason, result, claimed) = (s.reason.as_str(), s.result.as_str(), &s.claimed_status);
+    match (reason, result) {
         ("terminal", "confirmed") => log::info!(
+            vendor = vendor.as_str(), order_id = order_id, request_id = rid, reason = reason,
+            result = result, claimed = claimed;
             "poll {vendor} order={order_id}: the vendor confirms {} (callback request_id={rid})",
             s.claimed_status
         ),
         ("terminal", _) => log::warn!(
+            vendor = vendor.as_str(), order_id = order_id, request_id = rid, reason = reason,
+            result = result, claimed = claimed, answer = label;
             "poll {vendor} order={order_id}: a callback (request_id={rid}) claimed {} but the vendor answers {label}: not applied, kept in callback_confirmations (a replayed signature, or the vendor's query lags its callbacks)",
             s.claimed_status
         ),
         (_, "verified") => log::info!(
+            vendor = vendor.as_str(), order_id = order_id, request_id = rid, reason = reason,
+            result = result;
             "poll {vendor} order={order_id}: the vendor number a callback was signed over (request_id={rid}) is confirmed"
         ),
         _ => log::warn!(
+            vendor = vendor.as_str(), order_id = order_id, request_id = rid, reason = reason,
+            result = result;
             "poll {vendor} order={order_id}: a callback (request_id={rid}) was signed over a vendor number that is not this order's: rejected"
         ),
     }

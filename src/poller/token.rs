@@ -66,8 +66,14 @@ impl Poller {
                 })
                 .await?;
                 match &login {
-                    Ok(_) => log::info!("{vendor}: logged in for a new token"),
-                    Err(e) => log::error!("{vendor} login failed: {e}"),
+                    Ok(_) => log::info!(
+                        vendor = vendor.as_str();
+                        "{vendor}: logged in for a new token"
+                    ),
+                    Err(e) => log::error!(
+                        vendor = vendor.as_str(), error:% = e;
+                        "{vendor} login failed: {e}"
+                    ),
                 }
                 return Ok(login);
             }

@@ -528,6 +528,9 @@ async fn deliver(
             return;
         }
     }
-    log::warn!("sim: push {} for {} given up", p.request_id, p.order_no);
+    log::warn!(
+        request_id = p.request_id.as_str(), order_id = p.order_no.as_str();
+        "sim: push {} for {} given up", p.request_id, p.order_no
+    );
     lock(state).stats.pushes_given_up += 1;
 }

@@ -227,7 +227,10 @@ fn write_batch(
                 Ok(c) => c,
                 Err(e) => {
                     let e = DbError::from(e);
-                    log::error!("ingest: {} callback(s) not stored: {e}", reqs.len());
+                    log::error!(
+                        callbacks = reqs.len(), error:% = e;
+                        "ingest: {} callback(s) not stored: {e}", reqs.len()
+                    );
                     results = reqs
                         .iter()
                         .map(|_| Err(DbError::Unavailable(e.to_string())))
@@ -274,9 +277,15 @@ pub(super) fn commit_with_fallback(
         Ok(receipts) => receipts.into_iter().map(Ok).collect(),
         Err(e) if e.is_unavailable() => {
             if will_retry_unavailable {
-                log::info!("ingest: connection lost ({e}); retrying on a new one");
+                log::info!(
+                    callbacks = reqs.len(), error:% = e;
+                    "ingest: connection lost ({e}); retrying on a new one"
+                );
             } else {
-                log::error!("ingest: {} callback(s) not stored: {e}", reqs.len());
+                log::error!(
+                    callbacks = reqs.len(), error:% = e;
+                    "ingest: {} callback(s) not stored: {e}", reqs.len()
+                );
             }
             let msg = e.to_string();
             reqs.iter()
@@ -286,6 +295,7 @@ pub(super) fn commit_with_fallback(
         Err(e) if reqs.len() == 1 => vec![keep_raw(conn, &reqs[0], &e)],
         Err(e) => {
             log::warn!(
+                callbacks = reqs.len(), error:% = e;
                 "ingest: batch of {} failed ({e}); retrying one by one",
                 reqs.len()
             );
@@ -311,6 +321,7 @@ fn keep_raw(
 ) -> Result<Receipt, DbError> {
     let (request_id, order_id) = r.verdict.ids();
     log::error!(
+        order_id = order_id, request_id = request_id, outcome = Outcome::InternalError.as_str(), error:% = cause;
         "ingest: callback order={} request_id={} could not be stored in full ({cause}); kept raw as internal_error",
         order_id.unwrap_or("-"),
         request_id.unwrap_or("-")
@@ -342,7 +353,12 @@ fn keep_raw(
         }
         Err(e) => {
             let e = DbError::from(e);
-            log::error!("ingest: not even the raw row could be stored: {e}");
+            log::error!(
+                order_id = order_id, request_id = request_id, error:% = e;
+                "ingest: callback order={} request_id={}: not even the raw row could be stored: {e}",
+                order_id.unwrap_or("-"),
+                request_id.unwrap_or("-")
+            );
             Err(e)
         }
     }
