@@ -70,10 +70,19 @@ pub const HISTORY_SQL: &str = "SELECT count(*) AS n FROM ( \
 /// the cursor ($4, $5) in `order_polls_due_idx` order; of those, the ones
 /// due later than $3 (now) and not heard from since $2. Returns how many it
 /// walked, those orders, and the new cursor.
+///
+/// The index is `(vendor, next_check_at, order_id)`: the walk reads $6
+/// entries from the cursor, already in order, whatever the size of the
+/// table or of a group of orders due at the same time. `orders` is looked
+/// up per walked order by `orders_pkey`, in an expression subquery, which
+/// the planner never turns into a join (as a join it sorted and hash-joined
+/// every order due later against a scan of the vendor's orders, chunk after
+/// chunk).
 pub const SWEEP_WALK_SQL: &str = "WITH c AS ( \
        SELECT p.order_id, p.next_check_at, \
-              p.next_check_at > $3 AND COALESCE(o.last_heard_at, p.tracked_at) < $2 AS stale \
-       FROM order_polls p JOIN orders o ON o.vendor = p.vendor AND o.order_id = p.order_id \
+              p.next_check_at > $3 AND (SELECT COALESCE(o.last_heard_at, p.tracked_at) < $2 FROM orders o \
+                                        WHERE o.vendor = p.vendor AND o.order_id = p.order_id) AS stale \
+       FROM order_polls p \
        WHERE p.vendor = $1 AND p.next_check_at >= $4 AND (p.next_check_at, p.order_id) > ($4, $5) \
        ORDER BY p.next_check_at, p.order_id LIMIT $6) \
      SELECT count(*) AS walked, \
@@ -87,11 +96,18 @@ pub const SWEEP_WALK_SQL: &str = "WITH c AS ( \
 /// say for their status (`Event::Swept`: $5 statuses, $6 times, all at or
 /// before $3, now), out of the range later chunks (and a sweep taken over)
 /// walk.
-pub const SWEEP_SQL: &str = "UPDATE order_polls p SET next_check_at = d.at \
-     FROM orders o, unnest($5::text[], $6::timestamptz[]) AS d(status, at) \
-     WHERE o.vendor = p.vendor AND o.order_id = p.order_id AND o.status = d.status \
-       AND p.vendor = $1 AND p.order_id = ANY($4) \
-       AND p.next_check_at > $3 AND COALESCE(o.last_heard_at, p.tracked_at) < $2";
+///
+/// Found by `order_polls_pkey`; `orders` is read by `orders_pkey` in two
+/// expression subqueries per order (the check, then the status's time),
+/// never joined: a join let the planner scan every order of the vendor, or
+/// every tracked one, for each chunk of 2,000. Being per row, the check also
+/// makes the key lookups the planner's cheapest way to find the rows.
+pub const SWEEP_SQL: &str = "UPDATE order_polls p \
+     SET next_check_at = (SELECT ($6::timestamptz[])[array_position($5::text[], o.status)] FROM orders o \
+                          WHERE o.vendor = p.vendor AND o.order_id = p.order_id) \
+     WHERE p.vendor = $1 AND p.order_id = ANY($4) AND p.next_check_at > $3 \
+       AND (SELECT o.status = ANY($5) AND COALESCE(o.last_heard_at, p.tracked_at) < $2 FROM orders o \
+            WHERE o.vendor = p.vendor AND o.order_id = p.order_id)";
 
 /// Orders a sweep chunk walks (and at most updates, in one transaction: the
 /// row locks it holds, which callbacks for those orders wait on, last a few

@@ -323,13 +323,20 @@ pub fn expire_silent(
         .execute(conn)
 }
 
-/// `expire_silent` ($1 vendor, $2 cutoff, $3 now).
+/// `expire_silent` ($1 vendor, $2 cutoff, $3 now): silent since before the
+/// cutoff is `GREATEST(last_heard_at, tracked_at) < $2`, split so that
+/// `order_polls` alone narrows the due orders (`order_polls_due_idx` from
+/// the start, then `tracked_at`) and `orders` is read only for those left,
+/// one `orders_pkey` lookup each. The lookup is an expression subquery,
+/// which the planner never turns into a join: as a join (or an `EXISTS`
+/// semi-join) it could trade the lookups for a scan of the vendor's orders,
+/// and did, at 100k orders. An order without its `orders` row is left alone,
+/// as the join did.
 pub const EXPIRE_SILENT_SQL: &str =
     "UPDATE order_polls p SET next_check_at = NULL, tracking_expired_at = $3 \
-     FROM orders o \
-     WHERE o.vendor = p.vendor AND o.order_id = p.order_id \
-       AND p.vendor = $1 AND p.next_check_at <= $3 \
-       AND GREATEST(o.last_heard_at, p.tracked_at) < $2";
+     WHERE p.vendor = $1 AND p.next_check_at <= $3 AND p.tracked_at < $2 \
+       AND (SELECT o.last_heard_at IS NULL OR o.last_heard_at < $2 FROM orders o \
+            WHERE o.vendor = p.vendor AND o.order_id = p.order_id)";
 
 /// Orders due now.
 pub fn count_due(conn: &mut PgConnection, vendor: Vendor, now: DateTime<Utc>) -> QueryResult<i64> {

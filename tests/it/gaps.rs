@@ -455,6 +455,44 @@ fn a_large_sweep_commits_in_chunks_and_misses_no_order() {
     assert_eq!(again.orders, 0);
 }
 
+/// Silence is judged by the last callback, or, for an order never heard
+/// of, by when its tracking began; only orders due later than now, and with
+/// a status that is ever asked about, are made due.
+#[test]
+fn a_sweep_judges_silence_by_the_last_callback_else_by_the_start_of_tracking() {
+    let db = TestDb::new();
+    let c = &mut db.conn();
+    let t = base();
+    let since = t - Duration::hours(5);
+    let far = Some(t + Duration::days(2));
+    let soon = Some(t + Duration::seconds(1));
+    // Minutes after `since`; seconds before now.
+    let m = |minutes: i64| since + Duration::minutes(minutes);
+    let ago = |secs: i64| Some(t - Duration::seconds(secs));
+    let (silent, old) = (Some(m(-60)), m(-24 * 60));
+    // id, status, last heard, next check, tracked since, next check after
+    let orders = [
+        ("RETRACKED", "shipped", silent, far, m(60), ago(1)),
+        ("HEARD-SINCE", "pending", Some(m(1)), far, old, far),
+        ("UNHEARD-NEW", "new", None, far, m(60), far),
+        ("UNHEARD-OLD", "new", None, far, m(-1), ago(3)),
+        ("HEARD-AT-SINCE", "pending", Some(since), far, old, far),
+        ("DUE-NOW", "pending", silent, Some(t), old, Some(t)),
+        ("TERMINAL", "settled", silent, far, old, far),
+        ("COMPLETED", "completed", silent, far, old, Some(t)),
+        ("SUBMITTED", "submitted", silent, soon, old, ago(2)),
+    ];
+    for (id, status, heard, next, tracked, _) in orders {
+        add_order(c, id, status, heard, next, tracked);
+    }
+    // Two orders a chunk: chunk boundaries fall between equal next checks.
+    let done = sweep(c, V, since, t, 2).unwrap();
+    assert_eq!((done.orders, done.chunks), (4, 5));
+    for (id, _, _, _, _, after) in orders {
+        assert_eq!(next_check(c, id), after, "{id}");
+    }
+}
+
 #[test]
 fn a_sweep_left_by_a_process_that_died_is_taken_over_after_its_lease() {
     let db = TestDb::new();

@@ -311,6 +311,76 @@ async fn orders_silent_past_the_horizon_stop_being_polled_and_are_listed() {
     assert_eq!(fake.calls_for("OLD"), 1, "{s}");
 }
 
+/// `store::poll::expire_silent` on a chosen clock: an order is silent past
+/// the horizon when neither its last callback nor the start of its tracking
+/// is as recent as the cutoff, and only due orders are looked at.
+#[test]
+fn expiry_counts_silence_from_the_later_of_the_last_callback_and_tracking_start() {
+    use chrono::{DateTime, Duration as D, Utc};
+    use diesel::prelude::*;
+    use diesel::sql_types::{Nullable, Text, Timestamptz};
+    use haoka_sync::store::poll::expire_silent;
+    use haoka_sync::vendors::Vendor;
+
+    let db = TestDb::new();
+    let c = &mut db.conn();
+    // Whole seconds: timestamps round-trip through PostgreSQL exactly.
+    let t = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let cutoff = t - D::days(60);
+    let due = Some(t - D::minutes(1));
+    // Hours after the cutoff.
+    let h = |hours: i64| cutoff + D::hours(hours);
+    // id, last heard, tracked since, next check, expired
+    let orders = [
+        ("NEVER-HEARD-OLD", None, h(-1), due, true),
+        ("NEVER-HEARD-NEW", None, h(1), due, false),
+        ("HEARD-SINCE", Some(h(1)), h(-240), due, false),
+        ("RETRACKED", Some(h(-240)), h(1), due, false),
+        ("BOTH-OLD", Some(h(-1)), h(-2), due, true),
+        ("HEARD-AT-CUTOFF", Some(cutoff), h(-24), due, false),
+        ("TRACKED-AT-CUTOFF", None, cutoff, due, false),
+        ("NOT-DUE", Some(h(-1)), h(-2), Some(t + D::hours(1)), false),
+        ("DUE-NOW", Some(h(-1)), h(-2), Some(t), true),
+    ];
+    for (id, heard, tracked, next, _) in orders {
+        diesel::sql_query(
+            "WITH o AS (INSERT INTO orders (vendor, order_id, status, last_heard_at, created_at) \
+                        VALUES ('haoka172', $1, 'shipped', $2, $3)) \
+             INSERT INTO order_polls (vendor, order_id, next_check_at, tracked_at) \
+             VALUES ('haoka172', $1, $4, $3)",
+        )
+        .bind::<Text, _>(id)
+        .bind::<Nullable<Timestamptz>, _>(heard)
+        .bind::<Timestamptz, _>(tracked)
+        .bind::<Nullable<Timestamptz>, _>(next)
+        .execute(c)
+        .unwrap();
+    }
+    assert_eq!(expire_silent(c, Vendor::Haoka172, cutoff, t).unwrap(), 3);
+    #[derive(QueryableByName)]
+    struct Poll {
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        next_check_at: Option<DateTime<Utc>>,
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        tracking_expired_at: Option<DateTime<Utc>>,
+    }
+    for (id, _, _, next, expired) in orders {
+        let p: Poll = diesel::sql_query(
+            "SELECT next_check_at, tracking_expired_at FROM order_polls WHERE order_id = $1",
+        )
+        .bind::<Text, _>(id)
+        .get_result(c)
+        .unwrap();
+        let want = if expired {
+            (None, Some(t))
+        } else {
+            (next, None)
+        };
+        assert_eq!((p.next_check_at, p.tracking_expired_at), want, "{id}");
+    }
+    assert_eq!(count(c, "SELECT count(*) AS n FROM expired_orders"), 3);
+}
+
 #[tokio::test]
 async fn ops_views_show_what_is_due_and_why_and_counts_per_status() {
     let (app, _sim) = TestApp::with_sim(&[("HAOKA172_OVERDUE", ZERO_OVERDUE), CONFIRM_OFF]).await;
