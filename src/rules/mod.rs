@@ -2,12 +2,14 @@
 //! nothing else. The status model and the merge (`status`), when to ask a
 //! vendor next (`schedule`), deployment-wide callback silences (`gaps`),
 //! how a callback request is judged and answered (`inbound`), bounded
-//! identifiers (`ids`), masking of personal data (`mask`), and the `Vendor`
-//! and `Observation` types both paths share.
+//! identifiers (`ids`), masking of personal data (`mask`), when the
+//! database counts as down and when it is probed (`db_health`), and the
+//! `Vendor` and `Observation` types both paths share.
 //!
 //! Pure: no I/O, no clock (callers pass `now`), no database, no logging.
 //! Nothing here imports another module of the crate but `secret`.
 
+pub mod db_health;
 pub mod duration;
 pub mod gaps;
 pub mod ids;
