@@ -206,9 +206,10 @@ fn probe_loop(health: &DbHealth, url: &DatabaseUrl) {
     // The probe's own connection, kept while it answers: a liveness probe
     // is then one round trip, not a new backend.
     let mut kept: Option<PgConnection> = None;
-    let hung = Arc::new(AtomicUsize::new(0));
+    let mut probes = Probes::new();
     let mut last: Option<Instant> = None;
     loop {
+        probes.take_late(health, &mut kept);
         {
             let mut inner = health.lock();
             loop {
@@ -231,43 +232,94 @@ fn probe_loop(health: &DbHealth, url: &DatabaseUrl) {
             inner.suspected = None;
         }
         last = Some(Instant::now());
-        let probe = probe_within_deadline(url, &mut kept, &hung);
+        let probe = probes.run(url, &mut kept, health);
         health.observe(probe);
     }
 }
 
-/// Run one probe on a thread of its own and wait at most `PROBE_DEADLINE`
-/// for it: a connect or a query that hangs is left to finish on its own.
-fn probe_within_deadline(
-    url: &DatabaseUrl,
-    kept: &mut Option<PgConnection>,
-    hung: &Arc<AtomicUsize>,
-) -> Probe {
-    if hung.load(Ordering::Acquire) >= MAX_HUNG_PROBES {
-        return Probe::NoAnswer;
-    }
-    let (tx, rx) = mpsc::sync_channel(1);
-    let conn = kept.take();
-    let url = url.clone();
-    let running = Arc::clone(hung);
-    running.fetch_add(1, Ordering::AcqRel);
-    let spawned = std::thread::Builder::new()
-        .name("db-probe".into())
-        .spawn(move || {
-            let _ = tx.send(probe_once(&url, conn));
-            running.fetch_sub(1, Ordering::AcqRel);
-        });
-    if let Err(e) = spawned {
-        hung.fetch_sub(1, Ordering::AcqRel);
-        return Probe::Failed(format!("cannot start a probe thread: {e}"));
-    }
-    match rx.recv_timeout(PROBE_DEADLINE) {
-        Ok(Ok(conn)) => {
-            *kept = Some(conn);
-            Probe::Answered
+type ProbeResult = (u64, Result<PgConnection, String>);
+
+/// Probes run on threads of their own, each waited for at most
+/// `PROBE_DEADLINE`: a connect or a query that hangs is left to finish on
+/// its own, and an answer that comes late still counts (a loaded machine
+/// is slow, not down).
+struct Probes {
+    tx: mpsc::Sender<ProbeResult>,
+    rx: mpsc::Receiver<ProbeResult>,
+    next: u64,
+    running: Arc<AtomicUsize>,
+}
+
+impl Probes {
+    fn new() -> Probes {
+        let (tx, rx) = mpsc::channel();
+        Probes {
+            tx,
+            rx,
+            next: 0,
+            running: Arc::new(AtomicUsize::new(0)),
         }
-        Ok(Err(reason)) => Probe::Failed(reason),
-        Err(_) => Probe::NoAnswer,
+    }
+
+    fn run(
+        &mut self,
+        url: &DatabaseUrl,
+        kept: &mut Option<PgConnection>,
+        health: &DbHealth,
+    ) -> Probe {
+        if self.running.load(Ordering::Acquire) >= MAX_HUNG_PROBES {
+            return Probe::NoAnswer;
+        }
+        let id = self.next;
+        self.next += 1;
+        let (tx, conn, url) = (self.tx.clone(), kept.take(), url.clone());
+        let running = Arc::clone(&self.running);
+        running.fetch_add(1, Ordering::AcqRel);
+        let spawned = std::thread::Builder::new()
+            .name("db-probe".into())
+            .spawn(move || {
+                let _ = tx.send((id, probe_once(&url, conn)));
+                running.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+            return Probe::Failed(format!("cannot start a probe thread: {e}"));
+        }
+        let deadline = Instant::now() + PROBE_DEADLINE;
+        loop {
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok((i, Ok(conn))) if i == id => {
+                    *kept = Some(conn);
+                    return Probe::Answered;
+                }
+                Ok((i, Err(reason))) if i == id => return Probe::Failed(reason),
+                Ok((_, late)) => Self::late(late, kept, health),
+                Err(_) => return Probe::NoAnswer,
+            }
+        }
+    }
+
+    /// Answers of probes that missed their deadline.
+    fn take_late(&self, health: &DbHealth, kept: &mut Option<PgConnection>) {
+        while let Ok((_, late)) = self.rx.try_recv() {
+            Self::late(late, kept, health);
+        }
+    }
+
+    /// A late answer means the database answers; a late failure says
+    /// nothing newer than what the state already holds.
+    fn late(
+        result: Result<PgConnection, String>,
+        kept: &mut Option<PgConnection>,
+        health: &DbHealth,
+    ) {
+        if let Ok(conn) = result {
+            kept.get_or_insert(conn);
+            health.observe(Probe::Answered);
+        }
     }
 }
 

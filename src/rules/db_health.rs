@@ -5,9 +5,11 @@
 //! - Up → down on a probe that failed (an error: refused, reset, a server
 //!   that says it is starting or shutting down), or on
 //!   `SILENT_BEFORE_DOWN` probes in a row that brought no answer within
-//!   their deadline (a black-holed network, a hung server). One slow answer
-//!   on a loaded machine is not an outage.
-//! - Down → up on the first probe that answered.
+//!   their deadline once nothing has answered for `SILENCE_BEFORE_DOWN`
+//!   (a black-holed network, a hung server). A slow answer on a loaded
+//!   machine is not an outage, and an answer that comes after its deadline
+//!   still counts.
+//! - Down → up on the first probe that answered (late or not).
 //! - While down a probe runs every `DOWN_INTERVAL`, so the state is up again
 //!   within that (plus one round trip) of the database's return; while up,
 //!   a liveness probe every `UP_INTERVAL`, and one at once when a caller
@@ -28,8 +30,10 @@ pub const UP_INTERVAL: Duration = Duration::from_secs(2);
 pub const MIN_GAP: Duration = Duration::from_millis(50);
 /// How long a probe may take before it counts as no answer.
 pub const PROBE_DEADLINE: Duration = Duration::from_millis(500);
-/// Unanswered probes in a row that make an up database down.
+/// Unanswered probes in a row that make an up database down…
 pub const SILENT_BEFORE_DOWN: u32 = 2;
+/// …once nothing has answered for this long.
+pub const SILENCE_BEFORE_DOWN: Duration = Duration::from_millis(1500);
 
 /// What one probe brought.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +60,8 @@ pub struct Tracker {
     cause: Option<String>,
     /// Unanswered probes in a row while up.
     silent: u32,
+    /// The latest answer (or the start).
+    answered: Instant,
 }
 
 impl Tracker {
@@ -67,6 +73,7 @@ impl Tracker {
             since: now,
             cause: None,
             silent: 0,
+            answered: now,
         }
     }
 
@@ -89,17 +96,20 @@ impl Tracker {
         match (self.up, probe) {
             (true, Probe::Answered) => {
                 self.silent = 0;
+                self.answered = self.answered.max(now);
                 None
             }
             (true, Probe::Failed(cause)) => Some(self.go_down(cause, now)),
             (true, Probe::NoAnswer) => {
                 self.silent += 1;
-                (self.silent >= SILENT_BEFORE_DOWN).then(|| {
+                let silence = now.saturating_duration_since(self.answered);
+                (self.silent >= SILENT_BEFORE_DOWN && silence >= SILENCE_BEFORE_DOWN).then(|| {
                     self.go_down(
                         format!(
-                            "no answer within {} ms, {} times in a row",
-                            PROBE_DEADLINE.as_millis(),
-                            self.silent
+                            "no answer for {} ms ({} probes in a row without an answer within {} ms)",
+                            silence.as_millis(),
+                            self.silent,
+                            PROBE_DEADLINE.as_millis()
                         ),
                         now,
                     )
@@ -111,6 +121,7 @@ impl Tracker {
                 self.since = now;
                 self.cause = None;
                 self.silent = 0;
+                self.answered = now;
                 Some(Transition::Up { down_for })
             }
             (false, Probe::Failed(_) | Probe::NoAnswer) => None,
@@ -171,16 +182,22 @@ mod tests {
     }
 
     #[test]
-    fn one_slow_probe_is_not_an_outage_two_in_a_row_are() {
+    fn slow_probes_are_an_outage_only_when_nothing_answered_for_1_5_s() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut t = Tracker::new(t0);
-        assert_eq!(t.observe(Probe::NoAnswer, t0), None);
+        assert_eq!(t.observe(Probe::NoAnswer, t0 + ms(500)), None);
         assert!(t.is_up());
-        assert_eq!(t.observe(Probe::Answered, t0), None);
-        assert_eq!(t.observe(Probe::NoAnswer, t0), None);
-        let down = t.observe(Probe::NoAnswer, t0);
+        assert_eq!(t.observe(Probe::Answered, t0 + ms(700)), None, "late");
+        assert_eq!(t.observe(Probe::NoAnswer, t0 + ms(1200)), None);
+        assert_eq!(
+            t.observe(Probe::NoAnswer, t0 + ms(1700)),
+            None,
+            "1 s silent"
+        );
+        let down = t.observe(Probe::NoAnswer, t0 + ms(2200));
         assert!(
-            matches!(&down, Some(Transition::Down { cause }) if cause.contains("no answer within 500 ms")),
+            matches!(&down, Some(Transition::Down { cause }) if cause.contains("no answer for 1500 ms (3 probes in a row without an answer within 500 ms)")),
             "{down:?}"
         );
     }
@@ -218,8 +235,9 @@ mod tests {
             /// Whatever the probes bring: transitions alternate, starting
             /// with a down; each is reported once; the state follows a
             /// simple model (an answer is up, an error is down, N silences
-            /// in a row while up are down); an up says how long the
-            /// outage lasted.
+            /// in a row while up are down once nothing answered for
+            /// `SILENCE_BEFORE_DOWN`); an up says how long the outage
+            /// lasted.
             #[test]
             fn transitions_alternate_and_follow_the_probes(
                 steps in proptest::collection::vec((probe(), 0u64..2000), 0..60)
@@ -227,7 +245,7 @@ mod tests {
                 let t0 = Instant::now();
                 let mut t = Tracker::new(t0);
                 let mut now = t0;
-                let (mut up, mut silent) = (true, 0u32);
+                let (mut up, mut silent, mut answered) = (true, 0u32, t0);
                 let mut down_at = None;
                 let mut last = None;
                 for (p, dt) in steps {
@@ -236,8 +254,13 @@ mod tests {
                         (Probe::Answered, _) => true,
                         (Probe::Failed(_), _) => false,
                         (Probe::NoAnswer, false) => false,
-                        (Probe::NoAnswer, true) => silent + 1 < SILENT_BEFORE_DOWN,
+                        (Probe::NoAnswer, true) => {
+                            silent + 1 < SILENT_BEFORE_DOWN || now - answered < SILENCE_BEFORE_DOWN
+                        }
                     };
+                    if p == Probe::Answered {
+                        answered = now;
+                    }
                     silent = match (&p, up && want_up) {
                         (Probe::NoAnswer, true) => silent + 1,
                         _ => 0,

@@ -226,11 +226,11 @@ async fn with_postgresql_cut_off_callbacks_get_503_at_once_and_succeed_within_2_
 
 /// The half-open case: connections are accepted but nothing comes back
 /// (a partition, a hung server), so no error ever arrives. The wait for a
-/// commit makes the prober look, two unanswered probes make it down, and
+/// commit makes the prober look, 1.5 s without an answer make it down, and
 /// from then on callbacks get their 503 at once; when the path heals,
 /// callbacks succeed again, and nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_queries_hanging_callbacks_get_503_within_2_s_and_recover_when_the_path_heals() {
+async fn with_queries_hanging_callbacks_get_503_within_2_5_s_and_recover_when_the_path_heals() {
     let proxy = PgProxy::start().await;
     let db = TestDb::new();
     let via = db.url_via(proxy.port);
@@ -271,7 +271,7 @@ async fn with_queries_hanging_callbacks_get_503_within_2_s_and_recover_when_the_
             .collect::<Vec<_>>()
     );
     let slowest = during.iter().map(|s| s.took).max().unwrap_or_default();
-    assert!(slowest < Duration::from_secs(2), "slowest {slowest:?}");
+    assert!(slowest < Duration::from_millis(2500), "slowest {slowest:?}");
     // Once the hang is known, at once.
     let known_at = holed_at + detected;
     let after: Vec<Duration> = during
