@@ -142,7 +142,7 @@ pub struct Application {
     poller: Arc<Poller>,
     poll_cron: String,
     /// The one prober of the database's health; stops with the app.
-    _prober: db::Prober,
+    prober: db::Prober,
 }
 
 impl Application {
@@ -205,7 +205,7 @@ impl Application {
             ingest,
             poller,
             poll_cron: config.poll_cron.clone(),
-            _prober: prober,
+            prober,
         })
     }
 
@@ -236,8 +236,13 @@ impl Application {
                 log::warn!("poll scheduler did not stop cleanly: {e}");
             }
         }
-        let ingest = self.ingest;
-        let _ = tokio::task::spawn_blocking(move || ingest.close()).await;
+        let (ingest, prober) = (self.ingest, self.prober);
+        let _ = tokio::task::spawn_blocking(move || {
+            ingest.close();
+            // Waits for its last probe: no connect in flight at exit.
+            drop(prober);
+        })
+        .await;
         result
     }
 }

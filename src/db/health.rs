@@ -41,6 +41,9 @@ const MAX_HUNG_PROBES: usize = 8;
 /// libpq's `connect_timeout` for probe connections (it treats anything
 /// below 2 s as 2 s).
 const PROBE_CONNECT_TIMEOUT_SECS: &str = "2";
+/// How long a stopping prober waits for its probes still connecting: a
+/// process must not exit while libpq is inside a connect on another thread.
+const STOP_WAIT: Duration = Duration::from_secs(3);
 
 pub struct DbHealth {
     /// The state, readable without the lock (every request reads it).
@@ -174,9 +177,11 @@ impl DbHealth {
     }
 }
 
-/// The background prober of one process; dropping it stops it.
+/// The background prober of one process; dropping it stops it and waits
+/// (a few milliseconds, at most `STOP_WAIT`) for its probes to end.
 pub struct Prober {
     health: Arc<DbHealth>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Prober {
@@ -187,11 +192,12 @@ impl Prober {
         let url = health
             .url
             .with_default_param("connect_timeout", PROBE_CONNECT_TIMEOUT_SECS);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("db-prober".into())
             .spawn(move || probe_loop(&h, &url))?;
         Ok(Prober {
             health: Arc::clone(health),
+            thread: Some(thread),
         })
     }
 }
@@ -199,6 +205,9 @@ impl Prober {
 impl Drop for Prober {
     fn drop(&mut self) {
         self.health.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -214,6 +223,8 @@ fn probe_loop(health: &DbHealth, url: &DatabaseUrl) {
             let mut inner = health.lock();
             loop {
                 if inner.stopped {
+                    drop(inner);
+                    probes.settle();
                     return;
                 }
                 let since_last = last.map_or(Duration::MAX, |l| l.elapsed());
@@ -299,6 +310,15 @@ impl Probes {
                 Ok((_, late)) => Self::late(late, kept, health),
                 Err(_) => return Probe::NoAnswer,
             }
+        }
+    }
+
+    /// Wait for the probes still running (bounded: one may hang for good
+    /// on a black-holed connection).
+    fn settle(&self) {
+        let end = Instant::now() + STOP_WAIT;
+        while self.running.load(Ordering::Acquire) > 0 && Instant::now() < end {
+            let _ = self.rx.recv_timeout(Duration::from_millis(10));
         }
     }
 
