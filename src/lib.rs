@@ -6,7 +6,8 @@
 //!   callback gaps, the callback verdict and its answers, ids, masking, the
 //!   `Vendor` type) and `secret`;
 //! - `vendors` (each vendor's protocol in its folder, and the `Asker`
-//!   interface the poller uses), `db` (pool, migrations, schema) and
+//!   interface the poller uses), `db` (pool, the database's health and its
+//!   prober, migrations, schema) and
 //!   `config` (typed configuration, built once);
 //! - `store` (the only code that decides what is committed; `ingest` is the
 //!   one commit path for callbacks, live or replayed);

@@ -141,13 +141,17 @@ pub struct Application {
     ingest: Arc<Ingest>,
     poller: Arc<Poller>,
     poll_cron: String,
+    /// The one prober of the database's health; stops with the app.
+    prober: db::Prober,
 }
 
 impl Application {
-    /// Bind and wire everything. Does not touch the database (the pool
-    /// connects lazily), so it starts even while PostgreSQL is down.
+    /// Bind and wire everything. Does not wait for the database (the pool
+    /// connects lazily; the prober looks at once), so it starts even while
+    /// PostgreSQL is down.
     pub fn build(config: &Config) -> Result<Application, BuildError> {
         let pool = db::pool(&config.database_url, config.db_pool_size, config.db_timeout);
+        let prober = db::Prober::start(pool.health())?;
         let schedule = Arc::new(config.schedule());
         let ingest = Ingest::start(
             pool.clone(),
@@ -201,6 +205,7 @@ impl Application {
             ingest,
             poller,
             poll_cron: config.poll_cron.clone(),
+            prober,
         })
     }
 
@@ -231,8 +236,13 @@ impl Application {
                 log::warn!("poll scheduler did not stop cleanly: {e}");
             }
         }
-        let ingest = self.ingest;
-        let _ = tokio::task::spawn_blocking(move || ingest.close()).await;
+        let (ingest, prober) = (self.ingest, self.prober);
+        let _ = tokio::task::spawn_blocking(move || {
+            ingest.close();
+            // Waits for its last probe: no connect in flight at exit.
+            drop(prober);
+        })
+        .await;
         result
     }
 }

@@ -1,14 +1,23 @@
-//! PostgreSQL plumbing: the r2d2 pool, creating the database, embedded
-//! migrations, and the one helper that runs sync diesel off the async workers.
-//! No business rules here.
+//! PostgreSQL plumbing: the r2d2 pool and the health of the database behind
+//! it (`health`), creating the database, embedded migrations, and the
+//! helpers that run sync diesel off the async workers. No business rules
+//! here.
+//!
+//! Every connection is taken through `PgPool::get` (or `run`/`run_within`
+//! on top of it): while `health` says the database is down it fails at
+//! once, and a wait for a connection ends as soon as the database goes
+//! down, so no caller sits out the pool timeout during an outage.
 
+pub mod health;
 pub mod models;
 pub mod schema;
 mod url;
 
+pub use health::{DbHealth, Prober};
 pub use url::DatabaseUrl;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
@@ -16,8 +25,99 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 pub type PgConn = PooledConnection<ConnectionManager<PgConnection>>;
+
+/// How often a wait for a connection looks at the health state.
+const GET_SLICE: Duration = Duration::from_millis(50);
+/// A wait for a connection this long asks the prober to look now.
+const SLOW_GET: Duration = Duration::from_millis(300);
+/// What r2d2 itself is told: it caps the backoff between its attempts to
+/// open a connection at half of this, so after an outage a new connection
+/// is tried again within 250 ms. The caller's wait is `PgPool::timeout`.
+const R2D2_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The connection pool and the health of the database behind it. Cheap to
+/// clone; every clone shares both.
+#[derive(Clone)]
+pub struct PgPool {
+    inner: Pool<ConnectionManager<PgConnection>>,
+    health: Arc<DbHealth>,
+    timeout: Duration,
+}
+
+impl PgPool {
+    /// The database's health as this process sees it (`DbHealth::is_up`).
+    pub fn health(&self) -> &Arc<DbHealth> {
+        &self.health
+    }
+
+    /// A connection within the pool's timeout (`DB_TIMEOUT_SECS`).
+    pub fn get(&self) -> Result<PgConn, DbError> {
+        self.get_timeout(self.timeout)
+    }
+
+    /// A connection within `wait`; at once `Unavailable` while the
+    /// database is down, and as soon as it goes down while waiting. A wait
+    /// that runs out is reported to the prober: a busy pool is not an
+    /// outage, a database that does not answer is.
+    pub fn get_timeout(&self, wait: Duration) -> Result<PgConn, DbError> {
+        let started = Instant::now();
+        let end = started + wait;
+        let mut last_error: Option<String> = None;
+        let mut reported_slow = false;
+        loop {
+            if !self.health.is_up() {
+                return Err(self.health.unavailable());
+            }
+            let slice = end.saturating_duration_since(Instant::now()).min(GET_SLICE);
+            match self.inner.get_timeout(slice) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    // r2d2 says `timed out waiting for connection[: <the
+                    // last connection error>]`.
+                    if let Some((_, why)) = e.to_string().split_once(": ") {
+                        last_error = Some(connection_reason(why));
+                    }
+                }
+            }
+            if Instant::now() >= end {
+                let why = match &last_error {
+                    Some(e) => format!("no connection within {} ms: {e}", wait.as_millis()),
+                    None => format!(
+                        "no connection within {} ms (all {} busy, or connecting)",
+                        wait.as_millis(),
+                        self.inner.max_size()
+                    ),
+                };
+                self.health.suspect(&why);
+                return Err(DbError::Unavailable(why));
+            }
+            if !reported_slow && started.elapsed() >= SLOW_GET {
+                reported_slow = true;
+                self.health.suspect(&format!(
+                    "waited {} ms for a connection{}",
+                    SLOW_GET.as_millis(),
+                    last_error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
+}
+
+/// r2d2 reports every failed attempt to open or check a connection here:
+/// the prober looks (r2d2 would log each attempt as an error; the outage is
+/// logged once, by the prober).
+#[derive(Debug)]
+struct Suspect(Arc<DbHealth>);
+
+impl diesel::r2d2::HandleError<diesel::r2d2::Error> for Suspect {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        self.0.suspect(&connection_reason(&error.to_string()));
+    }
+}
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -71,33 +171,90 @@ impl From<diesel::r2d2::PoolError> for DbError {
     }
 }
 
-/// A pool that does not need the database at build time: requests made while
-/// it is down fail after `timeout`, and it reconnects by itself.
+/// A pool that does not need the database at build time: it reconnects by
+/// itself. Its connections get libpq's `connect_timeout` (the request
+/// timeout, at least 2 s, unless `url` sets one), so an attempt to reach a
+/// black-holed address ends instead of holding one of r2d2's threads for
+/// minutes.
 pub fn pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> PgPool {
-    let manager = ConnectionManager::<PgConnection>::new(url.expose());
-    Pool::builder()
+    let health = DbHealth::new(url);
+    let connect = url.with_default_param(
+        "connect_timeout",
+        &timeout.as_secs().clamp(2, 600).to_string(),
+    );
+    let manager = ConnectionManager::<PgConnection>::new(connect.expose());
+    let inner = Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
-        .connection_timeout(timeout)
+        .connection_timeout(R2D2_TIMEOUT)
         .test_on_check_out(true)
-        .build_unchecked(manager)
+        .error_handler(Box::new(Suspect(Arc::clone(&health))))
+        .build_unchecked(manager);
+    PgPool {
+        inner,
+        health,
+        timeout,
+    }
 }
 
 /// Run sync diesel work on the blocking pool, never on an async worker.
 /// Its errors arrive classified (`From<diesel::result::Error>`): a lost
-/// connection is `Unavailable` wherever it happened.
+/// connection is `Unavailable` wherever it happened. While the database is
+/// down it answers `Unavailable` at once, and it stops waiting as soon as
+/// the database goes down (the blocking work, if it hangs, is left to end
+/// by itself).
 pub async fn run<T, F>(pool: &PgPool, f: F) -> Result<T, DbError>
 where
     T: Send + 'static,
     F: FnOnce(&mut PgConnection) -> diesel::QueryResult<T> + Send + 'static,
 {
-    let pool = pool.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut conn = pool.get()?;
+    run_inner(pool, pool.timeout, None, f).await
+}
+
+async fn run_inner<T, F>(
+    pool: &PgPool,
+    wait: Duration,
+    deadline: Option<Duration>,
+    f: F,
+) -> Result<T, DbError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut PgConnection) -> diesel::QueryResult<T> + Send + 'static,
+{
+    let health = pool.health();
+    if !health.is_up() {
+        return Err(health.unavailable());
+    }
+    let p = pool.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let mut conn = p.get_timeout(wait)?;
         Ok(f(&mut conn)?)
-    })
-    .await
-    .map_err(|e| DbError::Unavailable(format!("database task failed: {e}")))?
+    });
+    let work = async {
+        task.await
+            .map_err(|e| DbError::Unavailable(format!("database task failed: {e}")))?
+    };
+    let expired = async {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        biased;
+        r = work => r,
+        () = health.wait_down() => Err(health.unavailable()),
+        () = expired => Err(DbError::Unavailable(format!(
+            "no answer within {} ms",
+            deadline.unwrap_or_default().as_millis()
+        ))),
+    };
+    if let Err(e) = &result {
+        if e.is_unavailable() {
+            health.suspect(&e.to_string());
+        }
+    }
+    result
 }
 
 /// Create the database named in `url` if it does not exist (connecting to the
@@ -262,20 +419,14 @@ pub fn schema(conn: &mut PgConnection, wants: &str) -> diesel::QueryResult<Schem
     })
 }
 
-/// Run `f` with a connection only if one comes within `wait`: a readiness
-/// probe must answer within its own timeout, not the pool's.
+/// Run `f` only if it is done within `wait`, connection included: a
+/// readiness probe must answer within its own timeout, not the pool's.
 pub async fn run_within<T, F>(pool: &PgPool, wait: Duration, f: F) -> Result<T, DbError>
 where
     T: Send + 'static,
     F: FnOnce(&mut PgConnection) -> diesel::QueryResult<T> + Send + 'static,
 {
-    let pool = pool.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut conn = pool.get_timeout(wait)?;
-        Ok(f(&mut conn)?)
-    })
-    .await
-    .map_err(|e| DbError::Unavailable(format!("database task failed: {e}")))?
+    run_inner(pool, wait, Some(wait), f).await
 }
 
 #[cfg(test)]

@@ -24,6 +24,17 @@ impl DatabaseUrl {
         let name = self.0.path().trim_start_matches('/');
         percent_decode(name)
     }
+    /// The same URL with libpq parameter `key` set to `value`, unless the
+    /// URL already sets it (the operator's choice wins).
+    pub fn with_default_param(&self, key: &str, value: &str) -> DatabaseUrl {
+        if self.0.query_pairs().any(|(k, _)| k == key) {
+            return self.clone();
+        }
+        let mut u = self.0.clone();
+        u.query_pairs_mut().append_pair(key, value);
+        DatabaseUrl(u)
+    }
+
     /// The same server, another database (to create this one).
     pub fn with_database(&self, name: &str) -> DatabaseUrl {
         let mut u = self.0.clone();
@@ -92,6 +103,21 @@ mod tests {
         assert_eq!(u.server(), "127.0.0.1:5432");
         let u = DatabaseUrl::parse("postgres://[::1]:6000/x").unwrap();
         assert_eq!(u.server(), "[::1]:6000");
+    }
+
+    #[test]
+    fn a_default_parameter_is_added_only_when_the_url_has_none() {
+        let u = DatabaseUrl::parse("postgres://u@h/x").unwrap();
+        let t = u.with_default_param("connect_timeout", "2");
+        assert_eq!(t.expose(), "postgres://u@h/x?connect_timeout=2");
+        assert_eq!(t.database_name(), "x");
+        let u = DatabaseUrl::parse("postgres://u@h/x?sslmode=require&connect_timeout=9").unwrap();
+        assert_eq!(u.with_default_param("connect_timeout", "2"), u);
+        let u = DatabaseUrl::parse("postgres://u@h/x?sslmode=require").unwrap();
+        assert_eq!(
+            u.with_default_param("connect_timeout", "2").expose(),
+            "postgres://u@h/x?sslmode=require&connect_timeout=2"
+        );
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub async fn haoka172(req: Inbound, state: web::Data<AppState>) -> HttpResponse 
 }
 
 /// The answer, and the one log line for a request the store handled (one
-/// it could not take was logged by the store, with its ids).
+/// it could not take, e.g. while the database is down, was logged by
+/// `store::ingest`, with its ids).
 fn respond(result: Result<Receipt, DbError>) -> HttpResponse {
     let r = match result {
         Ok(r) => r,

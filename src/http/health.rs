@@ -16,18 +16,23 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// 200 when the database answers within a second and has this build's
-/// schema; 503 otherwise, with what is wrong (GET and HEAD).
+/// schema; 503 otherwise, with what is wrong (GET and HEAD). While the
+/// database is known to be down it answers at once, without a connection.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let wants = state.schema_version.clone();
-    let checked = db::run_within(&state.pool, READY_WAIT, move |conn| {
-        db::schema(conn, &wants)
-    })
-    .await;
     let not_ready = |database: &str, detail: String| {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({
             "status": "not ready", "database": database, "detail": detail
         }))
     };
+    let health = state.pool.health();
+    if !health.is_up() {
+        return not_ready("unavailable", health.unavailable().to_string());
+    }
+    let wants = state.schema_version.clone();
+    let checked = db::run_within(&state.pool, READY_WAIT, move |conn| {
+        db::schema(conn, &wants)
+    })
+    .await;
     match checked {
         Ok(Schema::Current) => {
             HttpResponse::Ok().json(serde_json::json!({"status": "ready", "database": "ok"}))
@@ -40,7 +45,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             ),
         ),
         Err(e) => {
-            // Probes come every few seconds: the outage is logged elsewhere.
+            // Probes come every few seconds: the outage is logged once, by
+            // the database's prober.
             log::debug!("readyz: {e}");
             not_ready("unavailable", e.to_string())
         }

@@ -3,6 +3,10 @@
 //! the vendor clients and feeds the answers through the same status model as
 //! callbacks. A pass is a plain async function; the cron job only triggers it.
 //!
+//! While the pool's health says the database is down, a pass is not
+//! started (nothing could be claimed or recorded); the cron tick says so
+//! once per outage.
+//!
 //! Must never: query a terminal order, exceed a vendor budget (whatever the
 //! number of processes), or query one order from two processes at once.
 
@@ -104,6 +108,8 @@ pub struct Poller {
     lease: Duration,
     /// Held for the length of a pass: overlapping ticks never run two.
     running: Mutex<()>,
+    /// The outage (by its start) whose skipped ticks were logged.
+    skipped_outage: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +136,7 @@ impl Poller {
             ),
             lease,
             running: Mutex::new(()),
+            skipped_outage: std::sync::Mutex::new(None),
         }
     }
 
@@ -161,8 +168,15 @@ impl Poller {
             Some(v) => vec![v],
             None => self.enabled(),
         };
+        let health = self.pool.health();
         let mut out = Vec::new();
         for v in vendors {
+            if !health.is_up() {
+                // Down before or during the pass: ask no vendor anything
+                // whose answer could not be recorded.
+                out.push(Err(PollError::Db(health.unavailable())));
+                continue;
+            }
             out.push(match self.askers.get(&v) {
                 Some(Ok(asker)) => self.pass(asker).await,
                 Some(Err(why)) => Err(PollError::Disabled(v, why.clone())),
@@ -172,8 +186,25 @@ impl Poller {
         Some(out)
     }
 
-    /// The cron tick: run a pass, log what it did; never fails.
+    /// The cron tick: run a pass, log what it did; never fails. While the
+    /// database is down the pass is skipped, logged once per outage.
     pub async fn scheduled_tick(&self) {
+        let health = self.pool.health();
+        if !health.is_up() {
+            let since = health.since();
+            let mut logged = self
+                .skipped_outage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *logged != Some(since) {
+                *logged = Some(since);
+                log::warn!(
+                    "poll passes skipped: {}; they resume at the first tick after it answers",
+                    health.unavailable()
+                );
+            }
+            return;
+        }
         match self.run_pass(None).await {
             None => log::info!("poll tick skipped: the previous pass is still running"),
             Some(results) => {

@@ -3,12 +3,14 @@
 //! vendor next (`schedule`), deployment-wide callback silences (`gaps`),
 //! how a callback request is judged and answered (`inbound`), bounded
 //! identifiers (`ids`), masking of personal data (`mask`), times as
-//! operators type them (`time`), and the `Vendor` and `Observation` types
+//! operators type them (`time`), when the database counts as down and when
+//! it is probed (`db_health`), and the `Vendor` and `Observation` types
 //! both paths share.
 //!
 //! Pure: no I/O, no clock (callers pass `now`), no database, no logging.
 //! Nothing here imports another module of the crate but `secret`.
 
+pub mod db_health;
 pub mod duration;
 pub mod gaps;
 pub mod ids;

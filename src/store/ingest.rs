@@ -6,10 +6,17 @@
 //!
 //! Invariant: a receipt is `Ok` only after its rows are committed. If the
 //! database is unreachable every request in the batch gets `Unavailable`.
+//! While the pool's health says it is down, a request is answered
+//! `Unavailable` at once without being queued, and one already queued or
+//! in a writer's hands is answered as soon as the state flips (a writer
+//! stuck on a hung connection finishes, or not, on its own: a late commit
+//! is then a redelivery's `duplicate`). Every request the store could not
+//! take is logged once, here, with its ids (`Ingest::submit`).
 //! Runs sync diesel on its own threads, never on an async worker.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -17,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{apply_batch, insert_inbound, Applied, Item};
 use crate::db::models::NewInboundCallback;
-use crate::db::{DbError, PgConn, PgPool};
+use crate::db::{DbError, DbHealth, PgConn, PgPool};
 use crate::rules::inbound::{Outcome, Verdict};
 use crate::rules::schedule::Schedule;
 use crate::rules::status::{Effect, Status};
@@ -119,10 +126,15 @@ struct Job {
     reply: oneshot::Sender<Result<Receipt, DbError>>,
 }
 
+/// A request that has waited this long for its commit makes the prober
+/// look at the database now (a hung connection reports no error).
+const SLOW_COMMIT: Duration = Duration::from_millis(300);
+
 /// Handle to the writer threads. Cheap to share; `close` drains and stops.
 pub struct Ingest {
     tx: RwLock<Option<mpsc::Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    health: Arc<DbHealth>,
 }
 
 impl Ingest {
@@ -148,23 +160,54 @@ impl Ingest {
         Arc::new(Ingest {
             tx: RwLock::new(Some(tx)),
             threads: Mutex::new(threads),
+            health: Arc::clone(pool.health()),
         })
     }
 
     /// Queue a request and wait until its batch is committed (or failed).
+    /// A request it could not take is logged here, one line with its ids,
+    /// so none is dropped silently.
     pub async fn submit(&self, req: InboundRequest) -> Result<Receipt, DbError> {
+        let untaken = Untaken::of(&req);
+        let result = self.queue(req).await;
+        if let Err(e) = &result {
+            untaken.log(e);
+        }
+        result
+    }
+
+    async fn queue(&self, req: InboundRequest) -> Result<Receipt, DbError> {
+        if !self.health.is_up() {
+            return Err(self.health.unavailable());
+        }
         let tx = self
             .tx
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| DbError::Unavailable("shutting down".into()))?;
-        let (reply, rx) = oneshot::channel();
-        tx.send(Job { req, reply })
-            .await
-            .map_err(|_| DbError::Unavailable("ingest stopped".into()))?;
-        rx.await
-            .map_err(|_| DbError::Unavailable("ingest writer stopped".into()))?
+        let (reply, mut rx) = oneshot::channel();
+        let stopped = || DbError::Unavailable("ingest writer stopped".into());
+        let committed = async {
+            tx.send(Job { req, reply })
+                .await
+                .map_err(|_| DbError::Unavailable("ingest stopped".into()))?;
+            match tokio::time::timeout(SLOW_COMMIT, &mut rx).await {
+                Ok(r) => r.map_err(|_| stopped())?,
+                Err(_) => {
+                    self.health.suspect(&format!(
+                        "a callback has waited {} ms for its commit",
+                        SLOW_COMMIT.as_millis()
+                    ));
+                    rx.await.map_err(|_| stopped())?
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            r = committed => r,
+            () = self.health.wait_down() => Err(self.health.unavailable()),
+        }
     }
 
     /// Stop accepting, let the writers finish what is queued, join them.
@@ -173,6 +216,58 @@ impl Ingest {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();
+        }
+    }
+}
+
+/// What the log says of a request the store could not take (its body
+/// has moved into the queue by then).
+struct Untaken {
+    vendor: &'static str,
+    replay_of: Option<i64>,
+    request_id: Option<String>,
+    order_id: Option<String>,
+    judged: String,
+}
+
+impl Untaken {
+    fn of(req: &InboundRequest) -> Untaken {
+        let (rid, oid) = req.verdict.ids();
+        let (vendor, replay_of) = match &req.record {
+            Record::New(raw) => (raw.vendor, None),
+            Record::Replay { inbox_id } => ("-", Some(*inbox_id)),
+        };
+        Untaken {
+            vendor,
+            replay_of,
+            request_id: rid.map(str::to_owned),
+            order_id: oid.map(str::to_owned),
+            judged: match &req.verdict {
+                Verdict::Apply { .. } => "signed".to_owned(),
+                Verdict::Test { .. } => "test push".to_owned(),
+                Verdict::Reject { outcome, error, .. } => format!("{}, {error}", outcome.as_str()),
+            },
+        }
+    }
+
+    /// One line: the ids when they could be read, what the request was
+    /// judged, and why it was not stored (`database unavailable: …`).
+    fn log(&self, e: &DbError) {
+        let rid = self.request_id.as_deref().unwrap_or("-");
+        let oid = self.order_id.as_deref().unwrap_or("-");
+        let judged = &self.judged;
+        match self.replay_of {
+            None => log::warn!(
+                vendor:% = self.vendor, order_id = self.order_id.as_deref(),
+                request_id = self.request_id.as_deref(), outcome = judged.as_str(), error:% = e;
+                "callback {} order={oid} request_id={rid}: not stored, answered 503 (judged: {judged}): {e}",
+                self.vendor
+            ),
+            Some(id) => log::warn!(
+                inbox_id = id, order_id = self.order_id.as_deref(),
+                request_id = self.request_id.as_deref(), outcome = judged.as_str(), error:% = e;
+                "replay of inbound_callbacks id={id} order={oid} request_id={rid}: not recorded (judged: {judged}): {e}"
+            ),
         }
     }
 }
@@ -217,6 +312,14 @@ fn write_batch(
     schedule: &Schedule,
 ) -> Option<PgConn> {
     let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.req, j.reply)).unzip();
+    if !pool.health().is_up() {
+        // Their handlers have answered already; the kept connection may
+        // be the one that hangs.
+        for reply in replies {
+            let _ = reply.send(Err(pool.health().unavailable()));
+        }
+        return None;
+    }
     let was_kept = kept.is_some();
     let mut conn = kept;
     let mut results = Vec::new();
@@ -226,11 +329,6 @@ fn write_batch(
             None => match pool.get() {
                 Ok(c) => c,
                 Err(e) => {
-                    let e = DbError::from(e);
-                    log::error!(
-                        callbacks = reqs.len(), error:% = e;
-                        "ingest: {} callback(s) not stored: {e}", reqs.len()
-                    );
                     results = reqs
                         .iter()
                         .map(|_| Err(DbError::Unavailable(e.to_string())))
@@ -276,15 +374,11 @@ pub(super) fn commit_with_fallback(
     match commit_retrying(conn, reqs, schedule) {
         Ok(receipts) => receipts.into_iter().map(Ok).collect(),
         Err(e) if e.is_unavailable() => {
+            // Each request is logged by `submit`; the outage by the prober.
             if will_retry_unavailable {
                 log::info!(
                     callbacks = reqs.len(), error:% = e;
                     "ingest: connection lost ({e}); retrying on a new one"
-                );
-            } else {
-                log::error!(
-                    callbacks = reqs.len(), error:% = e;
-                    "ingest: {} callback(s) not stored: {e}", reqs.len()
                 );
             }
             let msg = e.to_string();
@@ -319,13 +413,6 @@ fn keep_raw(
     r: &InboundRequest,
     cause: &DbError,
 ) -> Result<Receipt, DbError> {
-    let (request_id, order_id) = r.verdict.ids();
-    log::error!(
-        order_id = order_id, request_id = request_id, outcome = Outcome::InternalError.as_str(), error:% = cause;
-        "ingest: callback order={} request_id={} could not be stored in full ({cause}); kept raw as internal_error",
-        order_id.unwrap_or("-"),
-        request_id.unwrap_or("-")
-    );
     let error = format!("could not be stored in full: {cause}");
     let now = Utc::now();
     let stored = conn.transaction(|conn| match &r.record {
@@ -344,6 +431,13 @@ fn keep_raw(
     });
     match stored {
         Ok(()) => {
+            let (request_id, order_id) = r.verdict.ids();
+            log::error!(
+                order_id = order_id, request_id = request_id, outcome = Outcome::InternalError.as_str(), error:% = cause;
+                "ingest: callback order={} request_id={} could not be stored in full ({cause}); kept raw as internal_error",
+                order_id.unwrap_or("-"),
+                request_id.unwrap_or("-")
+            );
             let mut receipt = Receipt {
                 error: Some(error),
                 ..Receipt::of(Outcome::InternalError)
@@ -352,14 +446,9 @@ fn keep_raw(
             Ok(receipt)
         }
         Err(e) => {
-            let e = DbError::from(e);
-            log::error!(
-                order_id = order_id, request_id = request_id, error:% = e;
-                "ingest: callback order={} request_id={}: not even the raw row could be stored: {e}",
-                order_id.unwrap_or("-"),
-                request_id.unwrap_or("-")
-            );
-            Err(e)
+            // Not even the raw row: `submit` logs the request with this.
+            log::debug!("ingest: the raw row failed too after: {cause}");
+            Err(DbError::from(e))
         }
     }
 }

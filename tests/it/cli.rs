@@ -1047,3 +1047,166 @@ fn serve_logs_by_default_what_an_operator_acts_on_and_not_the_libraries_internal
         assert!(!log.contains(noise), "{noise}: {log}");
     }
 }
+
+/// While PostgreSQL is down, `serve` logs the outage once with its cause,
+/// every callback it could not take once (its RequidId, what it was judged,
+/// "database unavailable"), the skipped poll passes once however many
+/// ticks pass, and the return once with how long it lasted; r2d2's own
+/// per-attempt errors stay out of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_an_outage_once_each_way_and_each_callback_it_could_not_take_once() {
+    let proxy = PgProxy::start().await;
+    let db = TestDb::new();
+    let mut child = cmd()
+        .arg("serve")
+        .env("DATABASE_URL", db.url_via(proxy.port))
+        .env("HAOKA_SYNC_BIND", "127.0.0.1:0")
+        .env("HAOKA172_SECRET", SECRET)
+        .env("HAOKA172_USER_ID", "demo")
+        // Nothing is tracked, so nothing is ever asked.
+        .env("HAOKA172_BASE_URL", "http://127.0.0.1:9")
+        .env("POLL_CRON", "* * * * * *")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let port = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("serve listens");
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap();
+        }
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let key = haoka_sync::vendors::haoka172::sign::CallbackKey::from_secret(SECRET);
+    let post = |rid: &str, sign_over: &str| {
+        client
+            .post(format!("{base}/callbacks/haoka172"))
+            .header("sign", key.encrypt(sign_over))
+            .json(&callback(rid, "LOG1", "已发货"))
+            .send()
+    };
+    let ready = || async {
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post("FD-0", "LOG1").await.unwrap().status(), 200);
+
+    proxy.cut();
+    while ready().await != 503 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for rid in ["FD-1", "FD-2", "FD-3"] {
+        assert_eq!(post(rid, "LOG1").await.unwrap().status(), 503);
+    }
+    assert_eq!(post("FD-bad", "OTHER").await.unwrap().status(), 503);
+    let r = client
+        .post(format!("{base}/callbacks/haoka172"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // At least two poll ticks while down.
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    proxy.restore().await;
+    let started = std::time::Instant::now();
+    while ready().await != 200 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(post("FD-4", "LOG1").await.unwrap().status(), 200);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(child.wait().unwrap().success());
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(5)) {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    let lines = |pred: &dyn Fn(&str) -> bool| log.lines().filter(|l| pred(l)).count();
+    let name = db.name.clone();
+    assert_eq!(
+        lines(&|l| l.contains(&format!(
+            "database {name} at 127.0.0.1:{} unavailable: ",
+            proxy.port
+        )) && l.contains("callbacks are answered 503 at once")),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        lines(&|l| l.contains(&format!(
+            "database {name} at 127.0.0.1:{} answers again after ",
+            proxy.port
+        ))),
+        1,
+        "{log}"
+    );
+    for rid in ["FD-1", "FD-2", "FD-3"] {
+        let mine: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("request_id={rid}")))
+            .collect();
+        assert_eq!(mine.len(), 1, "{rid}: {log}");
+        assert!(
+            mine[0].contains("order=LOG1")
+                && mine[0]
+                    .contains("not stored, answered 503 (judged: signed): database unavailable"),
+            "{}",
+            mine[0]
+        );
+    }
+    assert_eq!(
+        lines(&|l| l.contains("request_id=FD-bad")
+            && l.contains("(judged: bad_signature, ")
+            && l.contains("): database unavailable")),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        lines(&|l| l.contains("request_id=-")
+            && l.contains("(judged: malformed, malformed callback: ")
+            && l.contains("): database unavailable")),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        lines(&|l| l.contains("poll passes skipped: database unavailable")),
+        1,
+        "{log}"
+    );
+    assert_eq!(lines(&|l| l.contains(" r2d2]")), 0, "{log}");
+    let mut c = db.conn();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM inbound_callbacks WHERE request_id LIKE 'FD-%'"
+        ),
+        2
+    );
+}

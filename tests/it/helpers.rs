@@ -161,6 +161,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub key: CallbackKey,
     pub poller: std::sync::Arc<haoka_sync::poller::Poller>,
+    /// The database's health as the app sees it.
+    pub health: std::sync::Arc<haoka_sync::db::DbHealth>,
 }
 
 impl TestApp {
@@ -195,6 +197,7 @@ impl TestApp {
         let app = Application::build(&config).expect("build app");
         let address = format!("http://127.0.0.1:{}", app.port());
         let poller = app.poller();
+        let health = std::sync::Arc::clone(app.pool().health());
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
@@ -202,6 +205,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             key: CallbackKey::from_secret(SECRET),
             poller,
+            health,
         }
     }
 
@@ -417,11 +421,17 @@ pub fn inbound(conn: &mut PgConnection) -> Vec<InboundRow> {
 
 // ---- a cuttable path to PostgreSQL ----
 
-/// Forwards 127.0.0.1:<port> to PostgreSQL until cut; `restore` listens on
-/// the same port again.
+/// Forwards 127.0.0.1:<port> to PostgreSQL. `cut` refuses new connections
+/// and kills the open ones (the server is gone); `black_hole` keeps
+/// accepting and holding connections but forwards nothing either way (a
+/// partition, a hung server: the TCP connect succeeds, queries hang);
+/// `restore` undoes either (after a black hole, held data flows again, as
+/// when a partition heals).
 pub struct PgProxy {
     pub port: u16,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    flowing: tokio::sync::watch::Sender<bool>,
+    listening: std::sync::atomic::AtomicBool,
 }
 
 impl PgProxy {
@@ -431,6 +441,8 @@ impl PgProxy {
         let proxy = PgProxy {
             port,
             tasks: Arc::new(Mutex::new(Vec::new())),
+            flowing: tokio::sync::watch::channel(true).0,
+            listening: std::sync::atomic::AtomicBool::new(true),
         };
         proxy.serve(listener);
         proxy
@@ -442,15 +454,23 @@ impl PgProxy {
             let u = url::Url::parse(&admin_url()).unwrap();
             format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(5432))
         };
+        let flowing = self.flowing.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 let upstream = upstream.clone();
+                let mut gate = flowing.subscribe();
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    // Held, unanswered, while black-holed.
+                    if gate.wait_for(|f| *f).await.is_err() {
+                        return;
+                    }
+                    if let Ok(out) = tokio::net::TcpStream::connect(upstream).await {
+                        let (ri, wi) = inbound.into_split();
+                        let (ro, wo) = out.into_split();
+                        tokio::join!(pump(ri, wo, gate.clone()), pump(ro, wi, gate));
                     }
                 });
                 tasks.lock().unwrap().push(conn);
@@ -461,12 +481,26 @@ impl PgProxy {
 
     /// Refuse new connections and kill the open ones: the database is "down".
     pub fn cut(&self) {
+        self.listening
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         for t in self.tasks.lock().unwrap().drain(..) {
             t.abort();
         }
     }
 
+    /// Accept, but forward nothing: connects succeed, queries hang.
+    pub fn black_hole(&self) {
+        self.flowing.send_replace(false);
+    }
+
     pub async fn restore(&self) {
+        self.flowing.send_replace(true);
+        if self
+            .listening
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         let mut tries = 0;
         let listener = loop {
             match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
@@ -481,4 +515,24 @@ impl PgProxy {
         };
         self.serve(listener);
     }
+}
+
+/// Copy one direction, holding each chunk while the gate is closed.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut gate: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if gate.wait_for(|f| *f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }

@@ -7,6 +7,7 @@ mod cli;
 mod concurrency;
 mod damaijia;
 mod e2e;
+mod failfast;
 mod faults;
 mod gaps;
 mod helpers;

@@ -62,6 +62,9 @@ async fn a_kept_writer_connection_that_died_is_replaced_without_a_503() {
         assert_eq!((status, body.as_str()), (200, SUCCESS));
     }
     let mut c = app.db.conn();
+    let up_since = app.health.since();
+    // Every connection of the app's, the prober's included: a pool whose
+    // connections are all broken is not an outage.
     let killed = count(
         &mut c,
         &format!(
@@ -76,6 +79,8 @@ async fn a_kept_writer_connection_that_died_is_replaced_without_a_503() {
         assert_eq!((status, body.as_str()), (200, SUCCESS), "callback {i}");
     }
     assert_eq!(order(&mut c, "KEPT100").unwrap().status, "shipped");
+    assert!(app.health.is_up());
+    assert_eq!(app.health.since(), up_since, "never counted as down");
     assert_eq!(
         count(
             &mut c,
@@ -164,6 +169,9 @@ async fn readiness_checks_the_schema_answers_within_a_second_and_health_answers_
     );
     let (status, body) = app.send("R-empty", "EMPTY1", "已发货").await;
     assert_eq!(status, 503, "never a 500: {body}");
+    // It answers: a schema problem, not an outage (readiness says which).
+    assert!(app.health.is_up());
+    assert!(!body.contains("database unavailable"), "{body}");
 
     // PostgreSQL unreachable: not ready within about a second, not after
     // the pool's 3 s.
