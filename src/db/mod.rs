@@ -31,10 +31,6 @@ pub type PgConn = PooledConnection<ConnectionManager<PgConnection>>;
 const GET_SLICE: Duration = Duration::from_millis(50);
 /// A wait for a connection this long asks the prober to look now.
 const SLOW_GET: Duration = Duration::from_millis(300);
-/// What r2d2 itself is told: it caps the backoff between its attempts to
-/// open a connection at half of this, so after an outage a new connection
-/// is tried again within 250 ms. The caller's wait is `PgPool::timeout`.
-const R2D2_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The connection pool and the health of the database behind it. Cheap to
 /// clone; every clone shares both.
@@ -186,7 +182,7 @@ pub fn pool(url: &DatabaseUrl, size: u32, timeout: Duration) -> PgPool {
     let inner = Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
-        .connection_timeout(R2D2_TIMEOUT)
+        .connection_timeout(timeout)
         .test_on_check_out(true)
         .error_handler(Box::new(Suspect(Arc::clone(&health))))
         .build_unchecked(manager);
