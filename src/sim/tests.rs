@@ -139,7 +139,8 @@ async fn requests_about_one_order_in_flight_together_are_counted_and_delays_add_
         "SLOW",
         Answer::label("已发货").after(Duration::from_millis(150)),
     );
-    fake.delay(Duration::from_millis(150));
+    // Long enough that the three requests overlap even on a loaded machine.
+    fake.delay(Duration::from_millis(400));
     let started = std::time::Instant::now();
     let (a, b, c, d) = tokio::join!(
         ask(&sim, "A"),
@@ -149,7 +150,7 @@ async fn requests_about_one_order_in_flight_together_are_counted_and_delays_add_
     );
     assert!([a.0, b.0, c.0, d.0].iter().all(|s| *s == 200));
     assert!(
-        started.elapsed() >= Duration::from_millis(300),
+        started.elapsed() >= Duration::from_millis(550),
         "both delays"
     );
     assert_eq!(sim.stats().max_concurrent_per_order, 3);
