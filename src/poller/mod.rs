@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
 use crate::db::{self, DbError, PgPool};
+use crate::metrics::Metrics;
 use crate::rules::gaps;
 use crate::rules::schedule::Schedule;
 use crate::store::gaps::{self as gstore, GapEvent};
@@ -104,6 +105,8 @@ pub struct Poller {
     lease: Duration,
     /// Held for the length of a pass: overlapping ticks never run two.
     running: Mutex<()>,
+    /// Counts every call once `vendor_calls` records how it went.
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +133,15 @@ impl Poller {
             ),
             lease,
             running: Mutex::new(()),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Count the calls into `metrics` (`haoka_sync_vendor_calls_total`)
+    /// rather than into a registry nobody reads.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Poller {
+        self.metrics = metrics;
+        self
     }
 
     /// Vendors whose polling is off, and what to set to turn it on.
