@@ -10,6 +10,7 @@ mod e2e;
 mod faults;
 mod gaps;
 mod helpers;
+mod metrics;
 mod outage;
 mod poller;
 mod security;
