@@ -42,8 +42,11 @@ pub const BATCH_SIZE_BUCKETS: [f64; 11] = [
 pub struct DbGauges {
     /// Orders per vendor and status (only the pairs that have any).
     pub orders: Vec<(Vendor, Status, i64)>,
-    /// Per vendor: orders due now, and the oldest due time among them.
-    pub due: Vec<(Vendor, i64, Option<DateTime<Utc>>)>,
+    /// Per vendor: orders due now; None when this refresh did not count
+    /// them (`count_due_now`), and the gauge keeps the last count.
+    pub due: Option<Vec<(Vendor, i64)>>,
+    /// Per vendor: the earliest next check of any tracked order.
+    pub next_check: Vec<(Vendor, DateTime<Utc>)>,
     /// Per vendor: the last `applied` or `duplicate` callback, when one was
     /// ever heard.
     pub last_callback: Vec<(Vendor, DateTime<Utc>)>,
@@ -69,8 +72,27 @@ pub fn order_series(counts: &[(Vendor, Status, i64)]) -> Vec<(Vendor, Status, i6
         .collect()
 }
 
+/// How much of the time counting the due orders may take, at most: the
+/// count is O(due), and after a callback gap the sweep can make millions of
+/// orders due at once (hours of backlog for the per-minute budget).
+pub const DUE_COUNT_DUTY: u32 = 100;
+
+/// A count of the due orders this fast is made at every refresh.
+pub const DUE_COUNT_CHEAP: Duration = Duration::from_millis(100);
+
+/// Whether a refresh, `since` after the last count of the due orders that
+/// took `last_cost` (None: never counted), counts them again: every refresh
+/// while that is cheap (`DUE_COUNT_CHEAP`), else once the count takes at
+/// most 1 / `DUE_COUNT_DUTY` of the time since the last one (a count of
+/// 400 ms: every 40 s).
+pub fn count_due_now(last_cost: Option<Duration>, since: Duration, every: Duration) -> bool {
+    last_cost.is_none_or(|c| {
+        c <= DUE_COUNT_CHEAP || c.saturating_mul(DUE_COUNT_DUTY) <= since.max(every)
+    })
+}
+
 /// How long the longest-waiting due order has been due at `now`: zero when
-/// nothing is due (or the oldest check is still ahead).
+/// nothing is due (the earliest next check is still ahead, or none).
 pub fn oldest_due_age(oldest: Option<DateTime<Utc>>, now: DateTime<Utc>) -> f64 {
     oldest
         .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
@@ -295,16 +317,14 @@ impl Metrics {
                 .set(n);
         }
         for v in Vendor::ALL {
-            let (due, oldest) = g
-                .due
-                .iter()
-                .find(|(d, _, _)| *d == v)
-                .map(|(_, n, t)| (*n, *t))
-                .unwrap_or((0, None));
-            self.orders_due.with_label_values(&[v.as_str()]).set(due);
+            if let Some(due) = &g.due {
+                let n = due.iter().find(|(d, _)| *d == v).map_or(0, |(_, n)| *n);
+                self.orders_due.with_label_values(&[v.as_str()]).set(n);
+            }
+            let next = g.next_check.iter().find(|(d, _)| *d == v).map(|(_, t)| *t);
             self.oldest_due
                 .with_label_values(&[v.as_str()])
-                .set(oldest_due_age(oldest.filter(|_| due > 0), g.now));
+                .set(oldest_due_age(next, g.now));
             self.gap_open
                 .with_label_values(&[v.as_str()])
                 .set(i64::from(g.gaps_open.contains(&v)));
@@ -376,6 +396,26 @@ mod tests {
         }
 
         #[test]
+        fn counting_the_due_orders_takes_at_most_a_hundredth_of_the_time(
+            cost_ms in 0u64..100_000, since_ms in 0u64..10_000_000, every_s in 1u64..3600
+        ) {
+            let (cost, since, every) = (
+                Duration::from_millis(cost_ms),
+                Duration::from_millis(since_ms),
+                Duration::from_secs(every_s),
+            );
+            let counts = count_due_now(Some(cost), since, every);
+            if cost <= DUE_COUNT_CHEAP {
+                prop_assert!(counts, "a cheap count is never skipped");
+            } else if counts {
+                // A costly count's share of the time since the last one.
+                prop_assert!(cost_ms * u64::from(DUE_COUNT_DUTY) <= since.max(every).as_millis() as u64);
+            } else {
+                prop_assert!(cost * DUE_COUNT_DUTY > since.max(every));
+            }
+        }
+
+        #[test]
         fn the_oldest_due_age_is_never_negative_and_counts_from_the_oldest(
             offset in -1_000_000i64..1_000_000
         ) {
@@ -415,11 +455,11 @@ mod tests {
         m.set_db(
             &DbGauges {
                 orders: vec![(Vendor::Haoka172, Status::Shipped, 3)],
-                due: vec![(
-                    Vendor::Haoka172,
-                    2,
-                    Some(now - chrono::Duration::seconds(90)),
-                )],
+                due: Some(vec![(Vendor::Haoka172, 2)]),
+                next_check: vec![
+                    (Vendor::Haoka172, now - chrono::Duration::seconds(90)),
+                    (Vendor::Damaijia, now + chrono::Duration::seconds(90)),
+                ],
                 last_callback: vec![],
                 gaps_open: vec![Vendor::Haoka172],
                 paused: vec![Vendor::Damaijia],
@@ -434,6 +474,7 @@ mod tests {
             "haoka_sync_orders_due{vendor=\"haoka172\"} 2",
             "haoka_sync_orders_due{vendor=\"damaijia\"} 0",
             "haoka_sync_oldest_due_age_seconds{vendor=\"haoka172\"} 90",
+            "haoka_sync_oldest_due_age_seconds{vendor=\"damaijia\"} 0",
             "haoka_sync_callback_gap_open{vendor=\"haoka172\"} 1",
             "haoka_sync_vendor_paused{vendor=\"damaijia\"} 1",
             "haoka_sync_vendor_paused{vendor=\"haoka172\"} 0",
@@ -444,5 +485,34 @@ mod tests {
         assert!(!text.contains("haoka_sync_last_callback_timestamp_seconds{"));
         m.set_db_down();
         assert!(!m.db_up());
+        // A refresh that did not count the due orders keeps the last count.
+        m.set_db(
+            &DbGauges {
+                due: None,
+                now,
+                ..DbGauges::default()
+            },
+            Duration::from_millis(1),
+        );
+        let (text, _) = m.render();
+        assert!(text.contains("haoka_sync_orders_due{vendor=\"haoka172\"} 2"));
+        assert!(m.db_up());
+    }
+
+    #[test]
+    fn the_due_orders_are_counted_every_refresh_while_cheap() {
+        let every = Duration::from_secs(5);
+        assert!(count_due_now(None, Duration::ZERO, every), "never counted");
+        assert!(count_due_now(Some(Duration::from_millis(90)), every, every));
+        assert!(!count_due_now(
+            Some(Duration::from_millis(400)),
+            every,
+            every
+        ));
+        assert!(count_due_now(
+            Some(Duration::from_millis(400)),
+            Duration::from_secs(40),
+            every
+        ));
     }
 }

@@ -15,8 +15,8 @@ use chrono::Utc;
 
 use super::AppState;
 use crate::db::{self, PgPool};
-use crate::metrics::Metrics;
-use crate::store::metrics::{self as mstore, HeardMarks};
+use crate::metrics::{count_due_now, Metrics, DUE_COUNT_DUTY};
+use crate::store::metrics::{self as mstore, DueCount, HeardMarks};
 use crate::vendors::Vendor;
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
@@ -42,7 +42,9 @@ pub async fn time_haoka172(
 }
 
 /// Refresh the database gauges every `every` until the task is dropped:
-/// one short transaction on the blocking pool (`store::metrics::refresh`).
+/// one short transaction on the blocking pool (`store::metrics::refresh`);
+/// the due orders are counted in it while that is cheap, and at most 1 % of
+/// the time when the backlog makes it costly (`metrics::count_due_now`).
 /// `haoka_sync_db_up` says whether the last one reached the database; the
 /// first failure and the recovery are logged once each, not every tick.
 pub async fn refresh_forever(
@@ -55,18 +57,37 @@ pub async fn refresh_forever(
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut down_since: Option<Instant> = None;
+    // The last count of the due orders: when, and what it cost.
+    let mut due_counted: Option<(Instant, Duration)> = None;
     loop {
         ticks.tick().await;
         let started = Instant::now();
+        let count_due = count_due_now(
+            due_counted.map(|(_, cost)| cost),
+            due_counted.map_or(Duration::ZERO, |(at, _)| at.elapsed()),
+            every,
+        );
         let vendors = callback_vendors.clone();
         let mut m = marks.clone();
         let refreshed = db::run(&pool, move |conn| {
-            mstore::refresh(conn, Utc::now(), &vendors, &mut m).map(|g| (g, m))
+            mstore::refresh(conn, Utc::now(), &vendors, &mut m, count_due).map(|g| (g, m))
         })
         .await;
         match refreshed {
-            Ok((gauges, m)) => {
+            Ok(((gauges, counted), m)) => {
                 marks = m;
+                match counted {
+                    Some(DueCount::Counted(took)) => due_counted = Some((started, took)),
+                    Some(DueCount::Failed(took, e)) => {
+                        due_counted = Some((started, took));
+                        log::warn!(
+                            "metrics: counting the due orders failed after {} ms ({e}); haoka_sync_orders_due keeps its last value and is counted again in {} s",
+                            took.as_millis(),
+                            (took * DUE_COUNT_DUTY).as_secs()
+                        );
+                    }
+                    None => {}
+                }
                 metrics.set_db(&gauges, started.elapsed());
                 if let Some(since) = down_since.take() {
                     log::info!(

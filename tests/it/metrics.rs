@@ -761,3 +761,48 @@ fn only_one_process_folds_at_a_time_and_the_others_still_read_exact_counts() {
         Some(&1)
     );
 }
+
+#[test]
+fn the_last_callback_is_found_once_then_followed_from_where_the_last_look_stopped() {
+    let db = TestDb::new();
+    let mut c = db.conn();
+    let at = |secs_ago: i64, outcome: &str| {
+        format!(
+            "INSERT INTO inbound_callbacks (vendor, received_at, outcome, headers, body, body_size) \
+             VALUES ('haoka172', '2026-06-01 12:00:00+00'::timestamptz - interval '{secs_ago} seconds', '{outcome}', '{{}}', '', 0);"
+        )
+    };
+    let noon: chrono::DateTime<chrono::Utc> = "2026-06-01T12:00:00Z".parse().unwrap();
+    let ago = |s: i64| noon - chrono::Duration::seconds(s);
+    c.batch_execute(&(at(100, "applied") + &at(50, "bad_signature")))
+        .unwrap();
+    let mut marks = mstore::HeardMarks::default();
+    let mut refresh = |c: &mut PgConnection, count_due: bool| {
+        mstore::refresh(c, noon, &[Vendor::Haoka172], &mut marks, count_due).unwrap()
+    };
+    let (g, counted) = refresh(&mut c, true);
+    assert_eq!(g.last_callback, vec![(Vendor::Haoka172, ago(100))]);
+    assert!(matches!(counted, Some(mstore::DueCount::Counted(_))));
+    assert_eq!(
+        g.due,
+        Some(vec![(Vendor::Haoka172, 0), (Vendor::Damaijia, 0)])
+    );
+    // Committed after the look, stamped a little before what it saw: found.
+    c.batch_execute(&at(55, "duplicate")).unwrap();
+    let (g, counted) = refresh(&mut c, false);
+    assert_eq!(g.last_callback, vec![(Vendor::Haoka172, ago(55))]);
+    assert_eq!((g.due, counted), (None, None), "not counted this time");
+    // Rejected ones move nothing; the next heard one does.
+    c.batch_execute(&(at(20, "bad_signature") + &at(10, "not_configured")))
+        .unwrap();
+    assert_eq!(
+        refresh(&mut c, false).0.last_callback,
+        vec![(Vendor::Haoka172, ago(55))]
+    );
+    c.batch_execute(&(at(5, "applied") + &at(1, "malformed")))
+        .unwrap();
+    assert_eq!(
+        refresh(&mut c, false).0.last_callback,
+        vec![(Vendor::Haoka172, ago(5))]
+    );
+}
