@@ -413,6 +413,11 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
         client_ms
     );
 
+    // The refresh of the /metrics database gauges every replica runs every
+    // METRICS_REFRESH, next to the pass (the sweep below makes every
+    // tracked order due: measured again after it).
+    metrics_cost(&mut conn, orders, "a backlog of due orders")?;
+
     // The callback-gap check each 172 pass makes first (each rolled back):
     // with callbacks flowing (the mark a minute old), and with none for
     // 90 minutes (the silence is measured against the past week's same
@@ -468,6 +473,11 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
     let started = Instant::now();
     let swept = gstore::sweep(&mut conn, V, now, now, gstore::SWEEP_CHUNK)?;
     let sweep_ms = started.elapsed().as_secs_f64() * 1000.0;
+    metrics_cost(
+        &mut conn,
+        orders,
+        "every tracked order due (after a gap sweep)",
+    )?;
     let chunk_ms = sweep_ms / swept.chunks as f64;
     let swept = swept.orders;
     println!(
@@ -487,6 +497,154 @@ fn pass_cost(url: &str, orders: i64, due: i64, runs: usize) -> Res<()> {
         }
     );
     Ok(())
+}
+
+/// Statements of a metrics refresh whose plan must not scan a large table.
+const LARGE_TABLES: [&str; 4] = ["orders", "order_polls", "inbound_callbacks", "order_events"];
+
+/// The cost of one refresh of the database gauges (`store::metrics::refresh`)
+/// in the state a busy service leaves between two refreshes: 400 unfolded
+/// order-count deltas (5 s of status changes) and 10 s of callbacks at
+/// 200/s. Each statement with its plan (EXPLAIN ANALYZE), then the whole
+/// refresh: a process's first look at the inbox, and the refreshes after it.
+/// Everything rolled back, so the tables stay as they were.
+fn metrics_cost(conn: &mut PgConnection, orders: i64, state: &str) -> Res<()> {
+    use haoka_sync::store::metrics::{self as mstore, HeardMarks};
+    let busy = "INSERT INTO order_count_deltas (vendor, status, delta) \
+                SELECT 'haoka172', (ARRAY['pending', 'submitted', 'shipped', 'completed'])[g % 4 + 1], \
+                       CASE WHEN g % 2 = 0 THEN 1 ELSE -1 END FROM generate_series(1, 400) g; \
+                INSERT INTO inbound_callbacks (vendor, received_at, outcome, request_id, order_id, headers, body, body_size) \
+                SELECT 'haoka172', now() - (g * interval '5 milliseconds'), 'applied', 'M' || g, 'BP' || lpad(g::text, 9, '0'), \
+                       '{}', repeat('x', 420), 420 FROM generate_series(1, 2000) g";
+    let in_rollback = |conn: &mut PgConnection,
+                       f: &mut dyn FnMut(&mut PgConnection) -> QueryResult<()>|
+     -> Res<()> {
+        let r = conn.transaction::<(), diesel::result::Error, _>(|c| {
+            c.batch_execute(busy)?;
+            f(c)?;
+            Err(diesel::result::Error::RollbackTransaction)
+        });
+        match r {
+            Err(diesel::result::Error::RollbackTransaction) => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(()) => unreachable!(),
+        }
+    };
+    let now = Utc::now();
+    let vendors: Vec<&str> = Vendor::ALL.iter().map(|v| v.as_str()).collect();
+    let statements = [
+        ("fold", mstore::FOLD_SQL),
+        ("order counts", mstore::ORDER_COUNTS_SQL),
+        ("next check", mstore::NEXT_CHECK_SQL),
+        ("due count", mstore::DUE_SQL),
+        ("paused", mstore::PAUSED_SQL),
+        ("gaps open", mstore::GAPS_OPEN_SQL),
+        ("heard (first)", mstore::HEARD_FIRST_SQL),
+        ("heard (since)", mstore::HEARD_SINCE_SQL),
+    ];
+    let mut lines_out = Vec::new();
+    let mut scans = Vec::new();
+    for (name, sql) in statements {
+        let mut ms = Vec::new();
+        let mut plan = String::new();
+        for _ in 0..5 {
+            let mut lines = Vec::new();
+            in_rollback(conn, &mut |c| {
+                let q = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
+                let q = diesel::sql_query(q.as_str());
+                let rows: Vec<PlanLine> = match name {
+                    "next check" => q.bind::<Array<Text>, _>(&vendors).load(c)?,
+                    "due count" => q
+                        .bind::<Array<Text>, _>(&vendors)
+                        .bind::<Timestamptz, _>(now)
+                        .load(c)?,
+                    "paused" => q.bind::<Timestamptz, _>(now).load(c)?,
+                    "heard (first)" => q.bind::<Text, _>(V.as_str()).load(c)?,
+                    "heard (since)" => q
+                        .bind::<Text, _>(V.as_str())
+                        .bind::<Timestamptz, _>(now - chrono::Duration::seconds(15))
+                        .load(c)?,
+                    _ => q.load(c)?,
+                };
+                lines = rows.into_iter().map(|p| p.line).collect();
+                Ok(())
+            })?;
+            ms.push(
+                lines
+                    .iter()
+                    .find_map(|l| l.strip_prefix("Execution Time: "))
+                    .and_then(|l| l.trim_end_matches(" ms").parse().ok())
+                    .unwrap_or(f64::NAN),
+            );
+            let paths: Vec<String> = lines
+                .iter()
+                .filter_map(|l| {
+                    let l = l.trim_start_matches([' ', '-', '>']);
+                    l.contains("Scan")
+                        .then(|| l.split("  (").next().unwrap_or(l).to_owned())
+                })
+                .collect();
+            plan = paths.join("; ");
+            if paths.iter().any(|p| {
+                LARGE_TABLES.iter().any(|t| {
+                    p.starts_with(&format!("Seq Scan on {t} ")) || p == &format!("Seq Scan on {t}")
+                })
+            }) && !scans.contains(&name)
+            {
+                scans.push(name);
+            }
+        }
+        ms.sort_by(f64::total_cmp);
+        lines_out.push(format!("    {name:<14} {:>9.3}  {plan}", ms[2]));
+    }
+    // The whole refresh as the service runs it.
+    let (mut first, mut steady, mut counting) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..11 {
+        in_rollback(conn, &mut |c| {
+            let mut marks = HeardMarks::default();
+            let t = Instant::now();
+            mstore::refresh(c, Utc::now(), &[V], &mut marks, true)?;
+            first.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            mstore::refresh(c, Utc::now(), &[V], &mut marks, false)?;
+            steady.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            mstore::refresh(c, Utc::now(), &[V], &mut marks, true)?;
+            counting.push(t.elapsed().as_secs_f64() * 1000.0);
+            Ok(())
+        })?;
+    }
+    first.sort_by(f64::total_cmp);
+    steady.sort_by(f64::total_cmp);
+    counting.sort_by(f64::total_cmp);
+    let due: Count = diesel::sql_query(pstore::COUNT_DUE_SQL)
+        .bind::<Text, _>(V.as_str())
+        .bind::<Timestamptz, _>(now)
+        .get_result(conn)?;
+    println!(
+        "  metrics refresh, {state} ({} due; 400 unfolded deltas, 200 callbacks/s): p50 {:.2} ms, p90 {:.2} ms without the due count, {:.2} ms with it; a process's first {:.2} ms",
+        due.n, steady[5], steady[9], counting[5], first[5]
+    );
+    println!("    {:<14} {:>9}  plan", "statement", "exec ms");
+    for l in lines_out {
+        println!("{l}");
+    }
+    println!(
+        "METRICS orders={orders} due={} refresh_p50_ms={:.2} refresh_p90_ms={:.2} counting_ms={:.2} first_ms={:.2} seq_scans={}",
+        due.n,
+        steady[5],
+        steady[9],
+        counting[5],
+        first[5],
+        if scans.is_empty() { "none".to_owned() } else { scans.join(",") }
+    );
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
 }
 
 // ----------------------------------------------------------------- converge

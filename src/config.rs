@@ -23,6 +23,7 @@
 //! - `CALLBACK_ALLOWED_SOURCES` (comma-separated CIDRs or bare IPs; unset =
 //!   any source), `TRUSTED_PROXY_HEADER` (unset = judge the TCP peer),
 //!   `TRUSTED_PROXIES` (default `127.0.0.0/8,::1/128`)
+//! - `METRICS_REFRESH` (default 5s)
 //!
 //! Secrets never appear in `Debug` output or logs.
 
@@ -110,6 +111,8 @@ pub struct Config {
     pub trusted_proxy_header: Option<String>,
     /// Peers whose `trusted_proxy_header` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How often the database gauges of `GET /metrics` are read again.
+    pub metrics_refresh: Duration,
 }
 
 /// One bad variable: the message is the one line the user sees.
@@ -465,6 +468,16 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_TRUSTED_PROXIES.into()),
         )
         .map_err(|m| err("TRUSTED_PROXIES", m))?;
+        let metrics_refresh = v.dur("METRICS_REFRESH", "5s")?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&metrics_refresh) {
+            return Err(err(
+                "METRICS_REFRESH",
+                format!(
+                    "{} s is out of range: use 1s to 1h",
+                    metrics_refresh.as_secs()
+                ),
+            ));
+        }
         Ok(Config {
             database_url,
             bind,
@@ -485,6 +498,7 @@ impl Config {
             callback_allowed_sources,
             trusted_proxy_header,
             trusted_proxies,
+            metrics_refresh,
         })
     }
 
@@ -709,6 +723,26 @@ mod tests {
         ("INGEST_MAX_BATCH", 1, 10_000),
         ("CALLBACK_MAX_BODY_BYTES", 1024, 16_777_216),
     ];
+
+    #[test]
+    fn metrics_refresh_is_a_duration_from_a_second_to_an_hour() {
+        let refresh = |v| Config::with(&[("METRICS_REFRESH", v)]).map(|c| c.metrics_refresh);
+        assert_eq!(
+            Config::with(&[]).unwrap().metrics_refresh,
+            Duration::from_secs(5)
+        );
+        assert_eq!(refresh("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(refresh("1h").unwrap(), Duration::from_secs(3600));
+        for (bad, want) in [
+            ("0", "0 s is out of range: use 1s to 1h"),
+            ("61m", "3660 s is out of range: use 1s to 1h"),
+            ("5", "no unit"),
+        ] {
+            let e = refresh(bad).unwrap_err();
+            assert_eq!(e.var, "METRICS_REFRESH");
+            assert!(e.msg.contains(want), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn every_numeric_message_states_the_real_range() {

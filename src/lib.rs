@@ -4,7 +4,8 @@
 //! Layers, each using only those below it (README, "Design"):
 //! - bottom: `rules` (the pure rules: status model and merge, when to ask,
 //!   callback gaps, the callback verdict and its answers, ids, masking, the
-//!   `Vendor` type) and `secret`;
+//!   `Vendor` type) and `secret`; `metrics` (the Prometheus registry every
+//!   layer above counts into) uses only `rules`;
 //! - `vendors` (each vendor's protocol in its folder, and the `Asker`
 //!   interface the poller uses), `db` (pool, the database's health and its
 //!   prober, migrations, schema) and
@@ -19,6 +20,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod http;
+pub mod metrics;
 pub mod poller;
 pub mod rules;
 pub mod secret;

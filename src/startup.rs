@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::db::{self, PgPool};
 use crate::http::source::SourcePolicy;
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 use crate::poller::{Askers, Poller};
 use crate::store::ingest::Ingest;
 use crate::vendors::damaijia::ask::DamaijiaAsker;
@@ -143,6 +144,8 @@ pub struct Application {
     poll_cron: String,
     /// The one prober of the database's health; stops with the app.
     prober: db::Prober,
+    metrics: Arc<Metrics>,
+    metrics_refresh: std::time::Duration,
 }
 
 impl Application {
@@ -153,18 +156,30 @@ impl Application {
         let pool = db::pool(&config.database_url, config.db_pool_size, config.db_timeout);
         let prober = db::Prober::start(pool.health())?;
         let schedule = Arc::new(config.schedule());
-        let ingest = Ingest::start(
+        let metrics = Arc::new(Metrics::new());
+        for v in http::CALLBACK_VENDORS {
+            metrics.callback_vendor(v);
+        }
+        let ingest = Ingest::start_with_metrics(
             pool.clone(),
             config.ingest_writers,
             config.ingest_max_batch,
             Arc::clone(&schedule),
+            Arc::clone(&metrics),
         );
-        let poller = Arc::new(Poller::new(
-            pool.clone(),
-            Arc::clone(&schedule),
-            askers(config).map_err(BuildError::Invalid)?,
-            config.poll_lease,
-        ));
+        let askers = askers(config).map_err(BuildError::Invalid)?;
+        for asker in askers.values().flatten() {
+            metrics.vendor_api(asker.vendor(), asker.api());
+        }
+        let poller = Arc::new(
+            Poller::new(
+                pool.clone(),
+                Arc::clone(&schedule),
+                askers,
+                config.poll_lease,
+            )
+            .with_metrics(Arc::clone(&metrics)),
+        );
         let keys = callback_keys(config);
         // `Config` keeps the header name as text (checked there), so that
         // it needs no HTTP types.
@@ -188,6 +203,7 @@ impl Application {
             admin_token: config.admin_token.clone(),
             schema_version: db::latest_migration(),
             schedule,
+            metrics: Arc::clone(&metrics),
         });
         let listener =
             TcpListener::bind(config.bind).map_err(|e| BuildError::bind(config.bind, e))?;
@@ -206,6 +222,8 @@ impl Application {
             poller,
             poll_cron: config.poll_cron.clone(),
             prober,
+            metrics,
+            metrics_refresh: config.metrics_refresh,
         })
     }
 
@@ -226,11 +244,24 @@ impl Application {
         Arc::clone(&self.poller)
     }
 
-    /// Serve (and poll on `POLL_CRON`) until stopped; in-flight requests
-    /// finish, then queued callbacks are committed before this returns.
+    /// This service's metrics (what `GET /metrics` shows).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Serve (and poll on `POLL_CRON`, and refresh the database gauges on
+    /// `METRICS_REFRESH`) until stopped; in-flight requests finish, then
+    /// queued callbacks are committed before this returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let scheduler = start_scheduler(&self.poll_cron, Arc::clone(&self.poller)).await;
+        let gauges = tokio::spawn(http::metrics::refresh_forever(
+            self.pool.clone(),
+            Arc::clone(&self.metrics),
+            http::CALLBACK_VENDORS.to_vec(),
+            self.metrics_refresh,
+        ));
         let result = self.server.await;
+        gauges.abort();
         if let Some(mut s) = scheduler {
             if let Err(e) = s.shutdown().await {
                 log::warn!("poll scheduler did not stop cleanly: {e}");

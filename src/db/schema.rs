@@ -67,6 +67,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    order_count_deltas (id) {
+        id -> Int8,
+        vendor -> Text,
+        status -> Text,
+        delta -> Int8,
+    }
+}
+
+diesel::table! {
+    order_counts (vendor, status) {
+        vendor -> Text,
+        status -> Text,
+        orders -> Int8,
+    }
+}
+
+diesel::table! {
     order_events (id) {
         id -> Int8,
         vendor -> Text,
@@ -175,6 +192,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     callback_gaps,
     callback_watch,
     inbound_callbacks,
+    order_count_deltas,
+    order_counts,
     order_events,
     order_link_overrides,
     order_polls,

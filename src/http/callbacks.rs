@@ -14,6 +14,7 @@ use crate::rules::inbound::SUCCESS_MESSAGE;
 use crate::rules::status::Effect;
 use crate::store::ingest::{InboundRequest, Receipt, Record};
 use crate::vendors::haoka172::callback;
+use crate::vendors::Vendor;
 
 pub async fn probe() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
@@ -36,7 +37,11 @@ pub async fn haoka172(req: Inbound, state: web::Data<AppState>) -> HttpResponse 
         record: Record::New(req.raw),
         verdict,
     };
-    respond(state.ingest.submit(request).await)
+    let result = state.ingest.submit(request).await;
+    if result.is_err() {
+        state.metrics.callback_unstored(Vendor::Haoka172);
+    }
+    respond(result)
 }
 
 /// The answer, and the one log line for a request the store handled (one

@@ -7,6 +7,7 @@ mod callbacks;
 pub mod error;
 mod health;
 mod inbound;
+pub mod metrics;
 pub mod source;
 
 use std::sync::Arc;
@@ -14,11 +15,17 @@ use std::sync::Arc;
 use actix_web::{middleware, web};
 
 use crate::db::PgPool;
+use crate::metrics::Metrics;
 use crate::rules::schedule::Schedule;
 use crate::secret::Secret;
 use crate::store::ingest::Ingest;
 use crate::vendors::haoka172::sign::CallbackKey;
+use crate::vendors::Vendor;
 use source::SourcePolicy;
+
+/// The vendors that push callbacks to a route here (their callback series
+/// start at zero; their last callback is looked up).
+pub const CALLBACK_VENDORS: [Vendor; 1] = [Vendor::Haoka172];
 
 /// Shared by every worker.
 pub struct AppState {
@@ -33,6 +40,7 @@ pub struct AppState {
     /// The newest migration this build embeds (readiness checks for it).
     pub schema_version: String,
     pub schedule: Arc<Schedule>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -47,8 +55,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::head().to(health::readyz)),
     )
     .service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics::metrics))
+            .route(web::head().to(metrics::metrics)),
+    )
+    .service(
         web::resource("/callbacks/haoka172")
-            .route(web::post().to(callbacks::haoka172))
+            .route(
+                web::post()
+                    .to(callbacks::haoka172)
+                    .wrap(middleware::from_fn(metrics::time_haoka172)),
+            )
             .route(web::get().to(callbacks::probe)),
     )
     .service(

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
 use crate::db::{self, DbError, PgPool};
+use crate::metrics::Metrics;
 use crate::rules::gaps;
 use crate::rules::schedule::Schedule;
 use crate::store::gaps::{self as gstore, GapEvent};
@@ -110,6 +111,8 @@ pub struct Poller {
     running: Mutex<()>,
     /// The outage (by its start) whose skipped ticks were logged.
     skipped_outage: std::sync::Mutex<Option<DateTime<Utc>>>,
+    /// Counts every call once `vendor_calls` records how it went.
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +140,15 @@ impl Poller {
             lease,
             running: Mutex::new(()),
             skipped_outage: std::sync::Mutex::new(None),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Count the calls into `metrics` (`haoka_sync_vendor_calls_total`)
+    /// rather than into a registry nobody reads.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Poller {
+        self.metrics = metrics;
+        self
     }
 
     /// Vendors whose polling is off, and what to set to turn it on.

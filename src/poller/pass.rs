@@ -236,6 +236,9 @@ impl Pass<'_> {
                     pstore::finish_call(conn, call_id, "not_sent", None, Duration::ZERO, None, None)
                 })
                 .await?;
+                self.poller
+                    .metrics
+                    .vendor_call(vendor, self.asker.api(), "not_sent");
                 self.poller.release(vendor, ids.clone()).await?;
                 return Ok(Called::LeftByPause(ids.len()));
             }
@@ -261,6 +264,9 @@ impl Pass<'_> {
                     pstore::finish_call(conn, call_id, outcome, None, took, Some(&message), None)
                 })
                 .await?;
+                self.poller
+                    .metrics
+                    .vendor_call(vendor, self.asker.api(), outcome);
                 if let Ok(t) = self.poller.relogin(self.asker, token.as_ref()).await? {
                     *self.token.lock().await = Some(t.clone());
                     token = Some(t);
@@ -435,6 +441,9 @@ impl Pass<'_> {
             })
         })
         .await?;
+        self.poller
+            .metrics
+            .vendor_call(vendor, self.asker.api(), outcome);
         Ok(self.report(ids, asked.result, recorded))
     }
 

@@ -13,6 +13,10 @@ use crate::vendors::{Asker, Failure, FailureKind};
 /// How long one login may hold the deployment-wide login lease.
 const LOGIN_LEASE: Duration = Duration::from_secs(30);
 
+/// The `api` label of logins in `haoka_sync_vendor_calls_total` (logins are
+/// not rows of `vendor_calls`).
+pub const LOGIN_API: &str = "login";
+
 impl Poller {
     /// The token to use: the one the deployment last logged in for, else the
     /// configured one; with neither, log in.
@@ -65,6 +69,8 @@ impl Poller {
                     None => tokens::release_login(conn, vendor, &owner),
                 })
                 .await?;
+                let outcome = login.as_ref().map_or_else(|f| f.outcome, |_| "ok");
+                self.metrics.vendor_call(vendor, LOGIN_API, outcome);
                 match &login {
                     Ok(_) => log::info!(
                         vendor = vendor.as_str();

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{apply_batch, insert_inbound, Applied, Item};
 use crate::db::models::NewInboundCallback;
 use crate::db::{DbError, DbHealth, PgConn, PgPool};
+use crate::metrics::Metrics;
 use crate::rules::inbound::{Outcome, Verdict};
 use crate::rules::schedule::Schedule;
 use crate::rules::status::{Effect, Status};
@@ -138,11 +139,25 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// Writers whose counts go nowhere (tools that commit callbacks outside
+    /// a running service).
     pub fn start(
         pool: PgPool,
         writers: usize,
         max_batch: usize,
         schedule: Arc<Schedule>,
+    ) -> Arc<Ingest> {
+        Self::start_with_metrics(pool, writers, max_batch, schedule, Arc::default())
+    }
+
+    /// Writers that count every batch and every request they store into
+    /// `metrics` (`haoka_sync_ingest_batch_size`, `haoka_sync_callbacks_total`).
+    pub fn start_with_metrics(
+        pool: PgPool,
+        writers: usize,
+        max_batch: usize,
+        schedule: Arc<Schedule>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Ingest> {
         let (tx, rx) = mpsc::channel::<Job>(max_batch.max(1) * writers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
@@ -151,9 +166,10 @@ impl Ingest {
                 let rx = Arc::clone(&rx);
                 let pool = pool.clone();
                 let schedule = Arc::clone(&schedule);
+                let metrics = Arc::clone(&metrics);
                 std::thread::Builder::new()
                     .name(format!("ingest-writer-{i}"))
-                    .spawn(move || writer_loop(&rx, &pool, max_batch.max(1), &schedule))
+                    .spawn(move || writer_loop(&rx, &pool, max_batch.max(1), &schedule, &metrics))
                     .expect("spawn ingest writer thread")
             })
             .collect();
@@ -277,6 +293,7 @@ fn writer_loop(
     pool: &PgPool,
     max_batch: usize,
     schedule: &Schedule,
+    metrics: &Metrics,
 ) {
     // Each writer keeps its connection between batches: a checkout from the
     // pool costs a round trip (the pool tests every connection it hands out).
@@ -296,7 +313,7 @@ fn writer_loop(
                 }
             }
         }
-        conn = write_batch(pool, conn, batch, schedule);
+        conn = write_batch(pool, conn, batch, schedule, metrics);
     }
 }
 
@@ -305,11 +322,15 @@ fn writer_loop(
 /// and tested). A connection kept from an earlier batch may have died since
 /// (database restart, idle cut): then the batch is tried once more on a
 /// fresh one before anyone is told the database is unavailable.
+///
+/// Each request that arrived (not one judged again) and was stored is
+/// counted once by its outcome, after the commit and before its answer.
 fn write_batch(
     pool: &PgPool,
     kept: Option<PgConn>,
     batch: Vec<Job>,
     schedule: &Schedule,
+    metrics: &Metrics,
 ) -> Option<PgConn> {
     let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.req, j.reply)).unzip();
     if !pool.health().is_up() {
@@ -320,6 +341,7 @@ fn write_batch(
         }
         return None;
     }
+    metrics.ingest_batch(reqs.len());
     let was_kept = kept.is_some();
     let mut conn = kept;
     let mut results = Vec::new();
@@ -351,6 +373,11 @@ fn write_batch(
                 .all(|r| matches!(r, Err(e) if e.is_unavailable()));
         if !retry {
             break;
+        }
+    }
+    for (req, result) in reqs.iter().zip(&results) {
+        if let (Record::New(raw), Ok(receipt)) = (&req.record, result) {
+            metrics.callback_stored(raw.vendor, receipt.outcome);
         }
     }
     for (reply, result) in replies.into_iter().zip(results) {

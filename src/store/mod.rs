@@ -5,6 +5,7 @@
 
 pub mod gaps;
 pub mod ingest;
+pub mod metrics;
 pub mod poll;
 pub mod replay;
 pub mod tokens;

@@ -12,6 +12,7 @@ mod faults;
 mod gaps;
 mod helpers;
 mod logs;
+mod metrics;
 mod outage;
 mod poller;
 mod replay;
