@@ -224,8 +224,10 @@ impl Application {
     /// Serve (and poll on `POLL_CRON`) until stopped; in-flight requests
     /// finish, then queued callbacks are committed before this returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let maintenance = tokio::spawn(maintain(Arc::clone(&self.poller)));
         let scheduler = start_scheduler(&self.poll_cron, Arc::clone(&self.poller)).await;
         let result = self.server.await;
+        maintenance.abort();
         if let Some(mut s) = scheduler {
             if let Err(e) = s.shutdown().await {
                 log::warn!("poll scheduler did not stop cleanly: {e}");
@@ -234,6 +236,22 @@ impl Application {
         let ingest = self.ingest;
         let _ = tokio::task::spawn_blocking(move || ingest.close()).await;
         result
+    }
+}
+
+/// The service's own upkeep beside the passes: bring the tracked orders'
+/// next checks to this process's schedule settings (a walk when they
+/// changed, shared with the other processes), retrying while the database
+/// is unavailable. Dispatches only; what it calls logs.
+async fn maintain(poller: Arc<Poller>) {
+    let mut pause = std::time::Duration::from_secs(5);
+    while let Err(e) = poller.reconcile_schedules(true).await {
+        log::warn!(
+            "could not check the schedule settings of the tracked orders ({e}); retrying in {}s",
+            pause.as_secs()
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(300));
     }
 }
 

@@ -104,6 +104,7 @@ diesel::table! {
         last_poll_outcome -> Nullable<Text>,
         tracking_expired_at -> Nullable<Timestamptz>,
         tracked_at -> Timestamptz,
+        last_polled_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -132,6 +133,21 @@ diesel::table! {
         status_changed_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    schedule_settings (vendor) {
+        vendor -> Text,
+        settings -> Jsonb,
+        recorded_at -> Timestamptz,
+        rescheduling_to -> Nullable<Jsonb>,
+        reschedule_started_at -> Nullable<Timestamptz>,
+        resume_after -> Nullable<Text>,
+        walked -> Int8,
+        moved -> Int8,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Timestamptz>,
     }
 }
 
@@ -179,6 +195,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     order_link_overrides,
     order_polls,
     orders,
+    schedule_settings,
     vendor_calls,
     vendor_pauses,
     vendor_tokens,

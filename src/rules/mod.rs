@@ -1,6 +1,7 @@
 //! The rules at the bottom: what every other module decides with, and
 //! nothing else. The status model and the merge (`status`), when to ask a
-//! vendor next (`schedule`), deployment-wide callback silences (`gaps`),
+//! vendor next (`schedule`, and again when its settings change:
+//! `reschedule`), deployment-wide callback silences (`gaps`),
 //! how a callback request is judged and answered (`inbound`), bounded
 //! identifiers (`ids`), masking of personal data (`mask`), and the `Vendor`
 //! and `Observation` types both paths share.
@@ -13,6 +14,7 @@ pub mod gaps;
 pub mod ids;
 pub mod inbound;
 pub mod mask;
+pub mod reschedule;
 pub mod schedule;
 pub mod status;
 pub mod vendor;

@@ -6,6 +6,7 @@
 pub mod gaps;
 pub mod ingest;
 pub mod poll;
+pub mod schedule;
 pub mod tokens;
 
 use chrono::{DateTime, Utc};

@@ -12,6 +12,7 @@ mod gaps;
 mod helpers;
 mod outage;
 mod poller;
+mod schedule;
 mod security;
 mod sources;
 mod store;
