@@ -12,6 +12,7 @@ mod recheck;
 mod serve;
 mod show;
 mod simulate;
+mod status_dwell;
 mod track;
 
 use std::future::Future;
@@ -76,6 +77,13 @@ enum Command {
         vendor: Vendor,
         order_id: String,
     },
+    /// Print how long orders stay in each status (the status_dwell view)
+    /// next to the overdue times.
+    StatusDwell {
+        /// Recompute it now (serve does daily).
+        #[arg(long)]
+        refresh: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -138,8 +146,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Each command reads the configuration it uses: `migrate` and `show` only
-/// the database, `track` the database and the schedule, the others all of
+/// Each command reads the configuration it uses: `migrate`, `show`,
+/// `recheck` and `status-dwell` only the database, `track` the database and the schedule, the others all of
 /// it (docs/contract.md#commands).
 fn run(command: Command, env_file: &EnvFile) -> CliResult {
     let configured = |e: ConfigError| {
@@ -157,6 +165,10 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
         Command::Show { vendor, order_id } => {
             let db = DatabaseConfig::from_env().map_err(configured)?;
             block_on(show::run(&db, vendor, &order_id))
+        }
+        Command::StatusDwell { refresh } => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(status_dwell::run(&db, refresh))
         }
         Command::Recheck { vendor, order_ids } => {
             let db = DatabaseConfig::from_env().map_err(configured)?;
@@ -180,6 +192,7 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
                     Command::Demo(args) => demo::run(&config, args).await,
                     Command::Migrate
                     | Command::Show { .. }
+                    | Command::StatusDwell { .. }
                     | Command::Recheck { .. }
                     | Command::Track { .. } => {
                         unreachable!("handled above")
@@ -337,7 +350,7 @@ mod tests {
         );
         assert_eq!(
             no_command_line(),
-            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show); see haoka-sync --help"
+            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, status-dwell); see haoka-sync --help"
         );
     }
 

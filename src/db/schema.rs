@@ -152,6 +152,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    status_dwell_stats (vendor, status) {
+        vendor -> Text,
+        status -> Text,
+        stays -> Int8,
+        finished -> Int8,
+        still_open -> Int8,
+        p50_secs -> Nullable<Int8>,
+        p90_secs -> Nullable<Int8>,
+        p99_secs -> Nullable<Int8>,
+        overdue_secs -> Nullable<Int8>,
+        outlived_overdue -> Nullable<Float8>,
+        since -> Timestamptz,
+        refreshed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     vendor_calls (id) {
         id -> Int8,
         vendor -> Text,
@@ -196,6 +213,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     order_polls,
     orders,
     schedule_settings,
+    status_dwell_stats,
     vendor_calls,
     vendor_pauses,
     vendor_tokens,

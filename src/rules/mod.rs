@@ -1,7 +1,8 @@
 //! The rules at the bottom: what every other module decides with, and
 //! nothing else. The status model and the merge (`status`), when to ask a
 //! vendor next (`schedule`, and again when its settings change:
-//! `reschedule`), deployment-wide callback silences (`gaps`),
+//! `reschedule`), how long orders stay in a status (`dwell`),
+//! deployment-wide callback silences (`gaps`),
 //! how a callback request is judged and answered (`inbound`), bounded
 //! identifiers (`ids`), masking of personal data (`mask`), and the `Vendor`
 //! and `Observation` types both paths share.
@@ -10,6 +11,7 @@
 //! Nothing here imports another module of the crate but `secret`.
 
 pub mod duration;
+pub mod dwell;
 pub mod gaps;
 pub mod ids;
 pub mod inbound;

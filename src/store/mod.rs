@@ -3,6 +3,7 @@
 //! requests, and batches many callbacks into one commit (`ingest`).
 //! The rules themselves live in `status`; this module only persists them.
 
+pub mod dwell;
 pub mod gaps;
 pub mod ingest;
 pub mod poll;

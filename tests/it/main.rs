@@ -6,6 +6,7 @@ mod callbacks;
 mod cli;
 mod concurrency;
 mod damaijia;
+mod dwell;
 mod e2e;
 mod faults;
 mod gaps;
