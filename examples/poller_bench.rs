@@ -13,6 +13,10 @@
 //!   GetOrderInfo calls per day before the outage, calls from the outage start
 //!   until every order matches the vendor again, and how long that took.
 //!
+//! - `schedule-cost`: a schedule settings change (the reschedule of every
+//!   tracked order) and the `status_dwell` refresh at one table size
+//!   (`poller_bench_parts/schedule.rs`).
+//!
 //! `cargo run --release --example poller_bench -- pass-cost --db URL --orders N`
 //! `cargo run --release --example poller_bench -- converge --db URL --policy haoka-sync`
 
@@ -36,6 +40,9 @@ use haoka_sync::store::poll::{self as pstore, ClaimLimit, PassStart, PollResult}
 use haoka_sync::store::{apply_batch, Applied, Item};
 use haoka_sync::vendors::Vendor;
 
+#[path = "poller_bench_parts/schedule.rs"]
+mod schedule_part;
+
 const V: Vendor = Vendor::Haoka172;
 const OWNER: &str = "bench";
 
@@ -47,6 +54,14 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// A schedule settings change and the status_dwell refresh at one table
+    /// size (fills an empty, migrated database).
+    ScheduleCost {
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        orders: i64,
+    },
     /// Per-pass cost at one table size (fills an empty, migrated database).
     PassCost {
         #[arg(long)]
@@ -109,6 +124,7 @@ enum Policy {
 fn main() {
     let args = Args::parse();
     let result = match args.cmd {
+        Cmd::ScheduleCost { db, orders } => schedule_part::schedule_cost(&db, orders),
         Cmd::PassCost {
             db,
             orders,

@@ -253,6 +253,7 @@ impl Application {
     /// `METRICS_REFRESH`) until stopped; in-flight requests finish, then
     /// queued callbacks are committed before this returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let maintenance = tokio::spawn(maintain(Arc::clone(&self.poller), self.pool.clone()));
         let scheduler = start_scheduler(&self.poll_cron, Arc::clone(&self.poller)).await;
         let gauges = tokio::spawn(http::metrics::refresh_forever(
             self.pool.clone(),
@@ -262,6 +263,7 @@ impl Application {
         ));
         let result = self.server.await;
         gauges.abort();
+        maintenance.abort();
         if let Some(mut s) = scheduler {
             if let Err(e) = s.shutdown().await {
                 log::warn!("poll scheduler did not stop cleanly: {e}");
@@ -275,6 +277,52 @@ impl Application {
         })
         .await;
         result
+    }
+}
+
+/// How often `serve` looks whether `status_dwell` is due for a refresh.
+const DWELL_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The service's own upkeep beside the passes: first bring the tracked
+/// orders' next checks to this process's schedule settings (a walk when
+/// they changed, shared with the other processes), retrying while the
+/// database is unavailable; then keep `status_dwell` at most a day old
+/// (and made with the current overdue times). Dispatches only.
+async fn maintain(poller: Arc<Poller>, pool: PgPool) {
+    let mut pause = std::time::Duration::from_secs(5);
+    while let Err(e) = poller.reconcile_schedules(true).await {
+        log::warn!(
+            "could not check the schedule settings of the tracked orders ({e}); retrying in {}s",
+            pause.as_secs()
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(300));
+    }
+    loop {
+        refresh_status_dwell(&pool).await;
+        tokio::time::sleep(DWELL_LOOK_EVERY).await;
+    }
+}
+
+/// Refresh `status_dwell` when it is due, one process at a time; says what
+/// it did, or why it failed (tried again at the next look).
+async fn refresh_status_dwell(pool: &PgPool) {
+    use crate::store::dwell::{self as dstore, Refresh};
+    let started = std::time::Instant::now();
+    match db::run(pool, |conn| dstore::refresh(conn, chrono::Utc::now(), false)).await {
+        Ok(Refresh::Done {
+            stays, open, since, ..
+        }) => log::info!(
+            "status_dwell refreshed: {stays} stays begun since {} ({open} still going on), in {:.1}s",
+            crate::rules::schedule::china_time(since),
+            started.elapsed().as_secs_f64()
+        ),
+        Ok(Refresh::Fresh) => log::debug!("status_dwell is fresh"),
+        Ok(Refresh::Busy) => log::debug!("another process is refreshing status_dwell"),
+        Err(e) => log::warn!(
+            "status_dwell refresh failed ({e}); tried again in {} minutes",
+            DWELL_LOOK_EVERY.as_secs() / 60
+        ),
     }
 }
 

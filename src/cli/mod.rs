@@ -14,6 +14,7 @@ mod replay;
 mod serve;
 mod show;
 mod simulate;
+mod status_dwell;
 mod track;
 
 use std::future::Future;
@@ -86,6 +87,13 @@ enum Command {
         after_help = "Reads DATABASE_URL, HAOKA172_SECRET (required), HAOKA172_SECRET_PREVIOUS, CALLBACK_ALLOWED_SOURCES and the schedule variables track reads. Calls no vendor. Exit 0 when it ran (whatever the requests' results), 2 for bad usage or configuration, 1 for a database error; running it again is safe. See docs/contract.md, haoka-sync replay."
     )]
     Replay(replay::ReplayArgs),
+    /// Print how long orders stay in each status (the status_dwell view)
+    /// next to the overdue times.
+    StatusDwell {
+        /// Recompute it now (serve does daily).
+        #[arg(long)]
+        refresh: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -175,8 +183,8 @@ fn config_error(e: &ConfigError, env_file: &EnvFile) -> String {
     format!("configuration error: {}{from}: {}", e.var, e.msg)
 }
 
-/// Each command reads the configuration it uses: `migrate` and `show` only
-/// the database, `track` the database and the schedule, `replay` also the
+/// Each command reads the configuration it uses: `migrate`, `show`,
+/// `recheck` and `status-dwell` only the database, `track` the database and the schedule, `replay` also the
 /// callback secrets and sources, the others all of it
 /// (docs/contract.md#commands).
 fn run(command: Command, env_file: &EnvFile) -> CliResult {
@@ -189,6 +197,10 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
         Command::Show { vendor, order_id } => {
             let db = DatabaseConfig::from_env().map_err(configured)?;
             block_on(show::run(&db, vendor, &order_id))
+        }
+        Command::StatusDwell { refresh } => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(status_dwell::run(&db, refresh))
         }
         Command::Recheck { vendor, order_ids } => {
             let db = DatabaseConfig::from_env().map_err(configured)?;
@@ -216,6 +228,7 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
                     Command::Demo(args) => demo::run(&config, args).await,
                     Command::Migrate
                     | Command::Show { .. }
+                    | Command::StatusDwell { .. }
                     | Command::Recheck { .. }
                     | Command::Track { .. }
                     | Command::Replay(_) => {
@@ -374,7 +387,7 @@ mod tests {
         );
         assert_eq!(
             no_command_line(),
-            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay); see haoka-sync --help"
+            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay, status-dwell); see haoka-sync --help"
         );
     }
 

@@ -1,5 +1,6 @@
 //! `haoka-sync poll-once [--vendor V]`: one reconciliation pass now, in the
-//! foreground, one summary line per vendor.
+//! foreground, one summary line per vendor; tracked orders are first
+//! rescheduled when the schedule settings changed.
 
 use super::{failed, prepare, CliError, CliResult};
 use crate::config::Config;
@@ -21,6 +22,9 @@ pub(super) async fn run(config: &Config, vendor: Option<Vendor>) -> CliResult {
             why.join("; ")
         )));
     }
+    // Orders scheduled under other settings move first, so that this pass
+    // asks about the ones the current settings make due.
+    poller.reconcile_schedules(false).await?;
     let results = poller
         .run_pass(vendor)
         .await

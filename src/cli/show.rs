@@ -1,4 +1,5 @@
-//! `haoka-sync show <vendor> <order-id>`: an order's state, where it stands
+//! `haoka-sync show <vendor> <order-id>`: an order's state, how long it has
+//! been in its status against its peers (`status_dwell`), where it stands
 //! with the poller, its pending confirmations and its history, personal data
 //! masked. Read-only: it creates nothing, and a missing database is one line.
 
@@ -7,8 +8,10 @@ use chrono::{DateTime, Utc};
 use super::{failed, CliResult};
 use crate::config::DatabaseConfig;
 use crate::db;
+use crate::rules::duration::human_duration;
 use crate::rules::schedule::china_time;
 use crate::rules::Vendor;
+use crate::store::dwell::DwellRow;
 
 pub(super) async fn run(db: &DatabaseConfig, vendor: Vendor, order_id: &str) -> CliResult {
     let url = db.url.clone();
@@ -39,11 +42,13 @@ pub(super) async fn run(db: &DatabaseConfig, vendor: Vendor, order_id: &str) -> 
         let pause = crate::store::poll::active_pause(conn, vendor, Utc::now()).map_err(q)?;
         let history = crate::store::order_history(conn, vendor, &id).map_err(q)?;
         let confirmations = crate::store::order_confirmations(conn, vendor, &id).map_err(q)?;
-        Ok(Some((order, poll, pause, history, confirmations)))
+        let status = order.status.parse().unwrap_or(crate::rules::Status::Unknown);
+        let peers = crate::store::dwell::of(conn, vendor, status).map_err(q)?;
+        Ok(Some((order, poll, pause, history, confirmations, peers)))
     })
     .await?
     .map_err(failed)?;
-    let Some((o, poll, pause, history, confirmations)) = found else {
+    let Some((o, poll, pause, history, confirmations, peers)) = found else {
         return Err(failed(format!(
             "no {vendor} order {order_id} (`haoka-sync track {vendor} {order_id}` starts tracking it)"
         )));
@@ -89,6 +94,15 @@ pub(super) async fn run(db: &DatabaseConfig, vendor: Vendor, order_id: &str) -> 
             .unwrap_or_else(|| "never".into()),
         opt(&o.last_source)
     );
+    if !o.is_terminal {
+        let since = o.status_changed_at.unwrap_or(o.created_at);
+        println!(
+            "  in status:     {} (since {}){}",
+            human_duration((Utc::now() - since).num_seconds().max(0) as u64),
+            china_time(since),
+            against_peers(&o.status, since, peers.as_ref())
+        );
+    }
     print_poll(vendor, poll.as_ref(), pause.as_ref());
     for c in &confirmations {
         let what = match c.reason.as_str() {
@@ -129,6 +143,36 @@ pub(super) async fn run(db: &DatabaseConfig, vendor: Vendor, order_id: &str) -> 
         );
     }
     Ok(())
+}
+
+/// How the time in its status compares with its peers' (`status_dwell`):
+/// said loudest past their p99, so that a stuck order (or one whose
+/// callbacks were lost) stands out.
+fn against_peers(status: &str, since: DateTime<Utc>, peers: Option<&DwellRow>) -> String {
+    let Some(p) = peers else {
+        return String::new();
+    };
+    let stayed = (Utc::now() - since).num_seconds();
+    let peers = format!("{} {status} orders", p.vendor);
+    let h = |s: i64| human_duration(s.max(0) as u64);
+    match (p.p50_secs, p.p90_secs, p.p99_secs) {
+        (_, _, Some(p99)) if stayed > p99 => format!(
+            ": LONGER THAN 99 % of {peers} (p99 {}, status_dwell): stuck at the vendor, or its callbacks were lost",
+            h(p99)
+        ),
+        (_, Some(p90), _) if stayed > p90 => {
+            format!(": longer than 90 % of {peers} (p90 {}, status_dwell)", h(p90))
+        }
+        (Some(p50), _, _) if stayed > p50 => {
+            format!(": longer than half of {peers} (p50 {}, status_dwell)", h(p50))
+        }
+        (Some(p50), p90, _) => format!(
+            ": {peers} stay p50 {}{} (status_dwell)",
+            h(p50),
+            p90.map(|p| format!(", p90 {}", h(p))).unwrap_or_default()
+        ),
+        (None, ..) => String::new(),
+    }
 }
 
 /// The poll lines: next check and why, the last outcome, quiet polls, calls

@@ -121,6 +121,7 @@ diesel::table! {
         last_poll_outcome -> Nullable<Text>,
         tracking_expired_at -> Nullable<Timestamptz>,
         tracked_at -> Timestamptz,
+        last_polled_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -149,6 +150,38 @@ diesel::table! {
         status_changed_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    schedule_settings (vendor) {
+        vendor -> Text,
+        settings -> Jsonb,
+        recorded_at -> Timestamptz,
+        rescheduling_to -> Nullable<Jsonb>,
+        reschedule_started_at -> Nullable<Timestamptz>,
+        resume_after -> Nullable<Text>,
+        walked -> Int8,
+        moved -> Int8,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    status_dwell_stats (vendor, status) {
+        vendor -> Text,
+        status -> Text,
+        stays -> Int8,
+        finished -> Int8,
+        still_open -> Int8,
+        p50_secs -> Nullable<Int8>,
+        p90_secs -> Nullable<Int8>,
+        p99_secs -> Nullable<Int8>,
+        overdue_secs -> Nullable<Int8>,
+        outlived_overdue -> Nullable<Float8>,
+        since -> Timestamptz,
+        refreshed_at -> Timestamptz,
     }
 }
 
@@ -198,6 +231,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     order_link_overrides,
     order_polls,
     orders,
+    schedule_settings,
+    status_dwell_stats,
     vendor_calls,
     vendor_pauses,
     vendor_tokens,

@@ -11,6 +11,7 @@
 //! number of processes), or query one order from two processes at once.
 
 mod pass;
+mod reschedule;
 mod token;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,8 @@
 //! The rules at the bottom: what every other module decides with, and
 //! nothing else. The status model and the merge (`status`), when to ask a
-//! vendor next (`schedule`), deployment-wide callback silences (`gaps`),
+//! vendor next (`schedule`, and again when its settings change:
+//! `reschedule`), how long orders stay in a status (`dwell`),
+//! deployment-wide callback silences (`gaps`),
 //! how a callback request is judged and answered (`inbound`), bounded
 //! identifiers (`ids`), masking of personal data (`mask`), times as
 //! operators type them (`time`), when the database counts as down and when
@@ -12,10 +14,12 @@
 
 pub mod db_health;
 pub mod duration;
+pub mod dwell;
 pub mod gaps;
 pub mod ids;
 pub mod inbound;
 pub mod mask;
+pub mod reschedule;
 pub mod schedule;
 pub mod status;
 pub mod time;

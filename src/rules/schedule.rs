@@ -190,7 +190,9 @@ impl Schedule {
         }
     }
 
-    fn wait(&self, vendor: Vendor, status: Status) -> Option<Duration> {
+    /// How long an order of `status` waits before a check (none when
+    /// terminal); every decision and the recorded settings read it here.
+    pub(super) fn wait(&self, vendor: Vendor, status: Status) -> Option<Duration> {
         if status.is_terminal() {
             return None;
         }
@@ -293,11 +295,14 @@ pub fn next_china_midnight(t: DateTime<Utc>) -> DateTime<Utc> {
 
 /// A value in [-1, 1] that differs between orders and over time, the same
 /// for the same inputs (no random-number crate, and repeatable in tests).
+/// Time counts to the microsecond, as PostgreSQL keeps it: the stored time
+/// of a poll gives the jitter that poll was scheduled with (a reschedule
+/// relies on it).
 pub fn jitter(order_id: &str, now: DateTime<Utc>) -> f64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     order_id.hash(&mut h);
-    now.timestamp_nanos_opt().unwrap_or_default().hash(&mut h);
+    now.timestamp_micros().hash(&mut h);
     (h.finish() % 20_001) as f64 / 10_000.0 - 1.0
 }
 

@@ -3,11 +3,13 @@
 //! requests, and batches many callbacks into one commit (`ingest`).
 //! The rules themselves live in `status`; this module only persists them.
 
+pub mod dwell;
 pub mod gaps;
 pub mod ingest;
 pub mod metrics;
 pub mod poll;
 pub mod replay;
+pub mod schedule;
 pub mod tokens;
 
 use chrono::{DateTime, Utc};

@@ -728,6 +728,11 @@ pub fn record_poll(
         let outcome = match result {
             PollResult::Observed(obs) => {
                 recorded.applied = Some(apply_observation(conn, obs, None, now, schedule)?);
+                // The time the answer scheduled the order from (a reschedule
+                // decides again from it).
+                diesel::update(order_polls::table.find((vendor.as_str(), order_id)))
+                    .set(order_polls::last_polled_at.eq(now))
+                    .execute(conn)?;
                 if !replays.is_empty() {
                     recorded.replayed = ingest::commit(conn, replays, schedule)?;
                 }
@@ -756,6 +761,7 @@ pub fn record_poll(
                     .set((
                         order_polls::next_check_at.eq(next.at),
                         order_polls::quiet_polls.eq(next.quiet_polls),
+                        order_polls::last_polled_at.eq(now),
                     ))
                     .execute(conn)?;
                 outcome

@@ -1,0 +1,2 @@
+DROP VIEW status_dwell;
+DROP TABLE status_dwell_stats;
