@@ -67,6 +67,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    order_change_log (id) {
+        id -> Int8,
+        event_id -> Int8,
+        vendor -> Text,
+        order_id -> Text,
+        from_status -> Text,
+        to_status -> Text,
+        source -> Text,
+        at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     order_count_deltas (id) {
         id -> Int8,
         vendor -> Text,
@@ -225,6 +238,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     callback_gaps,
     callback_watch,
     inbound_callbacks,
+    order_change_log,
     order_count_deltas,
     order_counts,
     order_events,

@@ -4,6 +4,7 @@
 //! The rules themselves live in `status`; this module only persists them.
 
 pub mod dwell;
+pub mod feed;
 pub mod gaps;
 pub mod ingest;
 pub mod metrics;
@@ -153,6 +154,10 @@ struct Pending {
 /// at most once per order and reason in its lifetime. An order created only
 /// for a callback that turns out unverified is not kept.
 ///
+/// Every status change is published to the change feed (`feed::publish`)
+/// as the batch's last statements: the feed's lock is held to the commit,
+/// so a caller must lock no other order after this in the same transaction.
+///
 /// A concurrent transaction inserting the same key makes the event insert
 /// fail with a unique violation; the caller retries and then sees the key.
 pub fn apply_batch(
@@ -231,6 +236,8 @@ pub fn apply_batch(
     }
     // Merge in arrival order.
     let mut events = Vec::new();
+    // Status changes, by index into `events`.
+    let mut changes: Vec<(usize, Status, Status)> = Vec::new();
     let mut pending: Vec<Pending> = Vec::new();
     let mut outcomes: Vec<Applied> = Vec::with_capacity(items.len());
     for (index, (item, fresh)) in items.iter().zip(&fresh).enumerate() {
@@ -290,6 +297,9 @@ pub fn apply_batch(
         w.changed |= merged.changed;
         w.heard = true;
         w.source = obs.source.as_str();
+        if merged.state.status != w.state.status {
+            changes.push((events.len(), w.state.status, merged.state.status));
+        }
         w.state = merged.state;
         events.push(new_event(item, merged.effect, merged.changed, now));
         outcomes.push(Applied::Event {
@@ -417,6 +427,20 @@ pub fn apply_batch(
             ))
             .execute(conn)?;
     }
+    // Last: the feed's lock is held to the commit (no order is locked
+    // after it).
+    let changes: Vec<feed::Change<'_>> = changes
+        .into_iter()
+        .map(|(e, from, to)| feed::Change {
+            event_id: ids[e],
+            vendor: events[e].vendor,
+            order_id: events[e].order_id,
+            from,
+            to,
+            source: events[e].source,
+        })
+        .collect();
+    feed::publish(conn, &changes, now)?;
     Ok(outcomes)
 }
 

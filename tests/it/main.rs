@@ -10,6 +10,7 @@ mod dwell;
 mod e2e;
 mod failfast;
 mod faults;
+mod feed;
 mod gaps;
 mod helpers;
 mod logs;

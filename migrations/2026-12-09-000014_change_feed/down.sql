@@ -1,0 +1,2 @@
+DROP VIEW order_changes;
+DROP TABLE order_change_log;
