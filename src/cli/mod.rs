@@ -16,6 +16,7 @@ mod show;
 mod simulate;
 mod status_dwell;
 mod track;
+mod watch;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -94,6 +95,12 @@ enum Command {
         #[arg(long)]
         refresh: bool,
     },
+    /// Print each applied status change as it commits (the change feed),
+    /// catching up from --since-id first; reconnects by itself.
+    #[command(
+        after_help = "Reads DATABASE_URL only; read-only. Runs until stopped. Exit 1 when the database is missing or not migrated at start; later losses of the database are retried, resuming after the last id printed. See docs/contract.md, haoka-sync watch."
+    )]
+    Watch(watch::WatchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -184,7 +191,7 @@ fn config_error(e: &ConfigError, env_file: &EnvFile) -> String {
 }
 
 /// Each command reads the configuration it uses: `migrate`, `show`,
-/// `recheck` and `status-dwell` only the database, `track` the database and the schedule, `replay` also the
+/// `recheck`, `status-dwell` and `watch` only the database, `track` the database and the schedule, `replay` also the
 /// callback secrets and sources, the others all of it
 /// (docs/contract.md#commands).
 fn run(command: Command, env_file: &EnvFile) -> CliResult {
@@ -201,6 +208,10 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
         Command::StatusDwell { refresh } => {
             let db = DatabaseConfig::from_env().map_err(configured)?;
             block_on(status_dwell::run(&db, refresh))
+        }
+        Command::Watch(args) => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(watch::run(&db, args))
         }
         Command::Recheck { vendor, order_ids } => {
             let db = DatabaseConfig::from_env().map_err(configured)?;
@@ -229,6 +240,7 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
                     Command::Migrate
                     | Command::Show { .. }
                     | Command::StatusDwell { .. }
+                    | Command::Watch(_)
                     | Command::Recheck { .. }
                     | Command::Track { .. }
                     | Command::Replay(_) => {
@@ -336,6 +348,33 @@ pub(crate) fn failed(msg: String) -> CliError {
 
 pub(crate) type CliResult = Result<(), CliError>;
 
+/// One direct connection (not a pool) for a command that only reads: a
+/// database that is missing, down or not migrated is said at once, in one
+/// line, and nothing is created.
+pub(crate) fn read_only_connection(url: &DatabaseUrl) -> Result<diesel::PgConnection, String> {
+    let name = url.database_name();
+    let mut conn = db::connect(url, url, &format!("to read the database {name}")).map_err(|e| {
+        if e.to_string()
+            .contains(&format!("database \"{name}\" does not exist"))
+        {
+            format!(
+                "database {name} does not exist (DATABASE_URL): `haoka-sync migrate` creates it"
+            )
+        } else {
+            e.to_string()
+        }
+    })?;
+    let schema = db::schema(&mut conn, &db::latest_migration())
+        .map_err(|e| format!("database {name}: {e}"))?;
+    if let db::Schema::Behind { has, wants } = schema {
+        return Err(format!(
+            "database {name} is not migrated (has {}, this build needs {wants}): run `haoka-sync migrate`",
+            has.as_deref().unwrap_or("no migration")
+        ));
+    }
+    Ok(conn)
+}
+
 pub(crate) async fn prepare(url: &DatabaseUrl) -> CliResult {
     let url = url.clone();
     let applied = tokio::task::spawn_blocking(move || db::prepare(&url)).await??;
@@ -387,7 +426,7 @@ mod tests {
         );
         assert_eq!(
             no_command_line(),
-            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay, status-dwell); see haoka-sync --help"
+            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay, status-dwell, watch); see haoka-sync --help"
         );
     }
 

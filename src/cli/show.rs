@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 
 use super::{failed, CliResult};
 use crate::config::DatabaseConfig;
-use crate::db;
 use crate::rules::duration::human_duration;
 use crate::rules::schedule::china_time;
 use crate::rules::Vendor;
@@ -19,22 +18,8 @@ pub(super) async fn run(db: &DatabaseConfig, vendor: Vendor, order_id: &str) -> 
     let found = tokio::task::spawn_blocking(move || -> Result<_, String> {
         // One direct connection, not a pool: a database that is missing or
         // down is said at once, in one line.
-        let name = url.database_name();
-        let mut conn = db::connect(&url, &url, &format!("to read the database {name}")).map_err(|e| {
-            if e.to_string().contains(&format!("database \"{name}\" does not exist")) {
-                format!("database {name} does not exist (DATABASE_URL): `haoka-sync migrate` creates it")
-            } else {
-                e.to_string()
-            }
-        })?;
+        let mut conn = super::read_only_connection(&url)?;
         let q = |e: diesel::result::Error| format!("database {}: {e}", url.database_name());
-        if let db::Schema::Behind { has, wants } = db::schema(&mut conn, &db::latest_migration()).map_err(q)? {
-            return Err(format!(
-                "database {} is not migrated (has {}, this build needs {wants}): run `haoka-sync migrate`",
-                url.database_name(),
-                has.as_deref().unwrap_or("no migration")
-            ));
-        }
         let conn = &mut conn;
         let order = crate::store::find_order(conn, vendor, &id).map_err(q)?;
         let Some(order) = order else { return Ok(None) };
@@ -42,7 +27,10 @@ pub(super) async fn run(db: &DatabaseConfig, vendor: Vendor, order_id: &str) -> 
         let pause = crate::store::poll::active_pause(conn, vendor, Utc::now()).map_err(q)?;
         let history = crate::store::order_history(conn, vendor, &id).map_err(q)?;
         let confirmations = crate::store::order_confirmations(conn, vendor, &id).map_err(q)?;
-        let status = order.status.parse().unwrap_or(crate::rules::Status::Unknown);
+        let status = order
+            .status
+            .parse()
+            .unwrap_or(crate::rules::Status::Unknown);
         let peers = crate::store::dwell::of(conn, vendor, status).map_err(q)?;
         Ok(Some((order, poll, pause, history, confirmations, peers)))
     })

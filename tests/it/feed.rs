@@ -289,3 +289,182 @@ fn a_reader_catching_up_by_id_under_concurrent_writers_misses_no_change() {
     assert_eq!(seen_set.len(), seen.len(), "each change read once");
     assert_eq!(seen, all, "read in id order, none skipped");
 }
+
+/// Lines a child process prints, as they come.
+fn collect_lines(
+    r: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = std::sync::Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(r).lines() {
+            let Ok(l) = l else { return };
+            into.lock().unwrap().push(l);
+        }
+    });
+    lines
+}
+
+async fn until_lines(lines: &std::sync::Mutex<Vec<String>>, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines.lock().unwrap().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} lines: {:?}",
+            lines.lock().unwrap().len(),
+            lines.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Send one change for each of `orders` (new orders to pending).
+async fn changes_for(app: &TestApp, orders: &[String]) {
+    let cbs: Vec<(String, String, &str)> = orders
+        .iter()
+        .map(|o| (format!("R-{o}"), o.clone(), "待处理"))
+        .collect();
+    send_all(app, &cbs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_prints_every_change_and_resumes_without_a_gap_when_the_database_comes_back() {
+    let app = TestApp::spawn_with(&[CONFIRM_OFF]).await;
+    let proxy = PgProxy::start().await;
+    let names = |from: usize, n: usize| -> Vec<String> {
+        (from..from + n).map(|i| format!("WA{i:03}")).collect()
+    };
+    // Changes from before the watch started, caught up with --since-id 0.
+    changes_for(&app, &names(0, 5)).await;
+    let mut child = crate::cli::cmd()
+        .env("DATABASE_URL", app.db.url_via(proxy.port))
+        .args(["watch", "--since-id", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = collect_lines(child.stdout.take().unwrap());
+    let err = collect_lines(child.stderr.take().unwrap());
+    until_lines(&out, 5, "caught up").await;
+    changes_for(&app, &names(5, 10)).await;
+    until_lines(&out, 15, "followed").await;
+
+    // The watcher's database goes away for 2 s; changes go on meanwhile.
+    proxy.cut();
+    changes_for(&app, &names(15, 10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    changes_for(&app, &names(25, 5)).await;
+    proxy.restore().await;
+    changes_for(&app, &names(30, 5)).await;
+    until_lines(&out, 35, "resumed").await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let listed = changes(&mut app.db.conn());
+    assert_eq!(listed.len(), 35);
+    let printed: Vec<String> = out.lock().unwrap().clone();
+    let want: Vec<String> = listed
+        .iter()
+        .map(|r| {
+            format!(
+                "#{} {} {} {} {} -> {} ({})",
+                r.id,
+                haoka_sync::rules::schedule::china_time(r.at),
+                r.vendor,
+                r.order_id,
+                r.from_status,
+                r.to_status,
+                r.source
+            )
+        })
+        .collect();
+    assert_eq!(printed, want, "every change once, in id order, no gap");
+    let err = err.lock().unwrap().join("\n");
+    assert!(
+        err.contains("watch: following order_changes after id 0"),
+        "{err}"
+    );
+    assert!(err.contains("watch: lost the database ("), "{err}");
+    assert!(err.contains("watch: reconnected after "), "{err}");
+}
+
+#[test]
+fn watch_on_a_missing_database_fails_in_one_line_and_filters_by_vendor() {
+    let out = crate::cli::cmd()
+        .env(
+            "DATABASE_URL",
+            haoka_sync::config::DatabaseUrl::parse(&admin_url())
+                .unwrap()
+                .with_database("haoka_watch_missing_db")
+                .expose(),
+        )
+        .args(["watch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("does not exist (DATABASE_URL): `haoka-sync migrate` creates it"),
+        "{err}"
+    );
+
+    // --vendor: another vendor's changes are not printed.
+    let db = TestDb::new();
+    let mut c = db.conn();
+    let s = schedule();
+    let o = [obs("V1", Status::Pending, Source::Poll)];
+    let items: Vec<Item<'_>> = o.iter().map(Item::trusted).collect();
+    c.transaction::<_, diesel::result::Error, _>(|c| apply_batch(c, &items, Utc::now(), &s))
+        .unwrap();
+    let mut child = crate::cli::cmd()
+        .env("DATABASE_URL", db.url.expose())
+        .args([
+            "watch",
+            "--since-id",
+            "0",
+            "--vendor",
+            "damaijia",
+            "--format",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let printed = collect_lines(child.stdout.take().unwrap());
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(printed.lock().unwrap().is_empty());
+    let mut child = crate::cli::cmd()
+        .env("DATABASE_URL", db.url.expose())
+        .args([
+            "watch",
+            "--since-id",
+            "0",
+            "--vendor",
+            "haoka172",
+            "--format",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let printed = collect_lines(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while printed.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = printed.lock().unwrap().clone();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let row: FeedRow = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(
+        (row.order_id.as_str(), row.to_status.as_str()),
+        ("V1", "pending")
+    );
+}
