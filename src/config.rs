@@ -24,6 +24,7 @@
 //!   any source), `TRUSTED_PROXY_HEADER` (unset = judge the TCP peer),
 //!   `TRUSTED_PROXIES` (default `127.0.0.0/8,::1/128`)
 //! - `METRICS_REFRESH` (default 5s)
+//! - `RETENTION` (default `inbound=90d,events=400d,vendor_calls=90d`; `off`)
 //!
 //! Secrets never appear in `Debug` output or logs.
 
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 pub use crate::db::DatabaseUrl;
 use crate::rules::gaps::GapPolicy;
+use crate::rules::retention::Retention;
 use crate::rules::schedule::{parse_duration, Schedule, StatusDurations};
 use crate::rules::Vendor;
 pub use crate::secret::Secret;
@@ -113,6 +115,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How often the database gauges of `GET /metrics` are read again.
     pub metrics_refresh: Duration,
+    /// `RETENTION`: how long the append-only tables keep their rows.
+    pub retention: Retention,
 }
 
 /// One bad variable: the message is the one line the user sees.
@@ -203,6 +207,33 @@ impl ReplayConfig {
             callback_allowed_sources: allowed_sources(&v)?,
         })
     }
+}
+
+/// What `prune` needs: the database and `RETENTION`.
+#[derive(Debug, Clone)]
+pub struct PruneConfig {
+    pub database: DatabaseConfig,
+    pub retention: Retention,
+}
+
+impl PruneConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let v = Vars(&get);
+        Ok(PruneConfig {
+            database: database(&v)?,
+            retention: retention(&v)?,
+        })
+    }
+}
+
+fn retention(v: &Vars<'_>) -> Result<Retention, ConfigError> {
+    v.var("RETENTION")
+        .map_or(Ok(Retention::default()), |s| Retention::parse(&s))
+        .map_err(|m| err("RETENTION", m))
 }
 
 /// How log lines are written to stderr (`LOG_FORMAT`): env_logger's text,
@@ -499,6 +530,7 @@ impl Config {
             trusted_proxy_header,
             trusted_proxies,
             metrics_refresh,
+            retention: retention(&v)?,
         })
     }
 

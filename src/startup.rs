@@ -146,6 +146,8 @@ pub struct Application {
     prober: db::Prober,
     metrics: Arc<Metrics>,
     metrics_refresh: std::time::Duration,
+    database_url: db::DatabaseUrl,
+    retention: crate::rules::retention::Retention,
 }
 
 impl Application {
@@ -224,6 +226,8 @@ impl Application {
             prober,
             metrics,
             metrics_refresh: config.metrics_refresh,
+            database_url: config.database_url.clone(),
+            retention: config.retention,
         })
     }
 
@@ -254,6 +258,7 @@ impl Application {
     /// queued callbacks are committed before this returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let maintenance = tokio::spawn(maintain(Arc::clone(&self.poller), self.pool.clone()));
+        let retention = tokio::spawn(retain(self.database_url.clone(), self.retention));
         let scheduler = start_scheduler(&self.poll_cron, Arc::clone(&self.poller)).await;
         let gauges = tokio::spawn(http::metrics::refresh_forever(
             self.pool.clone(),
@@ -264,6 +269,7 @@ impl Application {
         let result = self.server.await;
         gauges.abort();
         maintenance.abort();
+        retention.abort();
         if let Some(mut s) = scheduler {
             if let Err(e) = s.shutdown().await {
                 log::warn!("poll scheduler did not stop cleanly: {e}");
@@ -288,6 +294,71 @@ const DWELL_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(360
 /// they changed, shared with the other processes), retrying while the
 /// database is unavailable; then keep `status_dwell` at most a day old
 /// (and made with the current overdue times). Dispatches only.
+/// How often `serve` looks whether the daily prune is due.
+const RETENTION_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Keep the coming months' partitions created and apply `RETENTION` once a
+/// day (`store::retention`): at start and then every hour it looks, and the
+/// replica that gets the lock and finds the last run older than 23 hours
+/// prunes. On its own connection (the lock is the session's).
+async fn retain(url: db::DatabaseUrl, retention: crate::rules::retention::Retention) {
+    use crate::store::retention::{self as rstore, Prune, Trigger};
+    let owner = format!(
+        "{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+        std::process::id()
+    );
+    loop {
+        let (url, owner) = (url.clone(), owner.clone());
+        let looked = tokio::task::spawn_blocking(move || -> Result<(i32, Prune), String> {
+            let mut conn =
+                db::connect(&url, &url, "to apply RETENTION").map_err(|e| e.to_string())?;
+            let now = chrono::Utc::now();
+            let created = rstore::ensure_ahead(&mut conn, now)
+                .map_err(|e| format!("creating the coming months' partitions: {e}"))?;
+            let mut progress = |line: String| log::info!("{line}");
+            let pruned = rstore::prune(
+                &mut conn,
+                &retention,
+                now,
+                false,
+                Trigger::Serve,
+                &owner,
+                true,
+                &mut progress,
+            )
+            .map_err(|e| format!("pruning: {e}"))?;
+            Ok((created, pruned))
+        })
+        .await;
+        match looked {
+            Ok(Ok((created, pruned))) => {
+                if created > 0 {
+                    log::info!("retention: created {created} partitions for the coming months");
+                }
+                match pruned {
+                    Prune::Done { removed, run_id } => log::info!(
+                        "retention (RETENTION={}): {} (retention_runs.id {run_id})",
+                        retention.describe(),
+                        rstore::summary(&removed, false)
+                    ),
+                    Prune::Busy => log::debug!("retention: another process is pruning"),
+                    Prune::NotDue { last } => log::debug!(
+                        "retention: last pruned {}",
+                        crate::rules::schedule::china_time(last)
+                    ),
+                }
+            }
+            Ok(Err(e)) => log::warn!(
+                "retention: {e}; tried again in {} minutes",
+                RETENTION_LOOK_EVERY.as_secs() / 60
+            ),
+            Err(e) => log::warn!("retention: the task failed: {e}"),
+        }
+        tokio::time::sleep(RETENTION_LOOK_EVERY).await;
+    }
+}
+
 async fn maintain(poller: Arc<Poller>, pool: PgPool) {
     let mut pause = std::time::Duration::from_secs(5);
     while let Err(e) = poller.reconcile_schedules(true).await {

@@ -20,10 +20,11 @@ use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
 use haoka_sync::store::dwell::{self as dstore, Refresh};
 use haoka_sync::store::schedule::{self as sstore, Begin, RESCHEDULE_CHUNK, RESCHEDULE_LEASE};
 
-use super::{schedule, PlanLine, Res, V};
+use super::{partitions, schedule, PlanLine, Res, V};
 
 pub fn schedule_cost(url: &str, orders: i64) -> Res<()> {
     let mut conn = PgConnection::establish(url)?;
+    partitions(&mut conn)?;
     let fill_started = Instant::now();
     // Orders placed over the last 80 days (inside status_dwell's 90), each
     // moved through its statuses by callbacks: new for up to an hour, then

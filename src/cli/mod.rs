@@ -9,6 +9,7 @@ mod log_format;
 mod logging;
 mod migrate;
 mod poll_once;
+mod prune;
 mod recheck;
 mod replay;
 mod serve;
@@ -24,7 +25,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{
-    Config, ConfigError, DatabaseConfig, DatabaseUrl, LogFormat, ReplayConfig, TrackingConfig,
+    Config, ConfigError, DatabaseConfig, DatabaseUrl, LogFormat, PruneConfig, ReplayConfig,
+    TrackingConfig,
 };
 use crate::db;
 use crate::rules::Vendor;
@@ -101,6 +103,16 @@ enum Command {
         after_help = "Reads DATABASE_URL only; read-only. Runs until stopped. Exit 1 when the database is missing or not migrated at start; later losses of the database are retried, resuming after the last id printed. See docs/contract.md, haoka-sync watch."
     )]
     Watch(watch::WatchArgs),
+    /// Apply RETENTION now: drop what is past it from the raw callbacks,
+    /// the events and change feed, and the vendor calls (serve does daily).
+    #[command(
+        after_help = "Reads DATABASE_URL and RETENTION (default inbound=90d,events=400d,vendor_calls=90d; off keeps everything; orders are never pruned). Migrates first. Exit 0 when it ran, 1 when another process is pruning or the database fails, 2 for a bad RETENTION. See docs/contract.md, haoka-sync prune."
+    )]
+    Prune {
+        /// Count what would go; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -213,6 +225,10 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
             let db = DatabaseConfig::from_env().map_err(configured)?;
             block_on(watch::run(&db, args))
         }
+        Command::Prune { dry_run } => {
+            let config = PruneConfig::from_env().map_err(configured)?;
+            block_on(prune::run(&config, dry_run))
+        }
         Command::Recheck { vendor, order_ids } => {
             let db = DatabaseConfig::from_env().map_err(configured)?;
             block_on(recheck::run(&db, vendor, order_ids))
@@ -241,6 +257,7 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
                     | Command::Show { .. }
                     | Command::StatusDwell { .. }
                     | Command::Watch(_)
+                    | Command::Prune { .. }
                     | Command::Recheck { .. }
                     | Command::Track { .. }
                     | Command::Replay(_) => {
@@ -375,11 +392,28 @@ pub(crate) fn read_only_connection(url: &DatabaseUrl) -> Result<diesel::PgConnec
     Ok(conn)
 }
 
+/// Create and migrate the database when needed, and create the partitions
+/// of this month and the next ones (`store::retention::ensure_ahead`).
 pub(crate) async fn prepare(url: &DatabaseUrl) -> CliResult {
     let url = url.clone();
-    let applied = tokio::task::spawn_blocking(move || db::prepare(&url)).await??;
+    let (applied, created) = tokio::task::spawn_blocking(move || -> Result<_, db::DbError> {
+        let applied = db::prepare(&url)?;
+        let name = url.database_name();
+        let mut conn = db::connect(&url, &url, &format!("to migrate the database {name}"))?;
+        let created = crate::store::retention::ensure_ahead(&mut conn, chrono::Utc::now())
+            .map_err(|e| {
+                db::DbError::Migration(format!(
+                    "database {name}: creating the coming months' partitions: {e}"
+                ))
+            })?;
+        Ok((applied, created))
+    })
+    .await??;
     for m in &applied {
         log::info!("applied migration {m}");
+    }
+    if created > 0 {
+        log::info!("created {created} partitions for the coming months");
     }
     Ok(())
 }
@@ -426,7 +460,7 @@ mod tests {
         );
         assert_eq!(
             no_command_line(),
-            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay, status-dwell, watch); see haoka-sync --help"
+            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay, status-dwell, watch, prune); see haoka-sync --help"
         );
     }
 

@@ -42,7 +42,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    inbound_callbacks (id) {
+    inbound_callbacks (id, received_at) {
         id -> Int8,
         vendor -> Text,
         received_at -> Timestamptz,
@@ -167,6 +167,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    retention_runs (id) {
+        id -> Int8,
+        started_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        owner -> Text,
+        trigger -> Text,
+        dry_run -> Bool,
+        retention -> Text,
+        removed -> Jsonb,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     schedule_settings (vendor) {
         vendor -> Text,
         settings -> Jsonb,
@@ -199,7 +213,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    vendor_calls (id) {
+    vendor_calls (id, called_at) {
         id -> Int8,
         vendor -> Text,
         called_at -> Timestamptz,
@@ -245,6 +259,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     order_link_overrides,
     order_polls,
     orders,
+    retention_runs,
     schedule_settings,
     status_dwell_stats,
     vendor_calls,

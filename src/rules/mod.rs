@@ -20,6 +20,7 @@ pub mod ids;
 pub mod inbound;
 pub mod mask;
 pub mod reschedule;
+pub mod retention;
 pub mod schedule;
 pub mod status;
 pub mod time;

@@ -653,7 +653,7 @@ pub fn finish_call(
     error: Option<&str>,
     cost: Option<i64>,
 ) -> QueryResult<usize> {
-    diesel::update(vendor_calls::table.find(call_id))
+    diesel::update(vendor_calls::table.filter(vendor_calls::id.eq(call_id)))
         .set((
             vendor_calls::outcome.eq(outcome),
             vendor_calls::http_status.eq(http_status),

@@ -25,7 +25,8 @@ pub fn admin_url() -> String {
 }
 
 /// The migrated template every test database is cloned from, named after
-/// the migrations' contents so a changed migration gets a new one.
+/// the migrations' contents (a changed migration gets a new one) and the
+/// month (its partitions reach from 16 months back to 2 ahead).
 fn template_name() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
@@ -43,6 +44,7 @@ fn template_name() -> &'static str {
                 .unwrap_or_default()
                 .hash(&mut h);
         }
+        chrono::Utc::now().format("%Y-%m").to_string().hash(&mut h);
         format!("haoka_test_tpl_{:016x}", h.finish())
     })
 }
@@ -79,7 +81,18 @@ fn build_template(name: &str) {
             "DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"
         ));
         let admin = DatabaseUrl::parse(&admin_url()).unwrap();
-        db::prepare(&admin.with_database(&building)).expect("create and migrate the template");
+        let url = admin.with_database(&building);
+        db::prepare(&url).expect("create and migrate the template");
+        // Tests backdate rows: the partitions of the past months too.
+        let now = chrono::Utc::now();
+        let mut t = PgConnection::establish(url.expose()).unwrap();
+        haoka_sync::store::retention::ensure_partitions(
+            &mut t,
+            now - chrono::Duration::days(16 * 31),
+            now + chrono::Duration::days(62),
+        )
+        .expect("create the template's partitions");
+        drop(t);
         c.batch_execute(&format!(
             "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
         ))

@@ -1,0 +1,456 @@
+//! Applying `RETENTION` (`haoka-sync prune`, and `serve` once a day): the
+//! monthly partitions of `inbound_callbacks` and `vendor_calls` past
+//! retention are detached concurrently and dropped, the rows past it in the
+//! month that straddles the cutoff, and in `order_events` and
+//! `order_change_log`, are deleted in small batches with pauses between
+//! them, so the callback path never waits on a prune. One process prunes at
+//! a time (a session advisory lock on the caller's own connection); each
+//! run is recorded in `retention_runs`. Also keeps the partitions of the
+//! coming months created (`ensure_ahead`).
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Months, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
+
+use crate::rules::retention::{plan_partitions, Partition, Retention};
+
+/// The session advisory lock a prune holds.
+pub const LOCK: i64 = 7217201500;
+/// Months of partitions kept created past the current one.
+pub const MONTHS_AHEAD: u32 = 2;
+/// Rows a delete batch removes.
+pub const BATCH: i64 = 5000;
+/// Serve prunes when its last complete run is older than this.
+pub const EVERY: chrono::Duration = chrono::Duration::hours(23);
+
+/// Create the partitions for every month from `from` through `to` that do
+/// not exist (returns how many). `CREATE TABLE ... PARTITION OF` takes the
+/// parent exclusively for a moment: it gives up after 2 s rather than queue
+/// the writers behind a long query, and the caller tries again later.
+pub fn ensure_partitions(
+    conn: &mut PgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> QueryResult<i32> {
+    #[derive(QueryableByName)]
+    struct Created {
+        #[diesel(sql_type = Integer)]
+        n: i32,
+    }
+    conn.transaction(|conn| {
+        conn.batch_execute("SET LOCAL lock_timeout = '2s'")?;
+        let c: Created = diesel::sql_query(
+            "SELECT haoka_sync_partitions.ensure_months('inbound_callbacks', $1, $2) \
+                  + haoka_sync_partitions.ensure_months('vendor_calls', $1, $2) AS n",
+        )
+        .bind::<Timestamptz, _>(from)
+        .bind::<Timestamptz, _>(to)
+        .get_result(conn)?;
+        Ok(c.n)
+    })
+}
+
+/// The partitions of this month and the next `MONTHS_AHEAD`.
+pub fn ensure_ahead(conn: &mut PgConnection, now: DateTime<Utc>) -> QueryResult<i32> {
+    let to = now
+        .checked_add_months(Months::new(MONTHS_AHEAD))
+        .unwrap_or(now);
+    ensure_partitions(conn, now, to)
+}
+
+/// What a prune removed from one table (or would, in a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Removed {
+    pub table: &'static str,
+    /// Every row removed: in dropped partitions and deleted.
+    pub rows: i64,
+    pub partitions_dropped: i64,
+    /// The size of the dropped partitions, back to the file system.
+    pub bytes_freed: i64,
+    /// `None` when the table is kept whole (`off`).
+    #[serde(skip)]
+    pub cutoff: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug)]
+pub enum Prune {
+    Done {
+        removed: Vec<Removed>,
+        run_id: i64,
+    },
+    /// Another process holds the lock.
+    Busy,
+    /// `only_if_due` and the last complete run is recent.
+    NotDue {
+        last: DateTime<Utc>,
+    },
+}
+
+/// Who asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Serve,
+    Command,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Serve => "serve",
+            Trigger::Command => "command",
+        }
+    }
+}
+
+/// A partitioned table and its time column.
+struct Parted {
+    table: &'static str,
+    column: &'static str,
+}
+
+const INBOUND: Parted = Parted {
+    table: "inbound_callbacks",
+    column: "received_at",
+};
+const CALLS: Parted = Parted {
+    table: "vendor_calls",
+    column: "called_at",
+};
+
+#[derive(QueryableByName)]
+struct Flag {
+    #[diesel(sql_type = Bool)]
+    b: bool,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Bound {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Timestamptz)]
+    from_ts: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    to_ts: DateTime<Utc>,
+    #[diesel(sql_type = Bool)]
+    detach_pending: bool,
+}
+
+#[derive(QueryableByName)]
+struct LastRun {
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    at: Option<DateTime<Utc>>,
+}
+
+/// When the last complete, real run started.
+pub fn last_run(conn: &mut PgConnection) -> QueryResult<Option<DateTime<Utc>>> {
+    let r: LastRun = diesel::sql_query(
+        "SELECT max(started_at) AS at FROM retention_runs \
+         WHERE finished_at IS NOT NULL AND error IS NULL AND NOT dry_run",
+    )
+    .get_result(conn)?;
+    Ok(r.at)
+}
+
+/// Apply `retention` at `now` on `conn`, which must not be in a
+/// transaction (a detach runs concurrently) and should be the caller's own
+/// (the lock is the session's). `only_if_due`: skip when the last complete
+/// run started within `EVERY` (checked under the lock, so two processes
+/// asking at once prune once). `progress` gets a line every 2 s on long runs.
+#[allow(clippy::too_many_arguments)]
+pub fn prune(
+    conn: &mut PgConnection,
+    retention: &Retention,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    trigger: Trigger,
+    owner: &str,
+    only_if_due: bool,
+    progress: &mut dyn FnMut(String),
+) -> QueryResult<Prune> {
+    let got: Flag = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS b")
+        .bind::<BigInt, _>(LOCK)
+        .get_result(conn)?;
+    if !got.b {
+        return Ok(Prune::Busy);
+    }
+    let result = locked(
+        conn,
+        retention,
+        now,
+        dry_run,
+        trigger,
+        owner,
+        only_if_due,
+        progress,
+    );
+    // A lost connection releases it too.
+    let _ = conn.batch_execute(&format!("SELECT pg_advisory_unlock({LOCK})"));
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn locked(
+    conn: &mut PgConnection,
+    retention: &Retention,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    trigger: Trigger,
+    owner: &str,
+    only_if_due: bool,
+    progress: &mut dyn FnMut(String),
+) -> QueryResult<Prune> {
+    if only_if_due {
+        if let Some(last) = last_run(conn)? {
+            if now - last < EVERY {
+                return Ok(Prune::NotDue { last });
+            }
+        }
+    }
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let run: Id = diesel::sql_query(
+        "INSERT INTO retention_runs (started_at, owner, trigger, dry_run, retention) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind::<Timestamptz, _>(now)
+    .bind::<Text, _>(owner)
+    .bind::<Text, _>(trigger.as_str())
+    .bind::<Bool, _>(dry_run)
+    .bind::<Text, _>(retention.describe())
+    .get_result(conn)?;
+    let cut = retention.cutoffs(now);
+    let mut removed = Vec::new();
+    let mut work = || -> QueryResult<()> {
+        removed.push(prune_parted(
+            conn,
+            &INBOUND,
+            cut.inbound,
+            dry_run,
+            progress,
+        )?);
+        removed.push(prune_parted(
+            conn,
+            &CALLS,
+            cut.vendor_calls,
+            dry_run,
+            progress,
+        )?);
+        removed.push(delete_old(
+            conn,
+            "order_events",
+            "DELETE FROM order_events WHERE id IN \
+               (SELECT id FROM order_events WHERE received_at < $1 ORDER BY received_at LIMIT $2)",
+            "SELECT count(*) AS n FROM order_events WHERE received_at < $1",
+            cut.events,
+            dry_run,
+            progress,
+        )?);
+        removed.push(delete_old(
+            conn,
+            "order_change_log",
+            "DELETE FROM order_change_log WHERE id IN \
+               (SELECT id FROM order_change_log WHERE at < $1 ORDER BY at LIMIT $2)",
+            "SELECT count(*) AS n FROM order_change_log WHERE at < $1",
+            cut.events,
+            dry_run,
+            progress,
+        )?);
+        Ok(())
+    };
+    let outcome = work();
+    let summary = serde_json::to_value(
+        removed
+            .iter()
+            .map(|r| (r.table, r))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    )
+    .unwrap_or_default();
+    diesel::sql_query(
+        "UPDATE retention_runs SET finished_at = clock_timestamp(), removed = $2, error = $3 WHERE id = $1",
+    )
+    .bind::<BigInt, _>(run.id)
+    .bind::<Jsonb, _>(summary)
+    .bind::<Nullable<Text>, _>(outcome.as_ref().err().map(|e| e.to_string()))
+    .execute(conn)?;
+    outcome?;
+    Ok(Prune::Done {
+        removed,
+        run_id: run.id,
+    })
+}
+
+fn prune_parted(
+    conn: &mut PgConnection,
+    t: &Parted,
+    cutoff: Option<DateTime<Utc>>,
+    dry_run: bool,
+    progress: &mut dyn FnMut(String),
+) -> QueryResult<Removed> {
+    let mut r = Removed {
+        table: t.table,
+        cutoff,
+        ..Removed::default()
+    };
+    let Some(cutoff) = cutoff else {
+        return Ok(r);
+    };
+    let bounds: Vec<Bound> = diesel::sql_query(
+        "SELECT partition::text AS name, from_ts, to_ts, detach_pending \
+         FROM haoka_sync_partitions.bounds WHERE parent = $1::regclass ORDER BY from_ts",
+    )
+    .bind::<Text, _>(t.table)
+    .load(conn)?;
+    let parts: Vec<Partition> = bounds
+        .iter()
+        .map(|b| Partition {
+            name: b.name.clone(),
+            from: b.from_ts,
+            to: b.to_ts,
+        })
+        .collect();
+    let plan = plan_partitions(&parts, cutoff);
+    for name in &plan.drop {
+        let pending = bounds.iter().any(|b| &b.name == name && b.detach_pending);
+        let rows: Count =
+            diesel::sql_query(format!("SELECT count(*) AS n FROM {name}")).get_result(conn)?;
+        let bytes: Count = diesel::sql_query("SELECT pg_total_relation_size($1::regclass) AS n")
+            .bind::<Text, _>(name)
+            .get_result(conn)?;
+        r.bytes_freed += bytes.n;
+        r.partitions_dropped += 1;
+        if dry_run {
+            // Counted below with the rest before the cutoff.
+            continue;
+        }
+        r.rows += rows.n;
+        // Concurrently: the writers of the newer months never wait. An
+        // interrupted detach left the partition pending: finish it.
+        let detach = if pending { "FINALIZE" } else { "CONCURRENTLY" };
+        conn.batch_execute(&format!(
+            "ALTER TABLE {} DETACH PARTITION {name} {detach}",
+            t.table
+        ))?;
+        conn.batch_execute(&format!("DROP TABLE {name}"))?;
+        progress(format!(
+            "prune: {}: dropped partition {name} ({} rows, {} bytes)",
+            t.table, rows.n, bytes.n
+        ));
+    }
+    let deleted = delete_old(
+        conn,
+        t.table,
+        &format!(
+            "DELETE FROM {table} t USING \
+               (SELECT id, {col} FROM {table} WHERE {col} < $1 ORDER BY {col} LIMIT $2) d \
+             WHERE t.id = d.id AND t.{col} = d.{col}",
+            table = t.table,
+            col = t.column
+        ),
+        &format!(
+            "SELECT count(*) AS n FROM {} WHERE {} < $1",
+            t.table, t.column
+        ),
+        Some(cutoff),
+        dry_run,
+        progress,
+    )?;
+    r.rows += deleted.rows;
+    Ok(r)
+}
+
+/// Delete the rows before `cutoff` in batches of `BATCH`, each its own
+/// transaction, pausing as long as the batch took (at most half the time is
+/// spent deleting); in a dry run, count them.
+fn delete_old(
+    conn: &mut PgConnection,
+    table: &'static str,
+    delete: &str,
+    count: &str,
+    cutoff: Option<DateTime<Utc>>,
+    dry_run: bool,
+    progress: &mut dyn FnMut(String),
+) -> QueryResult<Removed> {
+    let mut r = Removed {
+        table,
+        cutoff,
+        ..Removed::default()
+    };
+    let Some(cutoff) = cutoff else {
+        return Ok(r);
+    };
+    if dry_run {
+        let c: Count = diesel::sql_query(count)
+            .bind::<Timestamptz, _>(cutoff)
+            .get_result(conn)?;
+        r.rows = c.n;
+        return Ok(r);
+    }
+    let started = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        let t = Instant::now();
+        let n = diesel::sql_query(delete)
+            .bind::<Timestamptz, _>(cutoff)
+            .bind::<BigInt, _>(BATCH)
+            .execute(conn)?;
+        r.rows += n as i64;
+        if (n as i64) < BATCH {
+            break;
+        }
+        if said.elapsed() >= Duration::from_secs(2) {
+            said = Instant::now();
+            progress(format!(
+                "prune: {table}: {} rows deleted ({:.0}s)",
+                r.rows,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        std::thread::sleep(t.elapsed().min(Duration::from_secs(1)));
+    }
+    Ok(r)
+}
+
+/// One line for the log and `prune`'s stdout: `prune: inbound_callbacks
+/// 1200 rows (2 partitions dropped, 1.5 MB freed), vendor_calls 0 rows,
+/// order_events 30 rows, order_change_log 12 rows`, kept tables as `kept`.
+pub fn summary(removed: &[Removed], dry_run: bool) -> String {
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let parts: Vec<String> = removed
+        .iter()
+        .map(|r| match r.cutoff {
+            None => format!("{} kept (off)", r.table),
+            Some(_) if r.partitions_dropped > 0 => format!(
+                "{} {} rows ({} partition{} dropped, {} freed)",
+                r.table,
+                r.rows,
+                r.partitions_dropped,
+                if r.partitions_dropped == 1 { "" } else { "s" },
+                human_bytes(r.bytes_freed)
+            ),
+            Some(_) => format!("{} {} rows", r.table, r.rows),
+        })
+        .collect();
+    format!("{verb}: {}", parts.join(", "))
+}
+
+fn human_bytes(b: i64) -> String {
+    let b = b.max(0) as f64;
+    match b {
+        b if b >= 1024.0 * 1024.0 * 1024.0 => format!("{:.1} GB", b / 1024.0 / 1024.0 / 1024.0),
+        b if b >= 1024.0 * 1024.0 => format!("{:.1} MB", b / 1024.0 / 1024.0),
+        b if b >= 1024.0 => format!("{:.0} kB", b / 1024.0),
+        b => format!("{b:.0} B"),
+    }
+}
