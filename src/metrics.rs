@@ -55,6 +55,10 @@ pub struct DbGauges {
     pub gaps_open: Vec<Vendor>,
     /// Vendors whose polling is paused now.
     pub paused: Vec<Vendor>,
+    /// When the last complete prune (`retention_runs`) started.
+    pub last_pruned: Option<DateTime<Utc>>,
+    /// Until when every partitioned table has its partitions.
+    pub partitions_until: Option<DateTime<Utc>>,
     /// The time the refresh judged "now" by.
     pub now: DateTime<Utc>,
 }
@@ -124,6 +128,8 @@ pub struct Metrics {
     refresh_ok: AtomicBool,
     refreshed_at: Gauge,
     refresh_seconds: Gauge,
+    last_pruned: Gauge,
+    partitions_until: Gauge,
 }
 
 impl Default for Metrics {
@@ -258,6 +264,22 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            last_pruned: reg(
+                &r,
+                Gauge::new(
+                    "haoka_sync_retention_last_run_timestamp_seconds",
+                    "Unix time the last complete prune (RETENTION, retention_runs) started; 0 before the first.",
+                )
+                .expect("valid gauge"),
+            ),
+            partitions_until: reg(
+                &r,
+                Gauge::new(
+                    "haoka_sync_partitions_until_timestamp_seconds",
+                    "Unix time until which inbound_callbacks and vendor_calls have partitions; a row after it cannot be stored.",
+                )
+                .expect("valid gauge"),
+            ),
             registry: r,
         }
     }
@@ -345,6 +367,10 @@ impl Metrics {
         self.db_up.set(1);
         self.refreshed_at.set(unix_seconds(g.now));
         self.refresh_seconds.set(took.as_secs_f64());
+        self.last_pruned
+            .set(g.last_pruned.map_or(0.0, unix_seconds));
+        self.partitions_until
+            .set(g.partitions_until.map_or(0.0, unix_seconds));
     }
 
     /// The database did not answer a refresh: the other gauges keep the
@@ -476,6 +502,8 @@ mod tests {
                 last_callback: vec![],
                 gaps_open: vec![Vendor::Haoka172],
                 paused: vec![Vendor::Damaijia],
+                last_pruned: None,
+                partitions_until: Some(now + chrono::Duration::seconds(100)),
                 now,
             },
             Duration::from_millis(3),
@@ -492,6 +520,7 @@ mod tests {
             "haoka_sync_vendor_paused{vendor=\"damaijia\"} 1",
             "haoka_sync_vendor_paused{vendor=\"haoka172\"} 0",
             "haoka_sync_db_up 1",
+            "haoka_sync_retention_last_run_timestamp_seconds 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

@@ -53,6 +53,23 @@ pub const NEXT_CHECK_SQL: &str = "SELECT v.vendor, \
              WHERE p.vendor = v.vendor AND p.next_check_at IS NOT NULL) AS at \
      FROM unnest($1::text[]) AS v(vendor)";
 
+/// When the last complete prune started, and until when both partitioned
+/// tables have partitions (rows after that cannot be inserted): a tiny
+/// table and the catalog.
+pub const LIFECYCLE_SQL: &str = "SELECT \
+       (SELECT max(started_at) FROM retention_runs \
+        WHERE finished_at IS NOT NULL AND error IS NULL AND NOT dry_run) AS pruned, \
+       (SELECT min(until) FROM (SELECT max(to_ts) AS until FROM haoka_sync_partitions.bounds \
+                                WHERE NOT detach_pending GROUP BY parent) p) AS covered";
+
+#[derive(QueryableByName)]
+struct LifecycleRow {
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pruned: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    covered: Option<DateTime<Utc>>,
+}
+
 /// How long any statement of a refresh may run. Counting the due orders
 /// and a process's first look for the last callback (the two that can take
 /// long) run in savepoints: past this, the refresh goes on without them.
@@ -201,6 +218,7 @@ pub fn refresh(
                 .load(conn)?,
         );
         let gaps_open = vendors_of(diesel::sql_query(GAPS_OPEN_SQL).load(conn)?);
+        let lifecycle: LifecycleRow = diesel::sql_query(LIFECYCLE_SQL).get_result(conn)?;
         let mut last_callback = Vec::new();
         for v in callback_vendors {
             let mark = next.0.entry(*v).or_default();
@@ -227,6 +245,8 @@ pub fn refresh(
             last_callback,
             gaps_open,
             paused,
+            last_pruned: lifecycle.pruned,
+            partitions_until: lifecycle.covered,
             now,
         };
         QueryResult::Ok((gauges, counted))

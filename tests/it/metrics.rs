@@ -171,7 +171,7 @@ mod parser_props {
 // ---- the service's metrics ----
 
 /// The families docs/contract.md names, with their types.
-const FAMILIES: [(&str, &str); 11] = [
+const FAMILIES: [(&str, &str); 13] = [
     ("haoka_sync_callbacks_total", "counter"),
     ("haoka_sync_callback_duration_seconds", "histogram"),
     ("haoka_sync_ingest_batch_size", "histogram"),
@@ -183,6 +183,8 @@ const FAMILIES: [(&str, &str); 11] = [
     ("haoka_sync_callback_gap_open", "gauge"),
     ("haoka_sync_vendor_paused", "gauge"),
     ("haoka_sync_db_up", "gauge"),
+    ("haoka_sync_retention_last_run_timestamp_seconds", "gauge"),
+    ("haoka_sync_partitions_until_timestamp_seconds", "gauge"),
 ];
 
 const LABELS: [&str; 5] = ["vendor", "status", "outcome", "api", "le"];
@@ -358,6 +360,29 @@ fn assert_gauges_match_the_database(m: &Exposition, conn: &mut PgConnection) {
         "last callback {shown} vs {last}"
     );
     assert_eq!(m.value("haoka_sync_db_up", &[]), Some(1.0));
+    // The data lifecycle: partitions exist until the end of the newest
+    // month of the table that has the fewest; the last prune (serve's own at
+    // start, which may not have finished by this refresh).
+    let until = epoch(
+        conn,
+        "SELECT extract(epoch FROM min(u))::float8 AS t FROM (SELECT max(to_ts) AS u          FROM haoka_sync_partitions.bounds GROUP BY parent) p",
+    )
+    .expect("partitions");
+    assert_eq!(
+        m.value("haoka_sync_partitions_until_timestamp_seconds", &[]),
+        Some(until)
+    );
+    let pruned = m
+        .value("haoka_sync_retention_last_run_timestamp_seconds", &[])
+        .unwrap();
+    let runs = epoch(
+        conn,
+        "SELECT extract(epoch FROM max(started_at))::float8 AS t FROM retention_runs",
+    );
+    assert!(
+        pruned == 0.0 || runs.is_some_and(|r| (r - pruned).abs() < 0.002),
+        "last prune {pruned} vs {runs:?}"
+    );
 }
 
 #[tokio::test]
