@@ -11,6 +11,7 @@ mod migrate;
 mod poll_once;
 mod recheck;
 mod replay;
+mod report;
 mod serve;
 mod show;
 mod simulate;
@@ -101,6 +102,12 @@ enum Command {
         after_help = "Reads DATABASE_URL only; read-only. Runs until stopped. Exit 1 when the database is missing or not migrated at start; later losses of the database are retried, resuming after the last id printed. See docs/contract.md, haoka-sync watch."
     )]
     Watch(watch::WatchArgs),
+    /// Print one China-time day's reconciliation (对账): callbacks, vendor
+    /// calls and cost, status changes, settlements, and what is stuck now.
+    #[command(
+        after_help = "Reads DATABASE_URL only; read-only. --day is a China-time day, YYYY-MM-DD (default: yesterday, China time); a day in the future is refused. Exit 2 for bad usage, 1 when the database is missing or not migrated. See docs/contract.md, haoka-sync report."
+    )]
+    Report(report::ReportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -191,9 +198,9 @@ fn config_error(e: &ConfigError, env_file: &EnvFile) -> String {
 }
 
 /// Each command reads the configuration it uses: `migrate`, `show`,
-/// `recheck`, `status-dwell` and `watch` only the database, `track` the database and the schedule, `replay` also the
-/// callback secrets and sources, the others all of it
-/// (docs/contract.md#commands).
+/// `recheck`, `status-dwell`, `watch` and `report` only the database,
+/// `track` the database and the schedule, `replay` also the callback
+/// secrets and sources, the others all of it (docs/contract.md#commands).
 fn run(command: Command, env_file: &EnvFile) -> CliResult {
     let configured = |e: ConfigError| CliError::Usage(config_error(&e, env_file));
     match command {
@@ -212,6 +219,10 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
         Command::Watch(args) => {
             let db = DatabaseConfig::from_env().map_err(configured)?;
             block_on(watch::run(&db, args))
+        }
+        Command::Report(args) => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(report::run(&db, args))
         }
         Command::Recheck { vendor, order_ids } => {
             let db = DatabaseConfig::from_env().map_err(configured)?;
@@ -241,6 +252,7 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
                     | Command::Show { .. }
                     | Command::StatusDwell { .. }
                     | Command::Watch(_)
+                    | Command::Report(_)
                     | Command::Recheck { .. }
                     | Command::Track { .. }
                     | Command::Replay(_) => {
@@ -426,7 +438,7 @@ mod tests {
         );
         assert_eq!(
             no_command_line(),
-            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay, status-dwell, watch); see haoka-sync --help"
+            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay, status-dwell, watch, report); see haoka-sync --help"
         );
     }
 

@@ -18,6 +18,7 @@ mod metrics;
 mod outage;
 mod poller;
 mod replay;
+mod report;
 mod schedule;
 mod security;
 mod sources;
