@@ -278,11 +278,7 @@ fn text(day: NaiveDate, w: &Window, r: &Report) -> String {
 
     let calls: i64 = r.calls.iter().map(|c| c.calls).sum();
     push(format!("2. Vendor calls: {calls}"));
-    let mut apis: BTreeMap<(&str, &str), Vec<&rstore::Calls>> = BTreeMap::new();
-    for c in &r.calls {
-        apis.entry((&c.vendor, &c.api)).or_default().push(c);
-    }
-    for ((vendor, api), rows) in &apis {
+    for ((vendor, api), rows) in &calls_by_api(r) {
         let outcomes: Vec<(&str, i64)> =
             rows.iter().map(|c| (c.outcome.as_str(), c.calls)).collect();
         let cost = cost_of(rows);
@@ -374,10 +370,7 @@ fn text(day: NaiveDate, w: &Window, r: &Report) -> String {
         )
     });
 
-    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &r.contradictions {
-        *kinds.entry(&c.contradiction).or_default() += 1;
-    }
+    let kinds = contradiction_kinds(r);
     push(format!(
         "6. Open contradictions with PDD now (order_links): {}{}",
         r.contradictions.len(),
@@ -394,8 +387,7 @@ fn text(day: NaiveDate, w: &Window, r: &Report) -> String {
             )
         }
     ));
-    let contradictions: Vec<&rstore::Contradiction> = r.contradictions.iter().collect();
-    listed(&mut push, &contradictions, |c| {
+    listed(&mut push, &r.contradictions, |c| {
         format!(
             "haoka172 {}: {}",
             c.haoka172_order_id,
@@ -407,8 +399,7 @@ fn text(day: NaiveDate, w: &Window, r: &Report) -> String {
         "7. Callback gaps overlapping the day: {}",
         r.gaps.len()
     ));
-    let gaps: Vec<&rstore::Gap> = r.gaps.iter().collect();
-    listed(&mut push, &gaps, |g| {
+    listed(&mut push, &r.gaps, |g| {
         format!("{} {}", g.vendor, gap_detail(g))
     });
     let mut text = out.join("\n");
@@ -422,6 +413,24 @@ fn joined(keys: &[(&str, i64)]) -> String {
         .map(|(k, n)| format!("{k} {n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The day's calls per vendor and api.
+fn calls_by_api(r: &Report) -> BTreeMap<(&str, &str), Vec<&rstore::Calls>> {
+    let mut apis: BTreeMap<(&str, &str), Vec<&rstore::Calls>> = BTreeMap::new();
+    for c in &r.calls {
+        apis.entry((&c.vendor, &c.api)).or_default().push(c);
+    }
+    apis
+}
+
+/// Open contradictions per kind.
+fn contradiction_kinds(r: &Report) -> BTreeMap<&str, usize> {
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &r.contradictions {
+        *kinds.entry(&c.contradiction).or_default() += 1;
+    }
+    kinds
 }
 
 /// The summed cost of some calls; none when none was billed.
@@ -516,11 +525,7 @@ fn rows(day: NaiveDate, w: &Window, r: &Report) -> Vec<Row> {
             Row::figure("vendor_calls", &c.vendor, &c.api, c.calls).with_detail(c.outcome.clone()),
         );
     }
-    let mut apis: BTreeMap<(&str, &str), Vec<&rstore::Calls>> = BTreeMap::new();
-    for c in &r.calls {
-        apis.entry((&c.vendor, &c.api)).or_default().push(c);
-    }
-    for ((vendor, api), calls) in &apis {
+    for ((vendor, api), calls) in &calls_by_api(r) {
         if let Some(cost) = cost_of(calls) {
             rows.push(Row::figure("vendor_call_cost", vendor, api, cost));
         }
@@ -605,10 +610,7 @@ fn rows(day: NaiveDate, w: &Window, r: &Report) -> Vec<Row> {
         }
     }
     rows.push(Row::total("contradictions", r.contradictions.len()));
-    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &r.contradictions {
-        *kinds.entry(&c.contradiction).or_default() += 1;
-    }
+    let kinds = contradiction_kinds(r);
     for (kind, n) in kinds {
         rows.push(Row::figure("contradictions", "", kind, n));
     }
