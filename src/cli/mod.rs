@@ -12,6 +12,7 @@ mod poll_once;
 mod prune;
 mod recheck;
 mod replay;
+mod report;
 mod serve;
 mod show;
 mod simulate;
@@ -113,6 +114,12 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print one China-time day's reconciliation (对账): callbacks, vendor
+    /// calls and cost, status changes, settlements, and what is stuck now.
+    #[command(
+        after_help = "Reads DATABASE_URL only; read-only. --day is a China-time day, YYYY-MM-DD (default: yesterday, China time); a day in the future is refused. Exit 2 for bad usage, 1 when the database is missing or not migrated. See docs/contract.md, haoka-sync report."
+    )]
+    Report(report::ReportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -203,9 +210,9 @@ fn config_error(e: &ConfigError, env_file: &EnvFile) -> String {
 }
 
 /// Each command reads the configuration it uses: `migrate`, `show`,
-/// `recheck`, `status-dwell` and `watch` only the database, `track` the database and the schedule, `replay` also the
-/// callback secrets and sources, the others all of it
-/// (docs/contract.md#commands).
+/// `recheck`, `status-dwell`, `watch` and `report` only the database,
+/// `track` the database and the schedule, `replay` also the callback
+/// secrets and sources, the others all of it (docs/contract.md#commands).
 fn run(command: Command, env_file: &EnvFile) -> CliResult {
     let configured = |e: ConfigError| CliError::Usage(config_error(&e, env_file));
     match command {
@@ -228,6 +235,10 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
         Command::Prune { dry_run } => {
             let config = PruneConfig::from_env().map_err(configured)?;
             block_on(prune::run(&config, dry_run))
+        }
+        Command::Report(args) => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(report::run(&db, args))
         }
         Command::Recheck { vendor, order_ids } => {
             let db = DatabaseConfig::from_env().map_err(configured)?;
@@ -258,6 +269,7 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
                     | Command::StatusDwell { .. }
                     | Command::Watch(_)
                     | Command::Prune { .. }
+                    | Command::Report(_)
                     | Command::Recheck { .. }
                     | Command::Track { .. }
                     | Command::Replay(_) => {
@@ -460,7 +472,7 @@ mod tests {
         );
         assert_eq!(
             no_command_line(),
-            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay, status-dwell, watch, prune); see haoka-sync --help"
+            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay, status-dwell, watch, prune, report); see haoka-sync --help"
         );
     }
 

@@ -5,9 +5,10 @@
 //! deployment-wide callback silences (`gaps`),
 //! how a callback request is judged and answered (`inbound`), bounded
 //! identifiers (`ids`), masking of personal data (`mask`), times as
-//! operators type them (`time`), when the database counts as down and when
-//! it is probed (`db_health`), and the `Vendor` and `Observation` types
-//! both paths share.
+//! operators type them and the day a report covers (`time`), when 172 is
+//! expected to have settled an order (`settlement`), when the database
+//! counts as down and when it is probed (`db_health`), and the `Vendor` and
+//! `Observation` types both paths share.
 //!
 //! Pure: no I/O, no clock (callers pass `now`), no database, no logging.
 //! Nothing here imports another module of the crate but `secret`.
@@ -22,6 +23,7 @@ pub mod mask;
 pub mod reschedule;
 pub mod retention;
 pub mod schedule;
+pub mod settlement;
 pub mod status;
 pub mod time;
 pub mod vendor;

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod poll;
 pub mod replay;
+pub mod report;
 pub mod retention;
 pub mod schedule;
 pub mod tokens;

@@ -18,6 +18,7 @@ mod metrics;
 mod outage;
 mod poller;
 mod replay;
+mod report;
 mod retention;
 mod schedule;
 mod security;
