@@ -23,6 +23,17 @@ pub const LOCK: i64 = 7217201500;
 pub const MONTHS_AHEAD: u32 = 2;
 /// Rows a delete batch removes.
 pub const BATCH: i64 = 5000;
+/// After each batch (and each partition dropped) a prune rests this many
+/// times as long as the work took: at most a third of the time is spent
+/// pruning, so the callback path keeps the machine (measured in
+/// BENCHMARKS.md, "Retention").
+pub const PACE: u32 = 2;
+/// A partition larger than this (in pages, 100 MB) is not counted row by
+/// row before it is dropped (that would read it all): its row count is the
+/// statistics' (`pg_class.reltuples` after ANALYZE, else
+/// `pg_stat_user_tables.n_live_tup`, exact for these insert-only tables
+/// unless statistics were reset).
+pub const COUNT_PAGES: i64 = 12_800;
 /// Serve prunes when its last complete run is older than this.
 pub const EVERY: chrono::Duration = chrono::Duration::hours(23);
 
@@ -323,8 +334,11 @@ fn prune_parted(
     let plan = plan_partitions(&parts, cutoff);
     for name in &plan.drop {
         let pending = bounds.iter().any(|b| &b.name == name && b.detach_pending);
-        let rows: Count =
-            diesel::sql_query(format!("SELECT count(*) AS n FROM {name}")).get_result(conn)?;
+        let rows = if dry_run {
+            Count { n: 0 }
+        } else {
+            partition_rows(conn, name)?
+        };
         let bytes: Count = diesel::sql_query("SELECT pg_total_relation_size($1::regclass) AS n")
             .bind::<Text, _>(name)
             .get_result(conn)?;
@@ -338,11 +352,14 @@ fn prune_parted(
         // Concurrently: the writers of the newer months never wait. An
         // interrupted detach left the partition pending: finish it.
         let detach = if pending { "FINALIZE" } else { "CONCURRENTLY" };
+        let dropping = Instant::now();
         conn.batch_execute(&format!(
             "ALTER TABLE {} DETACH PARTITION {name} {detach}",
             t.table
         ))?;
         conn.batch_execute(&format!("DROP TABLE {name}"))?;
+        // Paced like the batches: the writers keep most of the machine.
+        std::thread::sleep((dropping.elapsed() * PACE).min(Duration::from_secs(5)));
         progress(format!(
             "prune: {}: dropped partition {name} ({} rows, {} bytes)",
             t.table, rows.n, bytes.n
@@ -368,6 +385,30 @@ fn prune_parted(
     )?;
     r.rows += deleted.rows;
     Ok(r)
+}
+
+/// Rows of a partition about to be dropped: counted when small, else the
+/// statistics' number (reading a large one whole would only slow the
+/// writers down).
+fn partition_rows(conn: &mut PgConnection, name: &str) -> QueryResult<Count> {
+    #[derive(QueryableByName)]
+    struct Size {
+        #[diesel(sql_type = BigInt)]
+        pages: i64,
+        #[diesel(sql_type = BigInt)]
+        estimate: i64,
+    }
+    let size: Size = diesel::sql_query(
+        "SELECT c.relpages::bigint AS pages, \
+                greatest(c.reltuples::bigint, coalesce(s.n_live_tup, 0))::bigint AS estimate \
+         FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = $1::regclass",
+    )
+    .bind::<Text, _>(name)
+    .get_result(conn)?;
+    if size.pages > COUNT_PAGES {
+        return Ok(Count { n: size.estimate });
+    }
+    diesel::sql_query(format!("SELECT count(*) AS n FROM {name}")).get_result(conn)
 }
 
 /// Delete the rows before `cutoff` in batches of `BATCH`, each its own
@@ -417,7 +458,7 @@ fn delete_old(
                 started.elapsed().as_secs_f64()
             ));
         }
-        std::thread::sleep(t.elapsed().min(Duration::from_secs(1)));
+        std::thread::sleep((t.elapsed() * PACE).min(Duration::from_secs(2)));
     }
     Ok(r)
 }
