@@ -25,6 +25,9 @@
 //!   `TRUSTED_PROXIES` (default `127.0.0.0/8,::1/128`)
 //! - `METRICS_REFRESH` (default 5s)
 //! - `RETENTION` (default `inbound=90d,events=400d,vendor_calls=90d`; `off`)
+//! - `FORWARD_TIMEOUT` (10s), `FORWARD_CONCURRENCY` (16), `FORWARD_RETRY_FOR` (3d),
+//!   `FORWARD_FIRST_RETRY` (5s), `FORWARD_MAX_RETRY` (1h), `FORWARD_FAILING_AFTER` (1h),
+//!   `FORWARD_PROBE_EVERY` (5m), `FORWARD_SECRET_GRACE` (1d)
 //!
 //! Secrets never appear in `Debug` output or logs.
 
@@ -117,6 +120,8 @@ pub struct Config {
     pub metrics_refresh: Duration,
     /// `RETENTION`: how long the append-only tables keep their rows.
     pub retention: Retention,
+    /// `FORWARD_*`: how status changes are forwarded to the targets.
+    pub forward: ForwardConfig,
 }
 
 /// One bad variable: the message is the one line the user sees.
@@ -205,6 +210,106 @@ impl ReplayConfig {
             secret: v.var("HAOKA172_SECRET").map(Secret::new),
             previous_secret: v.var("HAOKA172_SECRET_PREVIOUS").map(Secret::new),
             callback_allowed_sources: allowed_sources(&v)?,
+        })
+    }
+}
+
+/// Forwarding (`FORWARD_*`): retries, timeouts, concurrency, the grace of
+/// a rotated secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardConfig {
+    pub policy: crate::rules::forward::Policy,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub secret_grace: Duration,
+}
+
+impl ForwardConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::parse(&Vars(&get))
+    }
+
+    fn parse(v: &Vars<'_>) -> Result<Self, ConfigError> {
+        let within = |k: &'static str, d: Duration, lo: u64, hi: u64, range: &str| {
+            if (lo..=hi).contains(&d.as_secs()) {
+                Ok(d)
+            } else {
+                Err(err(
+                    k,
+                    format!("{} s is out of range: use {range}", d.as_secs()),
+                ))
+            }
+        };
+        let first_retry = within(
+            "FORWARD_FIRST_RETRY",
+            v.dur("FORWARD_FIRST_RETRY", "5s")?,
+            1,
+            3600,
+            "1s to 1h",
+        )?;
+        let max_retry = within(
+            "FORWARD_MAX_RETRY",
+            v.dur("FORWARD_MAX_RETRY", "1h")?,
+            1,
+            86400,
+            "1s to 1d",
+        )?;
+        if max_retry < first_retry {
+            return Err(err(
+                "FORWARD_MAX_RETRY",
+                format!(
+                    "{} s is shorter than FORWARD_FIRST_RETRY ({} s)",
+                    max_retry.as_secs(),
+                    first_retry.as_secs()
+                ),
+            ));
+        }
+        let policy = crate::rules::forward::Policy {
+            first_retry,
+            max_retry,
+            retry_for: within(
+                "FORWARD_RETRY_FOR",
+                v.dur("FORWARD_RETRY_FOR", "3d")?,
+                1,
+                30 * 86400,
+                "1s to 30d",
+            )?,
+            failing_after: within(
+                "FORWARD_FAILING_AFTER",
+                v.dur("FORWARD_FAILING_AFTER", "1h")?,
+                1,
+                7 * 86400,
+                "1s to 7d",
+            )?,
+            probe_every: within(
+                "FORWARD_PROBE_EVERY",
+                v.dur("FORWARD_PROBE_EVERY", "5m")?,
+                1,
+                86400,
+                "1s to 1d",
+            )?,
+        };
+        Ok(ForwardConfig {
+            policy,
+            timeout: within(
+                "FORWARD_TIMEOUT",
+                v.dur("FORWARD_TIMEOUT", "10s")?,
+                1,
+                300,
+                "1s to 5m",
+            )?,
+            concurrency: v.num("FORWARD_CONCURRENCY", 16, 1, 256)? as usize,
+            secret_grace: within(
+                "FORWARD_SECRET_GRACE",
+                v.dur("FORWARD_SECRET_GRACE", "1d")?,
+                0,
+                30 * 86400,
+                "0 to 30d",
+            )?,
         })
     }
 }
@@ -530,6 +635,7 @@ impl Config {
             trusted_proxy_header,
             trusted_proxies,
             metrics_refresh,
+            forward: ForwardConfig::parse(&v)?,
             retention: retention(&v)?,
         })
     }

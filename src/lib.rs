@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod forward;
 pub mod http;
 pub mod metrics;
 pub mod poller;

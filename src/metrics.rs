@@ -59,8 +59,20 @@ pub struct DbGauges {
     pub last_pruned: Option<DateTime<Utc>>,
     /// Until when every partitioned table has its partitions.
     pub partitions_until: Option<DateTime<Utc>>,
+    /// Per forwarding target.
+    pub forward: Vec<ForwardGauge>,
     /// The time the refresh judged "now" by.
     pub now: DateTime<Utc>,
+}
+
+/// A forwarding target's deliveries, as the database has them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ForwardGauge {
+    pub target_id: i64,
+    pub pending: i64,
+    pub oldest_pending: Option<DateTime<Utc>>,
+    pub failing: bool,
+    pub exhausted: i64,
 }
 
 /// Every (vendor, status) pair with its count, zero where the database has
@@ -117,6 +129,11 @@ pub struct Metrics {
     callback_duration: HistogramVec,
     ingest_batch: Histogram,
     vendor_calls: IntCounterVec,
+    deliveries: IntCounterVec,
+    forward_pending: IntGaugeVec,
+    forward_oldest: GaugeVec,
+    forward_failing: IntGaugeVec,
+    forward_exhausted: IntGaugeVec,
     orders: IntGaugeVec,
     orders_due: IntGaugeVec,
     oldest_due: GaugeVec,
@@ -208,6 +225,31 @@ impl Metrics {
                 "haoka_sync_vendor_calls_total",
                 "Vendor API calls, by vendor, api and outcome (as vendor_calls records them; logins too).",
                 &["vendor", "api", "outcome"],
+            ),
+            deliveries: counter(
+                "haoka_sync_deliveries_total",
+                "Forwarding attempts, by target id and outcome (delivered, failed, exhausted; lease_lost when another process took a slow one over).",
+                &["target", "outcome"],
+            ),
+            forward_pending: int_gauge(
+                "haoka_sync_deliveries_pending",
+                "Deliveries waiting to be sent (or retried), per target (from the database).",
+                &["target"],
+            ),
+            forward_oldest: gauge(
+                "haoka_sync_deliveries_oldest_pending_age_seconds",
+                "How long the oldest pending delivery of a target has waited since its change (from the database).",
+                &["target"],
+            ),
+            forward_failing: int_gauge(
+                "haoka_sync_forward_target_failing",
+                "1 while a target is marked failing (an hour of failures; probed gently) (from the database).",
+                &["target"],
+            ),
+            forward_exhausted: int_gauge(
+                "haoka_sync_deliveries_exhausted",
+                "Deliveries whose retries ran out, kept until redelivered or pruned, per target (from the database).",
+                &["target"],
             ),
             orders: int_gauge(
                 "haoka_sync_orders",
@@ -335,6 +377,13 @@ impl Metrics {
             .inc();
     }
 
+    /// A forwarding attempt to target `target` ended with `outcome`.
+    pub fn delivery(&self, target: i64, outcome: &str) {
+        self.deliveries
+            .with_label_values(&[&target.to_string(), outcome])
+            .inc();
+    }
+
     /// The database answered a refresh that took `took`: set every gauge.
     pub fn set_db(&self, g: &DbGauges, took: Duration) {
         for (v, s, n) in order_series(&g.orders) {
@@ -369,6 +418,20 @@ impl Metrics {
         self.refresh_seconds.set(took.as_secs_f64());
         self.last_pruned
             .set(g.last_pruned.map_or(0.0, unix_seconds));
+        for f in &g.forward {
+            let t = f.target_id.to_string();
+            self.forward_pending.with_label_values(&[&t]).set(f.pending);
+            let age = f.oldest_pending.map_or(0.0, |o| {
+                (g.now - o).num_milliseconds().max(0) as f64 / 1000.0
+            });
+            self.forward_oldest.with_label_values(&[&t]).set(age);
+            self.forward_failing
+                .with_label_values(&[&t])
+                .set(i64::from(f.failing));
+            self.forward_exhausted
+                .with_label_values(&[&t])
+                .set(f.exhausted);
+        }
         self.partitions_until
             .set(g.partitions_until.map_or(0.0, unix_seconds));
     }
@@ -504,6 +567,7 @@ mod tests {
                 paused: vec![Vendor::Damaijia],
                 last_pruned: None,
                 partitions_until: Some(now + chrono::Duration::seconds(100)),
+                forward: vec![],
                 now,
             },
             Duration::from_millis(3),

@@ -148,6 +148,7 @@ pub struct Application {
     metrics_refresh: std::time::Duration,
     database_url: db::DatabaseUrl,
     retention: crate::rules::retention::Retention,
+    forwarder: Arc<crate::forward::Forwarder>,
 }
 
 impl Application {
@@ -216,6 +217,15 @@ impl Application {
                 .disable_signals()
                 .shutdown_timeout(30)
                 .run();
+        let forwarder = Arc::new(crate::forward::Forwarder::new(
+            pool.clone(),
+            crate::forward::Settings {
+                policy: config.forward.policy,
+                timeout: config.forward.timeout,
+                concurrency: config.forward.concurrency,
+            },
+            Arc::clone(&metrics),
+        ));
         Ok(Application {
             port,
             server,
@@ -228,6 +238,7 @@ impl Application {
             metrics_refresh: config.metrics_refresh,
             database_url: config.database_url.clone(),
             retention: config.retention,
+            forwarder,
         })
     }
 
@@ -259,6 +270,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let maintenance = tokio::spawn(maintain(Arc::clone(&self.poller), self.pool.clone()));
         let retention = tokio::spawn(retain(self.database_url.clone(), self.retention));
+        let forwarding = tokio::spawn(Arc::clone(&self.forwarder).run_forever());
         let scheduler = start_scheduler(&self.poll_cron, Arc::clone(&self.poller)).await;
         let gauges = tokio::spawn(http::metrics::refresh_forever(
             self.pool.clone(),
@@ -270,6 +282,7 @@ impl Application {
         gauges.abort();
         maintenance.abort();
         retention.abort();
+        forwarding.abort();
         if let Some(mut s) = scheduler {
             if let Err(e) = s.shutdown().await {
                 log::warn!("poll scheduler did not stop cleanly: {e}");

@@ -3,6 +3,7 @@
 //! usage or bad configuration (one line on stderr), 1 for a failure at run
 //! time (docs/contract.md#exit-codes).
 
+mod deliveries;
 mod demo;
 mod envfile;
 mod log_format;
@@ -11,12 +12,14 @@ mod migrate;
 mod poll_once;
 mod prune;
 mod recheck;
+mod redeliver;
 mod replay;
 mod report;
 mod serve;
 mod show;
 mod simulate;
 mod status_dwell;
+mod targets;
 mod track;
 mod watch;
 
@@ -26,8 +29,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{
-    Config, ConfigError, DatabaseConfig, DatabaseUrl, LogFormat, PruneConfig, ReplayConfig,
-    TrackingConfig,
+    Config, ConfigError, DatabaseConfig, DatabaseUrl, ForwardConfig, LogFormat, PruneConfig,
+    ReplayConfig, TrackingConfig,
 };
 use crate::db;
 use crate::rules::Vendor;
@@ -120,6 +123,22 @@ enum Command {
         after_help = "Reads DATABASE_URL only; read-only. --day is a China-time day, YYYY-MM-DD (default: yesterday, China time); a day in the future is refused. Exit 2 for bad usage, 1 when the database is missing or not migrated. See docs/contract.md, haoka-sync report."
     )]
     Report(report::ReportArgs),
+    /// Where status changes are forwarded: add, list, disable, enable,
+    /// rotate-secret.
+    #[command(
+        subcommand,
+        after_help = "Reads DATABASE_URL (and FORWARD_SECRET_GRACE for rotate-secret). A new secret is printed once and never logged. See docs/contract.md, haoka-sync targets."
+    )]
+    Targets(targets::TargetsCommand),
+    /// The forwarding log: deliveries, newest first, with their attempts.
+    #[command(
+        after_help = "Reads DATABASE_URL only. See docs/contract.md, haoka-sync deliveries."
+    )]
+    Deliveries(deliveries::DeliveriesArgs),
+    /// Send forwarding deliveries again (same webhook-id), by id, order,
+    /// target and/or time window.
+    #[command(after_help = "Reads DATABASE_URL only. See docs/contract.md, haoka-sync redeliver.")]
+    Redeliver(redeliver::RedeliverArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -240,6 +259,19 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
             let db = DatabaseConfig::from_env().map_err(configured)?;
             block_on(report::run(&db, args))
         }
+        Command::Targets(cmd) => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            let forward = ForwardConfig::from_env().map_err(configured)?;
+            block_on(targets::run(&db, &forward, cmd))
+        }
+        Command::Deliveries(args) => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(deliveries::run(&db, args))
+        }
+        Command::Redeliver(args) => {
+            let db = DatabaseConfig::from_env().map_err(configured)?;
+            block_on(redeliver::run(&db, args))
+        }
         Command::Recheck { vendor, order_ids } => {
             let db = DatabaseConfig::from_env().map_err(configured)?;
             block_on(recheck::run(&db, vendor, order_ids))
@@ -270,6 +302,9 @@ fn run(command: Command, env_file: &EnvFile) -> CliResult {
                     | Command::Watch(_)
                     | Command::Prune { .. }
                     | Command::Report(_)
+                    | Command::Targets(_)
+                    | Command::Deliveries(_)
+                    | Command::Redeliver(_)
                     | Command::Recheck { .. }
                     | Command::Track { .. }
                     | Command::Replay(_) => {
@@ -472,7 +507,7 @@ mod tests {
         );
         assert_eq!(
             no_command_line(),
-            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay, status-dwell, watch, prune, report); see haoka-sync --help"
+            "a command is required (serve, migrate, track, recheck, poll-once, simulate, demo, show, replay, status-dwell, watch, prune, report, targets, deliveries, redeliver); see haoka-sync --help"
         );
     }
 

@@ -42,6 +42,64 @@ diesel::table! {
 }
 
 diesel::table! {
+    forward_attempts (id) {
+        id -> Int8,
+        delivery_id -> Int8,
+        at -> Timestamptz,
+        worker -> Text,
+        http_status -> Nullable<Int4>,
+        latency_ms -> Int4,
+        error -> Nullable<Text>,
+        response_sample -> Nullable<Text>,
+        redelivery -> Bool,
+    }
+}
+
+diesel::table! {
+    forward_deliveries (id) {
+        id -> Int8,
+        target_id -> Int8,
+        change_id -> Int8,
+        vendor -> Text,
+        order_id -> Text,
+        seq -> Int8,
+        webhook_id -> Text,
+        payload -> Jsonb,
+        state -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        retry_from -> Timestamptz,
+        redeliveries -> Int4,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        last_attempt_at -> Nullable<Timestamptz>,
+        last_status -> Nullable<Int4>,
+        last_error -> Nullable<Text>,
+        delivered_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    forward_targets (id) {
+        id -> Int8,
+        name -> Text,
+        url -> Text,
+        vendor -> Nullable<Text>,
+        statuses -> Nullable<Array<Nullable<Text>>>,
+        secret -> Text,
+        previous_secret -> Nullable<Text>,
+        previous_until -> Nullable<Timestamptz>,
+        enabled -> Bool,
+        failing_since -> Nullable<Timestamptz>,
+        marked_failing_at -> Nullable<Timestamptz>,
+        probe_after -> Nullable<Timestamptz>,
+        last_success_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     inbound_callbacks (id, received_at) {
         id -> Int8,
         vendor -> Text,
@@ -76,6 +134,7 @@ diesel::table! {
         to_status -> Text,
         source -> Text,
         at -> Timestamptz,
+        order_seq -> Int8,
     }
 }
 
@@ -251,6 +310,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     callback_confirmations,
     callback_gaps,
     callback_watch,
+    forward_attempts,
+    forward_deliveries,
+    forward_targets,
     inbound_callbacks,
     order_change_log,
     order_count_deltas,

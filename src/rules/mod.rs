@@ -16,6 +16,7 @@
 pub mod db_health;
 pub mod duration;
 pub mod dwell;
+pub mod forward;
 pub mod gaps;
 pub mod ids;
 pub mod inbound;

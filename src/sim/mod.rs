@@ -28,6 +28,7 @@ mod calls;
 mod damaijia;
 mod haoka172;
 pub mod lifecycle;
+pub mod receiver;
 pub mod sign;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,45 @@ pub const CHANNEL: &str = "haoka_sync_order_changed";
 /// The advisory lock the feed's ids are drawn under (held to the commit).
 const LOCK: i64 = 7217201400;
 
+/// Insert the changes ($1..$6: event ids, vendors, order ids, from, to,
+/// sources; $7 the time) with ids drawn in order and each order's next
+/// `order_seq`; the deliveries of every enabled target that matches
+/// (the transactional outbox: the body fixed now, from the change and the
+/// order's fields, phone masked); and one notification per change on $8.
+/// One statement, whatever the number of changes or targets.
+const PUBLISH_SQL: &str = "WITH k AS ( \
+       SELECT u.*, coalesce(prev.seq, 0) + row_number() OVER (PARTITION BY u.vendor, u.order_id ORDER BY u.n) AS order_seq \
+       FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+              WITH ORDINALITY AS u(event_id, vendor, order_id, from_status, to_status, source, n) \
+       LEFT JOIN LATERAL (SELECT c.order_seq AS seq FROM order_change_log c \
+                          WHERE c.vendor = u.vendor AND c.order_id = u.order_id ORDER BY c.id DESC LIMIT 1) prev ON true), \
+     rows AS ( \
+       INSERT INTO order_change_log (id, event_id, vendor, order_id, from_status, to_status, source, at, order_seq) \
+       SELECT nextval('order_change_log_id_seq'), o.event_id, o.vendor, o.order_id, o.from_status, o.to_status, o.source, $7, o.order_seq \
+       FROM (SELECT * FROM k ORDER BY n) o \
+       RETURNING id, vendor, order_id, from_status, to_status, source, at, order_seq), \
+     deliveries AS ( \
+       INSERT INTO forward_deliveries (target_id, change_id, vendor, order_id, seq, webhook_id, payload, next_attempt_at, created_at) \
+       SELECT t.id, r.id, r.vendor, r.order_id, r.order_seq, 'msg_' || r.id || '_' || t.id, \
+              jsonb_build_object('vendor', r.vendor, 'order_id', r.order_id, 'from', r.from_status, 'to', r.to_status, \
+                'source', r.source, 'at', r.at, 'seq', r.order_seq, 'change_id', r.id, \
+                'order', jsonb_build_object('status', o.status, 'vendor_status', o.vendor_status, \
+                  'vendor_order_no', o.vendor_order_no, 'express_name', o.express_name, 'express_code', o.express_code, \
+                  'third_phone', CASE WHEN length(o.third_phone) >= 7 \
+                                      THEN left(o.third_phone, 3) || '****' || right(o.third_phone, 4) \
+                                      WHEN o.third_phone IS NOT NULL THEN left(o.third_phone, 1) || '***' END, \
+                  'iccid', o.iccid, 'card_status', o.card_status, 'activated_at', o.activated_at, \
+                  'first_charge', o.first_charge, 'first_charge_amount', o.first_charge_amount, 'remark', o.remark)), \
+              $7, $7 \
+       FROM rows r \
+       JOIN forward_targets t ON t.enabled AND (t.vendor IS NULL OR t.vendor = r.vendor) \
+                             AND (t.statuses IS NULL OR r.to_status = ANY (t.statuses)) \
+       LEFT JOIN orders o ON o.vendor = r.vendor AND o.order_id = r.order_id \
+       RETURNING 1) \
+     SELECT pg_notify($8, json_build_object('id', id, 'vendor', vendor, 'order_id', order_id, \
+              'from', from_status, 'to', to_status, 'source', source, 'at', at)::text) \
+     FROM (SELECT * FROM rows ORDER BY id) r";
+
 /// One applied status change, as `apply_batch` saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change<'a> {
@@ -51,27 +90,16 @@ pub fn publish(
     let from: Vec<&str> = changes.iter().map(|c| c.from.as_str()).collect();
     let to: Vec<&str> = changes.iter().map(|c| c.to.as_str()).collect();
     let source: Vec<&str> = changes.iter().map(|c| c.source).collect();
-    diesel::sql_query(
-        "WITH rows AS ( \
-           INSERT INTO order_change_log (id, event_id, vendor, order_id, from_status, to_status, source, at) \
-           SELECT nextval('order_change_log_id_seq'), k.event_id, k.vendor, k.order_id, k.from_status, k.to_status, k.source, $7 \
-           FROM (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
-                   WITH ORDINALITY AS u(event_id, vendor, order_id, from_status, to_status, source, n) \
-                 ORDER BY n) k \
-           RETURNING id, vendor, order_id, from_status, to_status, source, at) \
-         SELECT pg_notify($8, json_build_object('id', id, 'vendor', vendor, 'order_id', order_id, \
-                  'from', from_status, 'to', to_status, 'source', source, 'at', at)::text) \
-         FROM (SELECT * FROM rows ORDER BY id) r",
-    )
-    .bind::<Array<BigInt>, _>(&event)
-    .bind::<Array<Text>, _>(&vendor)
-    .bind::<Array<Text>, _>(&order)
-    .bind::<Array<Text>, _>(&from)
-    .bind::<Array<Text>, _>(&to)
-    .bind::<Array<Text>, _>(&source)
-    .bind::<Timestamptz, _>(at)
-    .bind::<Text, _>(CHANNEL)
-    .execute(conn)?;
+    diesel::sql_query(PUBLISH_SQL)
+        .bind::<Array<BigInt>, _>(&event)
+        .bind::<Array<Text>, _>(&vendor)
+        .bind::<Array<Text>, _>(&order)
+        .bind::<Array<Text>, _>(&from)
+        .bind::<Array<Text>, _>(&to)
+        .bind::<Array<Text>, _>(&source)
+        .bind::<Timestamptz, _>(at)
+        .bind::<Text, _>(CHANNEL)
+        .execute(conn)?;
     Ok(())
 }
 

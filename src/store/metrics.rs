@@ -219,6 +219,16 @@ pub fn refresh(
         );
         let gaps_open = vendors_of(diesel::sql_query(GAPS_OPEN_SQL).load(conn)?);
         let lifecycle: LifecycleRow = diesel::sql_query(LIFECYCLE_SQL).get_result(conn)?;
+        let forward = super::forward::gauges(conn)?
+            .into_iter()
+            .map(|g| crate::metrics::ForwardGauge {
+                target_id: g.target_id,
+                pending: g.pending,
+                oldest_pending: g.oldest_pending,
+                failing: g.failing,
+                exhausted: g.exhausted,
+            })
+            .collect();
         let mut last_callback = Vec::new();
         for v in callback_vendors {
             let mark = next.0.entry(*v).or_default();
@@ -247,6 +257,7 @@ pub fn refresh(
             paused,
             last_pruned: lifecycle.pruned,
             partitions_until: lifecycle.covered,
+            forward,
             now,
         };
         QueryResult::Ok((gauges, counted))

@@ -5,6 +5,7 @@
 
 pub mod dwell;
 pub mod feed;
+pub mod forward;
 pub mod gaps;
 pub mod ingest;
 pub mod metrics;

@@ -278,6 +278,30 @@ fn locked(
             dry_run,
             progress,
         )?);
+        // Forwarding follows the events; a pending delivery is never pruned.
+        removed.push(delete_old(
+            conn,
+            "forward_deliveries",
+            "DELETE FROM forward_deliveries WHERE id IN \
+               (SELECT id FROM forward_deliveries WHERE created_at < $1 AND state <> 'pending' ORDER BY created_at LIMIT $2)",
+            "SELECT count(*) AS n FROM forward_deliveries WHERE created_at < $1 AND state <> 'pending'",
+            cut.events,
+            dry_run,
+            progress,
+        )?);
+        removed.push(delete_old(
+            conn,
+            "forward_attempts",
+            "DELETE FROM forward_attempts WHERE id IN \
+               (SELECT a.id FROM forward_attempts a WHERE a.at < $1 \
+                  AND NOT EXISTS (SELECT 1 FROM forward_deliveries d WHERE d.id = a.delivery_id AND d.state = 'pending') \
+                ORDER BY a.at LIMIT $2)",
+            "SELECT count(*) AS n FROM forward_attempts a WHERE a.at < $1 \
+               AND NOT EXISTS (SELECT 1 FROM forward_deliveries d WHERE d.id = a.delivery_id AND d.state = 'pending')",
+            cut.events,
+            dry_run,
+            progress,
+        )?);
         Ok(())
     };
     let outcome = work();

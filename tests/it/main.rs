@@ -11,6 +11,7 @@ mod e2e;
 mod failfast;
 mod faults;
 mod feed;
+mod forward;
 mod gaps;
 mod helpers;
 mod logs;

@@ -1,0 +1,285 @@
+//! The forwarding worker inside `serve`: sends the deliveries the change
+//! feed wrote (`store::forward`), signed per Standard Webhooks, and records
+//! every attempt. Many at once (`FORWARD_CONCURRENCY`), but one order's
+//! changes to one target strictly in order (the claim only offers the
+//! earliest pending delivery of each target and order). Several replicas
+//! share the work through leases; a delivery is sent twice only when a
+//! process died (or its lease ran out) between sending and recording,
+//! always with the same `webhook-id`.
+//!
+//! Must never: send a later change of an order before an earlier one is
+//! delivered or exhausted, delete a delivery, or log a secret.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::Semaphore;
+
+use crate::db::{self, PgPool};
+use crate::metrics::Metrics;
+use crate::rules::forward::{self as rules, after_failure, Policy};
+use crate::store::forward::{self as fstore, AttemptResult, Claimed};
+
+/// What the worker needs to know (`FORWARD_*`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: Policy,
+    /// An answer later than this is a failure.
+    pub timeout: Duration,
+    /// Deliveries in flight at once, in this process.
+    pub concurrency: usize,
+}
+
+/// Between claims when nothing is due.
+const IDLE: Duration = Duration::from_millis(200);
+/// Bytes of an answer kept with its attempt.
+const SAMPLE: usize = 512;
+
+pub struct Forwarder {
+    pool: PgPool,
+    client: reqwest::Client,
+    settings: Settings,
+    owner: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Forwarder {
+    pub fn new(pool: PgPool, settings: Settings, metrics: Arc<Metrics>) -> Forwarder {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("haoka-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Forwarder {
+            pool,
+            client,
+            owner: format!(
+                "{host}:{}:{:x}",
+                std::process::id(),
+                Utc::now().timestamp_subsec_nanos()
+            ),
+            settings,
+            metrics,
+        }
+    }
+
+    /// Claim and send until the task is dropped.
+    pub async fn run_forever(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let mut failing_logged = false;
+        loop {
+            if !self.pool.health().is_up() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let free = slots.available_permits();
+            if free == 0 {
+                // Wait until one delivery in flight is done.
+                if let Ok(p) = Arc::clone(&slots).acquire_owned().await {
+                    drop(p);
+                }
+                continue;
+            }
+            let claimed = self.claim(free as i64).await;
+            let claimed = match claimed {
+                Ok(c) => {
+                    failing_logged = false;
+                    c
+                }
+                Err(e) => {
+                    if !failing_logged {
+                        log::warn!("forward: cannot claim deliveries ({e}); retrying every second");
+                        failing_logged = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                tokio::time::sleep(IDLE).await;
+                continue;
+            }
+            for c in claimed {
+                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
+                let me = Arc::clone(&self);
+                tokio::spawn(async move {
+                    me.deliver(c).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, db::DbError> {
+        let owner = self.owner.clone();
+        let policy = self.settings.policy;
+        // Past the timeout, plus room to record: a lease outlives a send.
+        let lease = self.settings.timeout * 2 + Duration::from_secs(30);
+        db::run(&self.pool, move |conn| {
+            let now = Utc::now();
+            let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+            fstore::claim(conn, &owner, now, until, limit, &policy)
+        })
+        .await
+    }
+
+    /// Send one delivery and record how it went.
+    pub async fn deliver(&self, c: Claimed) {
+        let keys: Vec<Vec<u8>> = c
+            .secrets
+            .iter()
+            .filter_map(|s| match rules::key(s) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    log::error!(target_id = c.target_id; "forward: target {}: {e}; rotate its secret (haoka-sync targets rotate-secret {})", c.target_id, c.target_id);
+                    None
+                }
+            })
+            .collect();
+        let started_at = Utc::now();
+        let timestamp = started_at.timestamp();
+        let signature = rules::signatures(&keys, &c.webhook_id, timestamp, c.body.as_bytes());
+        let started = Instant::now();
+        let sent = self
+            .client
+            .post(&c.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &c.webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(c.body.clone())
+            .send()
+            .await;
+        let (status, retry_after, sample, error) = match sent {
+            Ok(mut resp) => {
+                let status = resp.status();
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| rules::retry_after(v, Utc::now()));
+                let mut sample = Vec::new();
+                while sample.len() < SAMPLE {
+                    match resp.chunk().await {
+                        Ok(Some(chunk)) => sample.extend_from_slice(&chunk),
+                        _ => break,
+                    }
+                }
+                sample.truncate(SAMPLE);
+                let error = (!status.is_success()).then(|| format!("HTTP {}", status.as_u16()));
+                (
+                    Some(i32::from(status.as_u16())),
+                    retry_after,
+                    Some(String::from_utf8_lossy(&sample).into_owned()),
+                    error,
+                )
+            }
+            Err(e) => {
+                let why = if e.is_timeout() {
+                    format!(
+                        "no answer within {} s (FORWARD_TIMEOUT)",
+                        self.settings.timeout.as_secs()
+                    )
+                } else if e.is_connect() {
+                    "connection failed".to_owned()
+                } else {
+                    "request failed".to_owned()
+                };
+                let cause = std::error::Error::source(&e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                (None, None, None, Some(format!("{why}{cause}")))
+            }
+        };
+        let latency = started.elapsed();
+        let now = Utc::now();
+        let ok = error.is_none();
+        let next = (!ok).then(|| {
+            after_failure(
+                &self.settings.policy,
+                (c.attempts + 1).max(1) as u32,
+                c.retry_from,
+                now,
+                retry_after,
+                jitter(c.id, c.attempts),
+            )
+        });
+        let outcome = match (ok, next) {
+            (true, _) => "delivered",
+            (false, Some(rules::Next::Exhausted)) => "exhausted",
+            (false, _) => "failed",
+        };
+        self.metrics.delivery(c.target_id, outcome);
+        let result = AttemptResult {
+            at: started_at,
+            http_status: status,
+            latency_ms: i32::try_from(latency.as_millis()).unwrap_or(i32::MAX),
+            error: error.clone(),
+            response_sample: sample,
+            next,
+        };
+        let owner = self.owner.clone();
+        let policy = self.settings.policy;
+        let claimed = c.clone();
+        let recorded = db::run(&self.pool, move |conn| {
+            fstore::record(conn, &claimed, &owner, &result, &policy)
+        })
+        .await;
+        match recorded {
+            Ok(change) => {
+                if change.lease_lost {
+                    self.metrics.delivery(c.target_id, "lease_lost");
+                    log::warn!(
+                        target_id = c.target_id, delivery_id = c.id, order_id = c.order_id.as_str();
+                        "forward: delivery {} ({}) took longer than its lease; another process has it now and may send it again with the same webhook-id",
+                        c.id, c.webhook_id
+                    );
+                }
+                if change.now_failing {
+                    log::warn!(
+                        target_id = c.target_id;
+                        "forward: target {} has failed for {} min ({}): marked failing; it is probed with one delivery every {} s until it answers 2xx",
+                        c.target_id,
+                        self.settings.policy.failing_after.as_secs() / 60,
+                        error.as_deref().unwrap_or("-"),
+                        self.settings.policy.probe_every.as_secs()
+                    );
+                }
+                if change.recovered {
+                    log::info!(
+                        target_id = c.target_id;
+                        "forward: target {} answers again: its waiting deliveries are due now",
+                        c.target_id
+                    );
+                }
+                if let Some(rules::Next::Exhausted) = next {
+                    log::warn!(
+                        target_id = c.target_id, delivery_id = c.id, order_id = c.order_id.as_str();
+                        "forward: delivery {} ({} {} seq {}) exhausted after {} attempts ({}); kept: haoka-sync redeliver --id {} sends it again",
+                        c.id, c.vendor, c.order_id, c.webhook_id, c.attempts + 1,
+                        error.as_deref().unwrap_or("-"), c.id
+                    );
+                }
+            }
+            Err(e) => log::warn!(
+                delivery_id = c.id;
+                "forward: delivery {} was sent ({outcome}) but could not be recorded ({e}); it is sent again after its lease, with the same webhook-id",
+                c.id
+            ),
+        }
+    }
+}
+
+/// A spread in [0, 1) that differs between deliveries and attempts, the
+/// same every time for one of them (no randomness needed to decorrelate).
+fn jitter(id: i64, attempt: i32) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (id, attempt).hash(&mut h);
+    (h.finish() % 10_000) as f64 / 10_000.0
+}

@@ -1,0 +1,483 @@
+//! Forwarding's SQL: the targets (`haoka-sync targets`), claiming due
+//! deliveries under a lease (`FOR UPDATE SKIP LOCKED`, the earliest pending
+//! one of each target and order only, so an order's changes go in order),
+//! recording each attempt and what follows from it, redelivering, and
+//! listing. The deliveries themselves are written by `feed::publish`, with
+//! the change (the transactional outbox).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
+
+use crate::rules::forward::{is_failing, Next, Policy};
+
+#[derive(Debug, Clone, QueryableByName, serde::Serialize)]
+pub struct Target {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    #[diesel(sql_type = Text)]
+    pub url: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub vendor: Option<String>,
+    #[diesel(sql_type = Nullable<Array<Text>>)]
+    pub statuses: Option<Vec<String>>,
+    #[diesel(sql_type = Bool)]
+    pub enabled: bool,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub failing_since: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub marked_failing_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub last_success_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub previous_until: Option<DateTime<Utc>>,
+    #[diesel(sql_type = BigInt)]
+    pub pending: i64,
+    #[diesel(sql_type = BigInt)]
+    pub delivered: i64,
+    #[diesel(sql_type = BigInt)]
+    pub exhausted: i64,
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// A new target; returns its id.
+pub fn add_target(
+    conn: &mut PgConnection,
+    name: &str,
+    url: &str,
+    vendor: Option<&str>,
+    statuses: Option<&[String]>,
+    secret: &str,
+) -> QueryResult<i64> {
+    let r: Id = diesel::sql_query(
+        "INSERT INTO forward_targets (name, url, vendor, statuses, secret) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind::<Text, _>(name)
+    .bind::<Text, _>(url)
+    .bind::<Nullable<Text>, _>(vendor)
+    .bind::<Nullable<Array<Text>>, _>(statuses)
+    .bind::<Text, _>(secret)
+    .get_result(conn)?;
+    Ok(r.id)
+}
+
+/// Every target with its deliveries by state, oldest first.
+pub fn targets(conn: &mut PgConnection) -> QueryResult<Vec<Target>> {
+    diesel::sql_query(
+        "SELECT t.id, t.name, t.url, t.vendor, t.statuses, t.enabled, t.failing_since, t.marked_failing_at, \
+                t.last_success_at, t.previous_until, \
+                count(d.id) FILTER (WHERE d.state = 'pending') AS pending, \
+                count(d.id) FILTER (WHERE d.state = 'delivered') AS delivered, \
+                count(d.id) FILTER (WHERE d.state = 'exhausted') AS exhausted \
+         FROM forward_targets t LEFT JOIN forward_deliveries d ON d.target_id = t.id \
+         GROUP BY t.id ORDER BY t.id",
+    )
+    .load(conn)
+}
+
+/// Enable or disable; false when there is no such target. A disabled
+/// target gets no new deliveries and its pending ones wait.
+pub fn set_enabled(conn: &mut PgConnection, id: i64, enabled: bool) -> QueryResult<bool> {
+    let n = diesel::sql_query("UPDATE forward_targets SET enabled = $2 WHERE id = $1")
+        .bind::<BigInt, _>(id)
+        .bind::<Bool, _>(enabled)
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// The new secret signs from now on; the old one also signs until `grace`.
+pub fn rotate_secret(
+    conn: &mut PgConnection,
+    id: i64,
+    secret: &str,
+    grace: DateTime<Utc>,
+) -> QueryResult<bool> {
+    let n = diesel::sql_query(
+        "UPDATE forward_targets SET previous_secret = secret, previous_until = $3, secret = $2 WHERE id = $1",
+    )
+    .bind::<BigInt, _>(id)
+    .bind::<Text, _>(secret)
+    .bind::<Timestamptz, _>(grace)
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// A delivery leased to this worker, with what it takes to send it.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Claimed {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub target_id: i64,
+    #[diesel(sql_type = Text)]
+    pub url: String,
+    /// The current secret, then the previous one while it still signs.
+    #[diesel(sql_type = Array<Text>)]
+    pub secrets: Vec<String>,
+    #[diesel(sql_type = Text)]
+    pub webhook_id: String,
+    #[diesel(sql_type = Text)]
+    pub body: String,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = Timestamptz)]
+    pub retry_from: DateTime<Utc>,
+    #[diesel(sql_type = Bool)]
+    pub redelivery: bool,
+    #[diesel(sql_type = Text)]
+    pub vendor: String,
+    #[diesel(sql_type = Text)]
+    pub order_id: String,
+}
+
+/// The due deliveries a worker may send now, leased to `owner` until
+/// `lease_until`: of healthy targets, the earliest pending delivery of each
+/// (target, order) that is due, oldest due first, at most `limit`; of a
+/// target marked failing, one at a time and at most once per
+/// `probe_every` (a probe). Skips rows other workers hold.
+pub fn claim(
+    conn: &mut PgConnection,
+    owner: &str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: i64,
+    p: &Policy,
+) -> QueryResult<Vec<Claimed>> {
+    conn.transaction(|conn| {
+        // Failing targets whose next probe is due: one delivery each, now.
+        let probing: Vec<Id> = diesel::sql_query(
+            "UPDATE forward_targets SET probe_after = $1 + make_interval(secs => $2) \
+             WHERE enabled AND marked_failing_at IS NOT NULL AND (probe_after IS NULL OR probe_after <= $1) \
+               AND EXISTS (SELECT 1 FROM forward_deliveries d WHERE d.target_id = forward_targets.id \
+                           AND d.state = 'pending' AND d.next_attempt_at <= $1) \
+             RETURNING id",
+        )
+        .bind::<Timestamptz, _>(now)
+        .bind::<diesel::sql_types::Double, _>(p.probe_every.as_secs_f64())
+        .load(conn)?;
+        let probing: Vec<i64> = probing.into_iter().map(|i| i.id).collect();
+        diesel::sql_query(CLAIM_SQL)
+            .bind::<Text, _>(owner)
+            .bind::<Timestamptz, _>(now)
+            .bind::<Timestamptz, _>(lease_until)
+            .bind::<BigInt, _>(limit)
+            .bind::<Array<BigInt>, _>(&probing)
+            .load(conn)
+    })
+}
+
+/// $1 owner, $2 now, $3 lease until, $4 limit, $5 targets probed now.
+const CLAIM_SQL: &str = "WITH eligible AS ( \
+       SELECT d.id, d.target_id, d.next_attempt_at FROM forward_deliveries d \
+       JOIN forward_targets t ON t.id = d.target_id \
+       WHERE d.state = 'pending' AND d.next_attempt_at <= $2 AND t.enabled \
+         AND (d.lease_until IS NULL OR d.lease_until < $2) \
+         AND (t.marked_failing_at IS NULL OR t.id = ANY ($5)) \
+         AND NOT EXISTS (SELECT 1 FROM forward_deliveries e \
+                         WHERE e.target_id = d.target_id AND e.vendor = d.vendor AND e.order_id = d.order_id \
+                           AND e.state = 'pending' AND e.id < d.id) \
+       ORDER BY d.next_attempt_at, d.id \
+       LIMIT $4 \
+       FOR UPDATE OF d SKIP LOCKED), \
+     chosen AS ( \
+       SELECT e.id FROM eligible e JOIN forward_targets t ON t.id = e.target_id \
+       WHERE t.marked_failing_at IS NULL \
+       UNION ALL \
+       SELECT min(e.id) FROM eligible e JOIN forward_targets t ON t.id = e.target_id \
+       WHERE t.marked_failing_at IS NOT NULL GROUP BY e.target_id) \
+     UPDATE forward_deliveries d SET lease_owner = $1, lease_until = $3 \
+     FROM chosen c, forward_targets t \
+     WHERE d.id = c.id AND t.id = d.target_id \
+     RETURNING d.id, d.target_id, t.url, \
+       CASE WHEN t.previous_secret IS NOT NULL AND t.previous_until > $2 \
+            THEN ARRAY[t.secret, t.previous_secret] ELSE ARRAY[t.secret] END AS secrets, \
+       d.webhook_id, d.payload::text AS body, d.attempts, d.retry_from, d.redeliveries > 0 AS redelivery, \
+       d.vendor, d.order_id";
+
+/// How one attempt went.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub at: DateTime<Utc>,
+    pub http_status: Option<i32>,
+    pub latency_ms: i32,
+    pub error: Option<String>,
+    pub response_sample: Option<String>,
+    /// `None` for a success; else what follows.
+    pub next: Option<Next>,
+}
+
+/// What recording an attempt changed for the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TargetChange {
+    /// It has now failed for `failing_after`: marked failing (log once).
+    pub now_failing: bool,
+    /// It was failing and answered: its waiting deliveries are due now.
+    pub recovered: bool,
+    /// This worker no longer held the lease (another took the delivery
+    /// over): the attempt is recorded, the delivery left to the other.
+    pub lease_lost: bool,
+}
+
+/// Record an attempt of `c` by `worker` and its consequence, in one
+/// transaction: the attempt row; the delivery delivered, due again or
+/// exhausted (only while `worker` still holds its lease); the target's
+/// failing state.
+pub fn record(
+    conn: &mut PgConnection,
+    c: &Claimed,
+    worker: &str,
+    r: &AttemptResult,
+    p: &Policy,
+) -> QueryResult<TargetChange> {
+    conn.transaction(|conn| {
+        diesel::sql_query(
+            "INSERT INTO forward_attempts (delivery_id, at, worker, http_status, latency_ms, error, response_sample, redelivery) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind::<BigInt, _>(c.id)
+        .bind::<Timestamptz, _>(r.at)
+        .bind::<Text, _>(worker)
+        .bind::<Nullable<Integer>, _>(r.http_status)
+        .bind::<Integer, _>(r.latency_ms)
+        .bind::<Nullable<Text>, _>(r.error.as_deref())
+        .bind::<Nullable<Text>, _>(r.response_sample.as_deref())
+        .bind::<Bool, _>(c.redelivery)
+        .execute(conn)?;
+        let (state, next_at) = match r.next {
+            None => ("delivered", r.at),
+            Some(Next::RetryAt(at)) => ("pending", at),
+            Some(Next::Exhausted) => ("exhausted", r.at),
+        };
+        let held = diesel::sql_query(
+            "UPDATE forward_deliveries SET state = $3, attempts = attempts + 1, next_attempt_at = $4, \
+               last_attempt_at = $5, last_status = $6, last_error = $7, \
+               delivered_at = CASE WHEN $3 = 'delivered' THEN $5 ELSE delivered_at END, \
+               lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind::<BigInt, _>(c.id)
+        .bind::<Text, _>(worker)
+        .bind::<Text, _>(state)
+        .bind::<Timestamptz, _>(next_at)
+        .bind::<Timestamptz, _>(r.at)
+        .bind::<Nullable<Integer>, _>(r.http_status)
+        .bind::<Nullable<Text>, _>(r.error.as_deref())
+        .execute(conn)?;
+        let mut change = TargetChange {
+            lease_lost: held == 0,
+            ..TargetChange::default()
+        };
+        #[derive(QueryableByName)]
+        struct Health {
+            #[diesel(sql_type = Nullable<Timestamptz>)]
+            failing_since: Option<DateTime<Utc>>,
+            #[diesel(sql_type = Nullable<Timestamptz>)]
+            marked_failing_at: Option<DateTime<Utc>>,
+        }
+        let h: Health = diesel::sql_query(
+            "SELECT failing_since, marked_failing_at FROM forward_targets WHERE id = $1 FOR UPDATE",
+        )
+        .bind::<BigInt, _>(c.target_id)
+        .get_result(conn)?;
+        if r.next.is_none() {
+            diesel::sql_query(
+                "UPDATE forward_targets SET failing_since = NULL, marked_failing_at = NULL, probe_after = NULL, \
+                   last_success_at = $2 WHERE id = $1",
+            )
+            .bind::<BigInt, _>(c.target_id)
+            .bind::<Timestamptz, _>(r.at)
+            .execute(conn)?;
+            if h.marked_failing_at.is_some() {
+                change.recovered = true;
+                diesel::sql_query(
+                    "UPDATE forward_deliveries SET next_attempt_at = $2 \
+                     WHERE target_id = $1 AND state = 'pending' AND next_attempt_at > $2",
+                )
+                .bind::<BigInt, _>(c.target_id)
+                .bind::<Timestamptz, _>(r.at)
+                .execute(conn)?;
+            }
+        } else {
+            let since = h.failing_since.unwrap_or(r.at);
+            let mark = h.marked_failing_at.is_none() && is_failing(p, Some(since), r.at);
+            change.now_failing = mark;
+            diesel::sql_query(
+                "UPDATE forward_targets SET failing_since = $2, \
+                   marked_failing_at = CASE WHEN $3 THEN $4 ELSE marked_failing_at END, \
+                   probe_after = CASE WHEN $3 THEN $4 + make_interval(secs => $5) ELSE probe_after END \
+                 WHERE id = $1",
+            )
+            .bind::<BigInt, _>(c.target_id)
+            .bind::<Timestamptz, _>(since)
+            .bind::<Bool, _>(mark)
+            .bind::<Timestamptz, _>(r.at)
+            .bind::<diesel::sql_types::Double, _>(p.probe_every.as_secs_f64())
+            .execute(conn)?;
+        }
+        Ok(change)
+    })
+}
+
+/// Which deliveries `redeliver` sends again (every filter given must match).
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub ids: Vec<i64>,
+    pub vendor: Option<String>,
+    pub order_id: Option<String>,
+    pub target: Option<i64>,
+    /// The change committed at or after this...
+    pub since: Option<DateTime<Utc>>,
+    /// ... and before this.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Make the selected deliveries, whatever their state, pending and due at
+/// `now` again (same `webhook-id`; retried for `FORWARD_RETRY_FOR` from
+/// now); returns their ids, in id order.
+pub fn redeliver(
+    conn: &mut PgConnection,
+    s: &Selection,
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<i64>> {
+    let ids: Vec<Id> = diesel::sql_query(
+        "UPDATE forward_deliveries SET state = 'pending', next_attempt_at = $7, retry_from = $7, \
+           redeliveries = redeliveries + 1, lease_owner = NULL, lease_until = NULL \
+         WHERE (cardinality($1::bigint[]) = 0 OR id = ANY ($1)) \
+           AND ($2::text IS NULL OR vendor = $2) AND ($3::text IS NULL OR order_id = $3) \
+           AND ($4::bigint IS NULL OR target_id = $4) \
+           AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6) \
+         RETURNING id",
+    )
+    .bind::<Array<BigInt>, _>(&s.ids)
+    .bind::<Nullable<Text>, _>(s.vendor.as_deref())
+    .bind::<Nullable<Text>, _>(s.order_id.as_deref())
+    .bind::<Nullable<BigInt>, _>(s.target)
+    .bind::<Nullable<Timestamptz>, _>(s.since)
+    .bind::<Nullable<Timestamptz>, _>(s.until)
+    .bind::<Timestamptz, _>(now)
+    .load(conn)?;
+    let mut ids: Vec<i64> = ids.into_iter().map(|i| i.id).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// A delivery as `haoka-sync deliveries` lists it.
+#[derive(Debug, Clone, QueryableByName, serde::Serialize)]
+pub struct DeliveryRow {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub target_id: i64,
+    #[diesel(sql_type = Text)]
+    pub vendor: String,
+    #[diesel(sql_type = Text)]
+    pub order_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+    #[diesel(sql_type = Text)]
+    pub webhook_id: String,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub next_attempt_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub last_status: Option<i32>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_error: Option<String>,
+    #[diesel(sql_type = Jsonb)]
+    pub payload: serde_json::Value,
+}
+
+/// The newest `limit` deliveries matching, newest first. `failed`: the ones
+/// not delivered whose last attempt failed, and the exhausted.
+pub fn deliveries(
+    conn: &mut PgConnection,
+    target: Option<i64>,
+    failed: bool,
+    order_id: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<DeliveryRow>> {
+    diesel::sql_query(
+        "SELECT id, target_id, vendor, order_id, seq, webhook_id, state, attempts, created_at, next_attempt_at, \
+                last_status, last_error, payload \
+         FROM forward_deliveries \
+         WHERE ($1::bigint IS NULL OR target_id = $1) AND ($3::text IS NULL OR order_id = $3) \
+           AND (NOT $2 OR state = 'exhausted' OR (state = 'pending' AND attempts > 0)) \
+         ORDER BY id DESC LIMIT $4",
+    )
+    .bind::<Nullable<BigInt>, _>(target)
+    .bind::<Bool, _>(failed)
+    .bind::<Nullable<Text>, _>(order_id)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+}
+
+/// An attempt as `haoka-sync deliveries` shows it.
+#[derive(Debug, Clone, QueryableByName, serde::Serialize)]
+pub struct AttemptRow {
+    #[diesel(sql_type = BigInt)]
+    pub delivery_id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    pub at: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    pub worker: String,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub http_status: Option<i32>,
+    #[diesel(sql_type = Integer)]
+    pub latency_ms: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub error: Option<String>,
+    #[diesel(sql_type = Bool)]
+    pub redelivery: bool,
+}
+
+/// The attempts of `ids`, oldest first.
+pub fn attempts(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<AttemptRow>> {
+    diesel::sql_query(
+        "SELECT delivery_id, at, worker, http_status, latency_ms, error, redelivery FROM forward_attempts \
+         WHERE delivery_id = ANY ($1) ORDER BY delivery_id, id",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .load(conn)
+}
+
+/// For the metrics: per target, pending deliveries and the age of the
+/// oldest (seconds at `now`), whether it is failing; exhausted ones.
+#[derive(Debug, Clone, QueryableByName, PartialEq)]
+pub struct TargetGauge {
+    #[diesel(sql_type = BigInt)]
+    pub target_id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub pending: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub oldest_pending: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Bool)]
+    pub failing: bool,
+    #[diesel(sql_type = BigInt)]
+    pub exhausted: i64,
+}
+
+/// One row per target: pending deliveries through the partial index, the
+/// exhausted ones counted (they are few and kept).
+pub fn gauges(conn: &mut PgConnection) -> QueryResult<Vec<TargetGauge>> {
+    diesel::sql_query(
+        "SELECT t.id AS target_id, \
+           (SELECT count(*) FROM forward_deliveries d WHERE d.target_id = t.id AND d.state = 'pending') AS pending, \
+           (SELECT min(created_at) FROM forward_deliveries d WHERE d.target_id = t.id AND d.state = 'pending') AS oldest_pending, \
+           t.marked_failing_at IS NOT NULL AS failing, \
+           (SELECT count(*) FROM forward_deliveries d WHERE d.target_id = t.id AND d.state = 'exhausted') AS exhausted \
+         FROM forward_targets t ORDER BY t.id",
+    )
+    .load(conn)
+}
