@@ -260,7 +260,7 @@ impl Forwarder {
                 if let Some(rules::Next::Exhausted) = next {
                     log::warn!(
                         target_id = c.target_id, delivery_id = c.id, order_id = c.order_id.as_str();
-                        "forward: delivery {} ({} {} seq {}) exhausted after {} attempts ({}); kept: haoka-sync redeliver --id {} sends it again",
+                        "forward: delivery {} ({} {}, {}) exhausted after {} attempts ({}); kept: haoka-sync redeliver --id {} sends it again",
                         c.id, c.vendor, c.order_id, c.webhook_id, c.attempts + 1,
                         error.as_deref().unwrap_or("-"), c.id
                     );
