@@ -269,7 +269,12 @@ impl Application {
     /// queued callbacks are committed before this returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let maintenance = tokio::spawn(maintain(Arc::clone(&self.poller), self.pool.clone()));
-        let retention = tokio::spawn(retain(self.database_url.clone(), self.retention));
+        let retention_stop = Arc::new(tokio::sync::Notify::new());
+        let retention = tokio::spawn(retain(
+            self.database_url.clone(),
+            self.retention,
+            Arc::clone(&retention_stop),
+        ));
         let forwarding = tokio::spawn(Arc::clone(&self.forwarder).run_forever());
         let scheduler = start_scheduler(&self.poll_cron, Arc::clone(&self.poller)).await;
         let gauges = tokio::spawn(http::metrics::refresh_forever(
@@ -281,7 +286,16 @@ impl Application {
         let result = self.server.await;
         gauges.abort();
         maintenance.abort();
-        retention.abort();
+        // Its work runs on its own connection on a blocking thread: wait
+        // for it (a libpq call still in flight when the process exits can
+        // crash it), at most 10 s.
+        retention_stop.notify_one();
+        if tokio::time::timeout(std::time::Duration::from_secs(10), retention)
+            .await
+            .is_err()
+        {
+            log::warn!("retention: still working at shutdown after 10 s; exiting anyway");
+        }
         forwarding.abort();
         if let Some(mut s) = scheduler {
             if let Err(e) = s.shutdown().await {
@@ -314,7 +328,11 @@ const RETENTION_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs
 /// day (`store::retention`): at start and then every hour it looks, and the
 /// replica that gets the lock and finds the last run older than 23 hours
 /// prunes. On its own connection (the lock is the session's).
-async fn retain(url: db::DatabaseUrl, retention: crate::rules::retention::Retention) {
+async fn retain(
+    url: db::DatabaseUrl,
+    retention: crate::rules::retention::Retention,
+    stop: Arc<tokio::sync::Notify>,
+) {
     use crate::store::retention::{self as rstore, Prune, Trigger};
     let owner = format!(
         "{}:{}",
@@ -368,7 +386,10 @@ async fn retain(url: db::DatabaseUrl, retention: crate::rules::retention::Retent
             ),
             Err(e) => log::warn!("retention: the task failed: {e}"),
         }
-        tokio::time::sleep(RETENTION_LOOK_EVERY).await;
+        tokio::select! {
+            () = tokio::time::sleep(RETENTION_LOOK_EVERY) => {}
+            () = stop.notified() => return,
+        }
     }
 }
 

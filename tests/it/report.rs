@@ -68,8 +68,8 @@ fn change(
     at: DateTime<Utc>,
 ) {
     diesel::sql_query(
-        "INSERT INTO order_change_log (id, event_id, vendor, order_id, from_status, to_status, source, at) \
-         VALUES (nextval('order_change_log_id_seq'), 1, $1, $2, $3, $4, $5, $6)",
+        "INSERT INTO order_change_log (id, event_id, vendor, order_id, from_status, to_status, source, at, order_seq) \
+         VALUES (nextval('order_change_log_id_seq'), 1, $1, $2, $3, $4, $5, $6, 1)",
     )
     .bind::<Text, _>(vendor)
     .bind::<Text, _>(order)

@@ -41,8 +41,8 @@ fn fill(c: &mut PgConnection) {
          INSERT INTO order_events (vendor, order_id, source, status, applied, effect, request_id, observed, received_at)
            SELECT 'haoka172', 'O1', 'callback', 'shipped', true, 'same', 'E' || a || '-' || n, '{{}}', now() - make_interval(days => a, hours => 12)
            FROM unnest(ARRAY[{ages}]) a, generate_series(1, 4) n;
-         INSERT INTO order_change_log (id, event_id, vendor, order_id, from_status, to_status, source, at)
-           SELECT nextval('order_change_log_id_seq'), 0, 'haoka172', 'O1', 'pending', 'shipped', 'callback', now() - make_interval(days => a, hours => 12)
+         INSERT INTO order_change_log (id, event_id, vendor, order_id, from_status, to_status, source, at, order_seq)
+           SELECT nextval('order_change_log_id_seq'), 0, 'haoka172', 'O1', 'pending', 'shipped', 'callback', now() - make_interval(days => a, hours => 12), 1
            FROM unnest(ARRAY[{ages}]) a, generate_series(1, 2) n"
     ))
     .unwrap();
