@@ -130,6 +130,16 @@ impl Forwarder {
 
     /// Send one delivery and record how it went.
     pub async fn deliver(&self, c: Claimed) {
+        if let Some(from) = &c.taken_from {
+            // Its lease ran out: that process died or hung mid-send, and may
+            // have sent it. The receiver dedupes on the webhook-id.
+            self.metrics.delivery(c.target_id, "taken_over");
+            log::warn!(
+                target_id = c.target_id, delivery_id = c.id, order_id = c.order_id.as_str();
+                "forward: taking over delivery {} ({}) from {from}, whose lease ran out: it may have been sent already, and is sent again with the same webhook-id",
+                c.id, c.webhook_id
+            );
+        }
         let keys: Vec<Vec<u8>> = c
             .secrets
             .iter()

@@ -135,6 +135,10 @@ pub struct Claimed {
     pub vendor: String,
     #[diesel(sql_type = Text)]
     pub order_id: String,
+    /// The process whose lease ran out on it, if any: it may have sent it
+    /// already (and died before recording), so this may be a duplicate.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub taken_from: Option<String>,
 }
 
 /// The due deliveries a worker may send now, leased to `owner` until
@@ -175,7 +179,7 @@ pub fn claim(
 
 /// $1 owner, $2 now, $3 lease until, $4 limit, $5 targets probed now.
 const CLAIM_SQL: &str = "WITH eligible AS ( \
-       SELECT d.id, d.target_id, d.next_attempt_at FROM forward_deliveries d \
+       SELECT d.id, d.target_id, d.next_attempt_at, d.lease_owner AS taken_from FROM forward_deliveries d \
        JOIN forward_targets t ON t.id = d.target_id \
        WHERE d.state = 'pending' AND d.next_attempt_at <= $2 AND t.enabled \
          AND (d.lease_until IS NULL OR d.lease_until < $2) \
@@ -187,11 +191,12 @@ const CLAIM_SQL: &str = "WITH eligible AS ( \
        LIMIT $4 \
        FOR UPDATE OF d SKIP LOCKED), \
      chosen AS ( \
-       SELECT e.id FROM eligible e JOIN forward_targets t ON t.id = e.target_id \
+       SELECT e.id, e.taken_from FROM eligible e JOIN forward_targets t ON t.id = e.target_id \
        WHERE t.marked_failing_at IS NULL \
        UNION ALL \
-       SELECT min(e.id) FROM eligible e JOIN forward_targets t ON t.id = e.target_id \
-       WHERE t.marked_failing_at IS NOT NULL GROUP BY e.target_id) \
+       SELECT e.id, e.taken_from FROM eligible e \
+       WHERE e.id IN (SELECT min(f.id) FROM eligible f JOIN forward_targets t ON t.id = f.target_id \
+                      WHERE t.marked_failing_at IS NOT NULL GROUP BY f.target_id)) \
      UPDATE forward_deliveries d SET lease_owner = $1, lease_until = $3 \
      FROM chosen c, forward_targets t \
      WHERE d.id = c.id AND t.id = d.target_id \
@@ -199,7 +204,7 @@ const CLAIM_SQL: &str = "WITH eligible AS ( \
        CASE WHEN t.previous_secret IS NOT NULL AND t.previous_until > $2 \
             THEN ARRAY[t.secret, t.previous_secret] ELSE ARRAY[t.secret] END AS secrets, \
        d.webhook_id, d.payload::text AS body, d.attempts, d.retry_from, d.redeliveries > 0 AS redelivery, \
-       d.vendor, d.order_id";
+       d.vendor, d.order_id, c.taken_from";
 
 /// How one attempt went.
 #[derive(Debug, Clone)]

@@ -401,3 +401,129 @@ async fn redeliver_by_window_resends_exactly_those_and_a_rotated_secret_signs_tw
         "no secret in the list: {listed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_serves_and_a_kill_9_lose_no_delivery_and_repeat_only_a_webhook_id() {
+    // Replica 1 in this process, replicas 2 and 3 as processes; the receiver
+    // answers slowly, so deliveries are in flight when replica 3 is killed.
+    let app = TestApp::spawn_with(&[CONFIRM_OFF, ("FORWARD_TIMEOUT", "2s")]).await;
+    let rx = Receiver::start(vec![]).await.unwrap();
+    let (_, secret) = add_target(&app.db, &["--url", &rx.url()]);
+    rx.set_secrets(vec![secret]);
+    rx.set_mode(Mode::Slow(Duration::from_millis(300)));
+    let serve = |name: &str| {
+        crate::cli::cmd()
+            .env("DATABASE_URL", app.db.url.expose())
+            .env("HAOKA_SYNC_BIND", "127.0.0.1:0")
+            .env("HAOKA172_SECRET", SECRET)
+            .env("POLL_CRON", "0 0 0 1 1 *")
+            .env("FORWARD_TIMEOUT", "2s")
+            .env("RETENTION", "off")
+            .env("HOSTNAME", name)
+            .args(["serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut survivor = serve("survivor");
+    let mut victim = serve("victim");
+    let ids = orders("K9", 30);
+    history(&app, &ids).await;
+    let mut c = app.db.conn();
+    let want = changes(&mut c);
+    until("the victim holds deliveries", 60, || {
+        count(
+            &mut app.db.conn(),
+            "SELECT count(*) AS n FROM forward_deliveries WHERE lease_owner LIKE 'victim:%'",
+        ) > 0
+    })
+    .await;
+    // kill -9 mid-delivery: what it held stays leased to it until the
+    // lease runs out (2 x timeout + 30 s), then another replica takes it.
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let held: HashSet<String> = {
+        #[derive(QueryableByName)]
+        struct W {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            webhook_id: String,
+        }
+        diesel::sql_query(
+            "SELECT webhook_id FROM forward_deliveries WHERE lease_owner LIKE 'victim:%' AND state = 'pending'",
+        )
+        .load::<W>(&mut c)
+        .unwrap()
+        .into_iter()
+        .map(|w| w.webhook_id)
+        .collect()
+    };
+    until("every delivery recorded as delivered", 120, || {
+        count(
+            &mut app.db.conn(),
+            "SELECT count(*) AS n FROM forward_deliveries WHERE state = 'delivered'",
+        ) == want
+    })
+    .await;
+    let _ = survivor.kill();
+    let _ = survivor.wait();
+    let got = rx.received();
+    let unique: HashSet<&str> = got.iter().map(|r| r.webhook_id.as_str()).collect();
+    assert_eq!(
+        unique.len() as i64,
+        want,
+        "every change received, none lost"
+    );
+    // Repeats: only deliveries the killed replica held, with their own id.
+    let mut seen = HashSet::new();
+    let repeated: Vec<&str> = got
+        .iter()
+        .filter(|r| !seen.insert(r.webhook_id.as_str()))
+        .map(|r| r.webhook_id.as_str())
+        .collect();
+    for id in &repeated {
+        assert!(
+            held.contains(*id),
+            "{id} repeated but the killed replica did not hold it"
+        );
+    }
+    // Taken over and counted as such (in the attempts' log: a second
+    // replica sent them), and in order per order by first arrival.
+    let held_list: Vec<String> = held.iter().cloned().collect();
+    #[derive(QueryableByName)]
+    struct N2 {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let taken_over = diesel::sql_query(
+        "SELECT count(*) AS n FROM forward_deliveries d WHERE d.webhook_id = ANY ($1) AND d.state = 'delivered' \
+           AND EXISTS (SELECT 1 FROM forward_attempts a WHERE a.delivery_id = d.id AND a.worker NOT LIKE 'victim:%')",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&held_list)
+    .get_result::<N2>(&mut c)
+    .unwrap()
+    .n;
+    assert_eq!(
+        taken_over as usize,
+        held.len(),
+        "another replica delivered each one the killed one held"
+    );
+    let mut first: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut firsts = HashSet::new();
+    for r in &got {
+        if firsts.insert(r.webhook_id.clone()) {
+            first
+                .entry(r.body["order_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(r.body["seq"].as_i64().unwrap());
+        }
+    }
+    for (o, seqs) in &first {
+        assert_eq!(seqs, &[1, 2, 3], "{o}: in order");
+    }
+    eprintln!(
+        "kill -9: {} deliveries held by the killed replica, {} received twice",
+        held.len(),
+        repeated.len()
+    );
+}
