@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 
-use super::{failed, read_only_connection, CliResult};
+use super::{failed, one_line, read_only_connection, CliResult};
 use crate::config::DatabaseConfig;
 use crate::db::DatabaseUrl;
 use crate::rules::schedule::china_time;
@@ -174,10 +174,6 @@ fn line(r: &FeedRow, format: Format) -> String {
         ),
         Format::Json => serde_json::to_string(r).unwrap_or_default(),
     }
-}
-
-fn one_line(msg: &str) -> String {
-    msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -116,20 +116,63 @@ impl Trigger {
     }
 }
 
-/// A partitioned table and its time column.
+/// A partitioned table, its time column and its primary key.
 struct Parted {
     table: &'static str,
     column: &'static str,
+    key: &'static str,
 }
 
 const INBOUND: Parted = Parted {
     table: "inbound_callbacks",
     column: "received_at",
+    key: "(id, received_at)",
 };
 const CALLS: Parted = Parted {
     table: "vendor_calls",
     column: "called_at",
+    key: "(id, called_at)",
 };
+
+/// A table trimmed row by row: what identifies a row, the time column a
+/// row is past retention by (`< cutoff`), and any further condition.
+struct Trim {
+    table: &'static str,
+    key: &'static str,
+    before: &'static str,
+    also: &'static str,
+}
+
+/// The unpartitioned tables that follow the `events` retention. Forwarding
+/// follows the events too; a pending delivery (and its attempts) is never
+/// pruned.
+const TRIMMED: [Trim; 4] = [
+    Trim {
+        table: "order_events",
+        key: "id",
+        before: "received_at",
+        also: "",
+    },
+    Trim {
+        table: "order_change_log",
+        key: "id",
+        before: "at",
+        also: "",
+    },
+    Trim {
+        table: "forward_deliveries",
+        key: "id",
+        before: "created_at",
+        also: " AND state <> 'pending'",
+    },
+    Trim {
+        table: "forward_attempts",
+        key: "id",
+        before: "at",
+        also: " AND NOT EXISTS (SELECT 1 FROM forward_deliveries d \
+                WHERE d.id = forward_attempts.delivery_id AND d.state = 'pending')",
+    },
+];
 
 #[derive(QueryableByName)]
 struct Flag {
@@ -258,50 +301,9 @@ fn locked(
             dry_run,
             progress,
         )?);
-        removed.push(delete_old(
-            conn,
-            "order_events",
-            "DELETE FROM order_events WHERE id IN \
-               (SELECT id FROM order_events WHERE received_at < $1 ORDER BY received_at LIMIT $2)",
-            "SELECT count(*) AS n FROM order_events WHERE received_at < $1",
-            cut.events,
-            dry_run,
-            progress,
-        )?);
-        removed.push(delete_old(
-            conn,
-            "order_change_log",
-            "DELETE FROM order_change_log WHERE id IN \
-               (SELECT id FROM order_change_log WHERE at < $1 ORDER BY at LIMIT $2)",
-            "SELECT count(*) AS n FROM order_change_log WHERE at < $1",
-            cut.events,
-            dry_run,
-            progress,
-        )?);
-        // Forwarding follows the events; a pending delivery is never pruned.
-        removed.push(delete_old(
-            conn,
-            "forward_deliveries",
-            "DELETE FROM forward_deliveries WHERE id IN \
-               (SELECT id FROM forward_deliveries WHERE created_at < $1 AND state <> 'pending' ORDER BY created_at LIMIT $2)",
-            "SELECT count(*) AS n FROM forward_deliveries WHERE created_at < $1 AND state <> 'pending'",
-            cut.events,
-            dry_run,
-            progress,
-        )?);
-        removed.push(delete_old(
-            conn,
-            "forward_attempts",
-            "DELETE FROM forward_attempts WHERE id IN \
-               (SELECT a.id FROM forward_attempts a WHERE a.at < $1 \
-                  AND NOT EXISTS (SELECT 1 FROM forward_deliveries d WHERE d.id = a.delivery_id AND d.state = 'pending') \
-                ORDER BY a.at LIMIT $2)",
-            "SELECT count(*) AS n FROM forward_attempts a WHERE a.at < $1 \
-               AND NOT EXISTS (SELECT 1 FROM forward_deliveries d WHERE d.id = a.delivery_id AND d.state = 'pending')",
-            cut.events,
-            dry_run,
-            progress,
-        )?);
+        for t in &TRIMMED {
+            removed.push(delete_old(conn, t, cut.events, dry_run, progress)?);
+        }
         Ok(())
     };
     let outcome = work();
@@ -358,11 +360,6 @@ fn prune_parted(
     let plan = plan_partitions(&parts, cutoff);
     for name in &plan.drop {
         let pending = bounds.iter().any(|b| &b.name == name && b.detach_pending);
-        let rows = if dry_run {
-            Count { n: 0 }
-        } else {
-            partition_rows(conn, name)?
-        };
         let bytes: Count = diesel::sql_query("SELECT pg_total_relation_size($1::regclass) AS n")
             .bind::<Text, _>(name)
             .get_result(conn)?;
@@ -372,6 +369,7 @@ fn prune_parted(
             // Counted below with the rest before the cutoff.
             continue;
         }
+        let rows = partition_rows(conn, name)?;
         r.rows += rows.n;
         // Concurrently: the writers of the newer months never wait. An
         // interrupted detach left the partition pending: finish it.
@@ -389,24 +387,13 @@ fn prune_parted(
             t.table, rows.n, bytes.n
         ));
     }
-    let deleted = delete_old(
-        conn,
-        t.table,
-        &format!(
-            "DELETE FROM {table} t USING \
-               (SELECT id, {col} FROM {table} WHERE {col} < $1 ORDER BY {col} LIMIT $2) d \
-             WHERE t.id = d.id AND t.{col} = d.{col}",
-            table = t.table,
-            col = t.column
-        ),
-        &format!(
-            "SELECT count(*) AS n FROM {} WHERE {} < $1",
-            t.table, t.column
-        ),
-        Some(cutoff),
-        dry_run,
-        progress,
-    )?;
+    let straddling = Trim {
+        table: t.table,
+        key: t.key,
+        before: t.column,
+        also: "",
+    };
+    let deleted = delete_old(conn, &straddling, Some(cutoff), dry_run, progress)?;
     r.rows += deleted.rows;
     Ok(r)
 }
@@ -435,18 +422,17 @@ fn partition_rows(conn: &mut PgConnection, name: &str) -> QueryResult<Count> {
     diesel::sql_query(format!("SELECT count(*) AS n FROM {name}")).get_result(conn)
 }
 
-/// Delete the rows before `cutoff` in batches of `BATCH`, each its own
-/// transaction, pausing as long as the batch took (at most half the time is
-/// spent deleting); in a dry run, count them.
+/// Delete the rows of `t` before `cutoff` in batches of `BATCH`, each its
+/// own transaction, resting `PACE` times as long as the batch took; in a
+/// dry run, count them.
 fn delete_old(
     conn: &mut PgConnection,
-    table: &'static str,
-    delete: &str,
-    count: &str,
+    t: &Trim,
     cutoff: Option<DateTime<Utc>>,
     dry_run: bool,
     progress: &mut dyn FnMut(String),
 ) -> QueryResult<Removed> {
+    let table = t.table;
     let mut r = Removed {
         table,
         cutoff,
@@ -455,8 +441,18 @@ fn delete_old(
     let Some(cutoff) = cutoff else {
         return Ok(r);
     };
+    let rows = format!("{} < $1{}", t.before, t.also);
+    // `(id, at)` IN (SELECT id, at ...) for a composite key.
+    let columns = t.key.trim_start_matches('(').trim_end_matches(')');
+    let delete = format!(
+        "DELETE FROM {table} WHERE {key} IN \
+           (SELECT {columns} FROM {table} WHERE {rows} ORDER BY {before} LIMIT $2)",
+        key = t.key,
+        before = t.before
+    );
+    let count = format!("SELECT count(*) AS n FROM {table} WHERE {rows}");
     if dry_run {
-        let c: Count = diesel::sql_query(count)
+        let c: Count = diesel::sql_query(&count)
             .bind::<Timestamptz, _>(cutoff)
             .get_result(conn)?;
         r.rows = c.n;
@@ -466,7 +462,7 @@ fn delete_old(
     let mut said = Instant::now();
     loop {
         let t = Instant::now();
-        let n = diesel::sql_query(delete)
+        let n = diesel::sql_query(&delete)
             .bind::<Timestamptz, _>(cutoff)
             .bind::<BigInt, _>(BATCH)
             .execute(conn)?;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use diesel::prelude::*;
-use futures_util::future::join_all;
 use haoka_sync::rules::schedule::Schedule;
 use haoka_sync::rules::status::{Observation, OrderFields, Source, Status};
 use haoka_sync::sim::Answer;
@@ -89,14 +88,6 @@ fn moves(rows: &[FeedRow]) -> Vec<(String, String, String, String)> {
 
 fn mv(order: &str, from: &str, to: &str, source: &str) -> (String, String, String, String) {
     (order.into(), from.into(), to.into(), source.into())
-}
-
-/// Send every (RequidId, order, label) at once (they share group commits).
-async fn send_all(app: &TestApp, cbs: &[(String, String, &str)]) {
-    let sent = cbs.iter().map(|(rid, o, label)| app.send(rid, o, label));
-    for (status, body) in join_all(sent).await {
-        assert_eq!(status, 200, "{body}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -418,41 +409,30 @@ fn watch_on_a_missing_database_fails_in_one_line_and_filters_by_vendor() {
     let items: Vec<Item<'_>> = o.iter().map(Item::trusted).collect();
     c.transaction::<_, diesel::result::Error, _>(|c| apply_batch(c, &items, Utc::now(), &s))
         .unwrap();
-    let mut child = crate::cli::cmd()
-        .env("DATABASE_URL", db.url.expose())
-        .args([
-            "watch",
-            "--since-id",
-            "0",
-            "--vendor",
-            "damaijia",
-            "--format",
-            "json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let watch_json = |vendor: &str| {
+        crate::cli::cmd()
+            .env("DATABASE_URL", db.url.expose())
+            .args([
+                "watch",
+                "--since-id",
+                "0",
+                "--vendor",
+                vendor,
+                "--format",
+                "json",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = watch_json("damaijia");
     let printed = collect_lines(child.stdout.take().unwrap());
     std::thread::sleep(Duration::from_millis(1500));
     let _ = child.kill();
     let _ = child.wait();
     assert!(printed.lock().unwrap().is_empty());
-    let mut child = crate::cli::cmd()
-        .env("DATABASE_URL", db.url.expose())
-        .args([
-            "watch",
-            "--since-id",
-            "0",
-            "--vendor",
-            "haoka172",
-            "--format",
-            "json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = watch_json("haoka172");
     let printed = collect_lines(child.stdout.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     while printed.lock().unwrap().is_empty() && Instant::now() < deadline {

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use futures_util::future::join_all;
 use haoka_sync::sim::receiver::{Mode, Receiver};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -76,13 +75,6 @@ fn cli(db: &TestDb, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-async fn send_all(app: &TestApp, cbs: &[(String, String, &str)]) {
-    let sent = cbs.iter().map(|(rid, o, label)| app.send(rid, o, label));
-    for (status, body) in join_all(sent).await {
-        assert_eq!(status, 200, "{body}");
-    }
 }
 
 /// Three changes for each order, stage by stage across the orders at once,

@@ -262,6 +262,15 @@ impl TestApp {
     }
 }
 
+/// Send every (RequidId, order, label) at once (they share group
+/// commits); each must be acknowledged.
+pub async fn send_all(app: &TestApp, cbs: &[(String, String, &str)]) {
+    let sent = cbs.iter().map(|(rid, o, label)| app.send(rid, o, label));
+    for (status, body) in futures_util::future::join_all(sent).await {
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 /// The simulator as the tests drive it: no lifecycle orders (a test scripts
 /// what each vendor answers), the tests' 172 credentials.
 pub fn sim_config() -> SimConfig {
