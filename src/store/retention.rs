@@ -15,7 +15,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
 
-use crate::rules::retention::{plan_partitions, Partition, Retention};
+use crate::rules::retention::{plan_partitions, rest_after_drop, Partition, Retention};
 
 /// The session advisory lock a prune holds.
 pub const LOCK: i64 = 7217201500;
@@ -381,7 +381,7 @@ fn prune_parted(
         ))?;
         conn.batch_execute(&format!("DROP TABLE {name}"))?;
         // Paced like the batches: the writers keep most of the machine.
-        std::thread::sleep((dropping.elapsed() * PACE).min(Duration::from_secs(5)));
+        std::thread::sleep(rest_after_drop(dropping.elapsed(), PACE));
         progress(format!(
             "prune: {}: dropped partition {name} ({} rows, {} bytes)",
             t.table, rows.n, bytes.n
