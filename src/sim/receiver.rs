@@ -40,6 +40,20 @@ pub struct Received {
     pub status: u16,
 }
 
+/// What a receiver saw, in a few numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Requests.
+    pub received: usize,
+    /// Requests with a signature that verified.
+    pub verified: usize,
+    /// Distinct `webhook-id`s.
+    pub unique: usize,
+    /// Requests answered 2xx that arrived after a later change of the same
+    /// order had been accepted (the body's `seq` went back).
+    pub out_of_order: usize,
+}
+
 struct State {
     mode: Mode,
     secrets: Vec<String>,
@@ -55,6 +69,11 @@ pub struct Receiver {
 impl Receiver {
     /// Listen on 127.0.0.1 (a free port), verifying with `secrets`.
     pub async fn start(secrets: Vec<String>) -> std::io::Result<Receiver> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), secrets).await
+    }
+
+    /// Listen on `addr` (port 0: a free one), verifying with `secrets`.
+    pub async fn start_on(addr: SocketAddr, secrets: Vec<String>) -> std::io::Result<Receiver> {
         let state = Arc::new(Mutex::new(State {
             mode: Mode::Ok,
             secrets,
@@ -69,7 +88,7 @@ impl Receiver {
         })
         .workers(2)
         .disable_signals()
-        .bind(("127.0.0.1", 0))?;
+        .bind(addr)?;
         let addr = server.addrs()[0];
         let server = server.run();
         let handle = server.handle();
@@ -95,6 +114,37 @@ impl Receiver {
 
     pub fn received(&self) -> Vec<Received> {
         self.lock().received.clone()
+    }
+
+    pub fn tally(&self) -> Tally {
+        let s = self.lock();
+        let mut ids = std::collections::HashSet::new();
+        let mut last: std::collections::HashMap<(String, String), i64> = Default::default();
+        let mut t = Tally {
+            received: s.received.len(),
+            ..Tally::default()
+        };
+        for r in &s.received {
+            if r.verified > 0 {
+                t.verified += 1;
+            }
+            ids.insert(r.webhook_id.as_str());
+            if r.status >= 300 {
+                continue;
+            }
+            let key = (
+                r.body["vendor"].as_str().unwrap_or("").to_owned(),
+                r.body["order_id"].as_str().unwrap_or("").to_owned(),
+            );
+            let seq = r.body["seq"].as_i64().unwrap_or(0);
+            let prev = last.entry(key).or_insert(0);
+            if seq < *prev {
+                t.out_of_order += 1;
+            }
+            *prev = (*prev).max(seq);
+        }
+        t.unique = ids.len();
+        t
     }
 
     /// Go away: the port stops answering.
