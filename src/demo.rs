@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use crate::config::{Config, DatabaseUrl};
 use crate::db::{self, DbError, PgPool};
 use crate::rules::schedule::Schedule;
+use crate::sim::receiver::{Receiver, Tally};
 use crate::sim::{SimConfig, SimStats, Simulator, Truth};
 use crate::startup::Application;
 use crate::vendors::Vendor;
@@ -58,6 +59,10 @@ pub struct Demo {
     pub sim: Simulator,
     pub service_url: String,
     pub pool: PgPool,
+    /// The agent's own system, as the simulator plays it: every applied
+    /// status change is forwarded to it (one target, every change), and it
+    /// checks each signature.
+    pub receiver: Receiver,
     handle: actix_web::dev::ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -77,11 +82,36 @@ pub struct Progress {
     pub disagree: usize,
     pub sim_finished: bool,
     pub sim: SimStats,
+    /// Deliveries to the demo's receiver by state (`pending`, `delivered`,
+    /// `exhausted`).
+    pub deliveries: BTreeMap<String, i64>,
+    /// What the receiver saw.
+    pub received: Tally,
 }
 
 impl Progress {
+    /// Every order matches the truth and every change has been forwarded.
     pub fn converged(&self) -> bool {
-        self.sim_finished && self.disagree == 0
+        self.sim_finished && self.disagree == 0 && self.forward_pending() == 0
+    }
+
+    pub fn forward_pending(&self) -> i64 {
+        self.deliveries.get("pending").copied().unwrap_or(0)
+    }
+
+    /// The forwarding in one phrase.
+    pub fn forwarding(&self) -> String {
+        let r = &self.received;
+        format!(
+            "forwarded {} (pending {}, exhausted {}); receiver: {} requests, {} verified, {} distinct webhook-ids, {} out of order",
+            self.deliveries.get("delivered").copied().unwrap_or(0),
+            self.forward_pending(),
+            self.deliveries.get("exhausted").copied().unwrap_or(0),
+            r.received,
+            r.verified,
+            r.unique,
+            r.out_of_order
+        )
     }
 
     pub fn line(&self, elapsed: Duration) -> String {
@@ -101,7 +131,7 @@ impl Progress {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         format!(
-            "[{:>4.0}s] callbacks: {} | confirmations: {} | GetOrderInfo calls {} (pushes dropped {}) | 大麦家 calls {} | orders: {} | disagree with truth: {}",
+            "[{:>4.0}s] callbacks: {} | confirmations: {} | GetOrderInfo calls {} (pushes dropped {}) | 大麦家 calls {} | orders: {} | disagree with truth: {} | {}",
             elapsed.as_secs_f64(),
             if cb.is_empty() { "none".into() } else { cb.join(", ") },
             if conf.is_empty() { "none".into() } else { conf.join(", ") },
@@ -109,7 +139,8 @@ impl Progress {
             self.sim.pushes_dropped,
             self.damaijia_calls,
             st.join(", "),
-            self.disagree
+            self.disagree,
+            self.forwarding()
         )
     }
 }
@@ -138,6 +169,18 @@ impl Demo {
         let app = Application::build(&config).map_err(|e| e.to_string())?;
         let service_url = format!("http://127.0.0.1:{}", app.port());
         let pool = app.pool().clone();
+        let mut random = [0u8; 24];
+        getrandom::fill(&mut random).map_err(|e| format!("no randomness for a secret: {e}"))?;
+        let secret = crate::rules::forward::new_secret(random);
+        let receiver = Receiver::start(vec![secret.clone()])
+            .await
+            .map_err(|e| format!("receiver: {e}"))?;
+        let hook = receiver.url();
+        db::run(&pool, move |c| {
+            crate::store::forward::add_target(c, "demo receiver", &hook, None, None, &secret)
+        })
+        .await
+        .map_err(|e| format!("forward target: {e}"))?;
         let handle = app.handle();
         let server = tokio::spawn(app.run_until_stopped());
         sim.run(Some(format!("{service_url}/callbacks/haoka172")));
@@ -151,6 +194,7 @@ impl Demo {
             sim,
             service_url,
             pool,
+            receiver,
             handle,
             server,
         })
@@ -163,6 +207,7 @@ impl Demo {
         let mut p = db::run(&self.pool, move |conn| progress_from_db(conn, &truth)).await?;
         p.sim_finished = sim_finished;
         p.sim = stats;
+        p.received = self.receiver.tally();
         Ok(p)
     }
 
@@ -170,6 +215,7 @@ impl Demo {
         self.handle.stop(true).await;
         let _ = self.server.await;
         self.sim.stop().await;
+        self.receiver.stop().await;
     }
 }
 
@@ -254,6 +300,10 @@ fn progress_from_db(conn: &mut PgConnection, truth: &Truth) -> QueryResult<Progr
         "SELECT COALESCE(result, 'pending') AS key, count(*) AS n FROM callback_confirmations GROUP BY 1",
         conn,
     )?;
+    let deliveries = pairs(
+        "SELECT state AS key, count(*) AS n FROM forward_deliveries GROUP BY state",
+        conn,
+    )?;
     let rows: Vec<OrderStatus> =
         diesel::sql_query("SELECT vendor, order_id, status FROM orders").load(conn)?;
     let held: BTreeMap<(String, String), String> = rows
@@ -281,5 +331,7 @@ fn progress_from_db(conn: &mut PgConnection, truth: &Truth) -> QueryResult<Progr
         disagree,
         sim_finished: false,
         sim: SimStats::default(),
+        deliveries,
+        received: Tally::default(),
     })
 }

@@ -89,10 +89,11 @@ async fn watch(
         .await
         .map_err(failed)?;
     println!(
-        "service at {} ; simulator 172 at {} , 大麦家 at {}",
+        "service at {} ; simulator 172 at {} , 大麦家 at {} ; every change forwarded to {}",
         demo.service_url,
         demo.sim.haoka172_url(),
-        demo.sim.damaijia_url()
+        demo.sim.damaijia_url(),
+        demo.receiver.url()
     );
     let deadline = started + std::time::Duration::from_secs(args.timeout_secs);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
@@ -113,6 +114,14 @@ async fn watch(
                 started.elapsed().as_secs_f64(), s.pushes_dropped, p.get_order_info_calls, s.pushes_duplicated,
                 s.pushes_reordered, s.max_calls_per_minute, s.max_calls_per_order_day, s.calls_after_terminal, s.get_order_info_blocked
             );
+            println!("forwarding: {}", p.forwarding());
+            let r = &p.received;
+            if r.verified != r.received || r.out_of_order > 0 {
+                break Err(failed(format!(
+                    "forwarding broke its guarantees: {}",
+                    p.forwarding()
+                )));
+            }
             break Ok(());
         }
         if std::time::Instant::now() > deadline {

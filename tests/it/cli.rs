@@ -444,6 +444,37 @@ fn demo_converges_on_this_machine_in_under_two_minutes_and_exits_0() {
     assert!(took < std::time::Duration::from_secs(120), "{took:?}");
     assert!(stdout.contains("converged in"), "{stdout}");
     assert!(stdout.contains("disagree with truth: 0"), "{stdout}");
+    // Forwarding, shown by the demo: every change delivered to its
+    // receiver, every request verified, none out of order.
+    let fwd = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("forwarding: "))
+        .unwrap_or_else(|| panic!("no forwarding line:\n{stdout}"));
+    let num = |after: &str| -> i64 {
+        let (_, rest) = fwd
+            .split_once(after)
+            .unwrap_or_else(|| panic!("{after}: {fwd}"));
+        rest.trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let delivered = num("forwarded");
+    assert!(delivered > 130, "at least one change per order: {fwd}");
+    assert_eq!(num("(pending"), 0, "{fwd}");
+    assert_eq!(num("exhausted"), 0, "{fwd}");
+    // A request may be repeated (a retry after a timeout), never missing,
+    // and it has the same webhook-id.
+    let requests = num("receiver:");
+    assert!(requests >= delivered, "{fwd}");
+    assert!(
+        fwd.contains(&format!(
+            "{requests} verified, {delivered} distinct webhook-ids, 0 out of order"
+        )),
+        "{fwd}"
+    );
     assert!(
         !database_exists(&format!("{name}_demo")),
         "the demo leaves its database behind:\n{stdout}"
