@@ -179,17 +179,19 @@ pub fn plan_partitions(partitions: &[Partition], cutoff: DateTime<Utc>) -> Parti
 /// as the DROP takes (the file system frees the files' extents at commit,
 /// and the WAL flushes of concurrent commits wait behind it: 127 ms for a
 /// 182 MB partition, measured in BENCHMARKS.md, "Retention"). A drop that
-/// took longer than `DROP_STALL` is followed by a rest `DROP_PACE` times
-/// as long (at most `DROP_REST_MAX`), so such stalls take at most 0.5 % of
-/// the time and the callback path's p99 does not see them; a quicker drop
-/// rests `pace` times its time, like a delete batch.
+/// of a partition larger than `DROP_STALL_BYTES` that took longer than
+/// `DROP_STALL` is followed by a rest `DROP_PACE` times as long (at most
+/// `DROP_REST_MAX`), so such stalls take at most 0.5 % of the time; any
+/// other drop (a small partition, whatever a loaded machine makes its
+/// catalog work cost) rests `pace` times its time, like a delete batch.
 pub const DROP_PACE: u32 = 200;
 pub const DROP_STALL: Duration = Duration::from_millis(20);
+pub const DROP_STALL_BYTES: i64 = 16 << 20;
 pub const DROP_REST_MAX: Duration = Duration::from_secs(30);
 
-/// How long to rest after a partition drop that took `took`.
-pub fn rest_after_drop(took: Duration, pace: u32) -> Duration {
-    if took > DROP_STALL {
+/// How long to rest after dropping a partition of `bytes` that took `took`.
+pub fn rest_after_drop(took: Duration, bytes: i64, pace: u32) -> Duration {
+    if took > DROP_STALL && bytes > DROP_STALL_BYTES {
         (took * DROP_PACE).min(DROP_REST_MAX)
     } else {
         took * pace
@@ -291,21 +293,27 @@ mod tests {
     #[test]
     fn a_drop_that_stalled_commits_is_followed_by_a_long_rest_and_a_quick_one_by_a_short_one() {
         let ms = Duration::from_millis;
-        assert_eq!(rest_after_drop(ms(5), 2), ms(10));
-        assert_eq!(rest_after_drop(ms(20), 2), ms(40));
-        assert_eq!(rest_after_drop(ms(127), 2), ms(25_400));
-        assert_eq!(rest_after_drop(ms(400), 2), DROP_REST_MAX);
+        let big = 182 << 20;
+        assert_eq!(rest_after_drop(ms(5), big, 2), ms(10));
+        assert_eq!(rest_after_drop(ms(20), big, 2), ms(40));
+        assert_eq!(rest_after_drop(ms(127), big, 2), ms(25_400));
+        assert_eq!(rest_after_drop(ms(400), big, 2), DROP_REST_MAX);
+        // An empty partition on a loaded machine: no long rest.
+        assert_eq!(rest_after_drop(ms(127), 8192, 2), ms(254));
     }
 
     proptest! {
         #[test]
-        fn a_long_drop_rests_at_least_its_share_unless_capped(took in 0u64..10_000) {
+        fn a_long_drop_rests_at_least_its_share_unless_capped(took in 0u64..10_000, bytes in 0i64..1 << 32) {
             let took = Duration::from_millis(took);
-            let rest = rest_after_drop(took, 2);
-            prop_assert!(rest <= DROP_REST_MAX.max(DROP_STALL * 2));
-            if took > DROP_STALL && rest < DROP_REST_MAX {
+            let rest = rest_after_drop(took, bytes, 2);
+            if bytes <= DROP_STALL_BYTES {
+                prop_assert_eq!(rest, took * 2);
+            } else if took > DROP_STALL && rest < DROP_REST_MAX {
                 // The stall is at most 1 / (DROP_PACE + 1) of the time.
                 prop_assert!(took * (DROP_PACE + 1) <= took + rest);
+            } else {
+                prop_assert!(rest <= DROP_REST_MAX.max(DROP_STALL * 2));
             }
         }
     }

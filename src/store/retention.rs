@@ -381,7 +381,7 @@ fn prune_parted(
         ))?;
         conn.batch_execute(&format!("DROP TABLE {name}"))?;
         // Paced like the batches: the writers keep most of the machine.
-        std::thread::sleep(rest_after_drop(dropping.elapsed(), PACE));
+        std::thread::sleep(rest_after_drop(dropping.elapsed(), bytes.n, PACE));
         progress(format!(
             "prune: {}: dropped partition {name} ({} rows, {} bytes)",
             t.table, rows.n, bytes.n
