@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by bench/ingest and bench/poller (not run on its own).
+# Sourced by the scripts in bench/ (not run on its own).
 #
 # - Moves to the repository root, whatever the current directory; a relative
 #   CARGO_TARGET_DIR is taken relative to the directory the script was
@@ -35,6 +35,22 @@ exe() {
     exit 1
   fi
   printf '%s\n' "${EXE[$1]}"
+}
+
+# field NAME LINE: the value of NAME=value in a RESULT line.
+field() { sed -E "s/.* $1=([^ ]+).*/\\1/" <<<"$2"; }
+
+# sql STATEMENT: run it on the benchmark database ($DB_URL), unaligned.
+sql() { psql -v ON_ERROR_STOP=1 -XAtq "$DB_URL" -c "$1"; }
+
+# gen COUNT PREFIX THREADS BASE: COUNT distinct callbacks (by $GEN, signed
+# with $SECRET), dealt round-robin into one file per wrk thread
+# (BASE.<i>.tsv): a thread loads only its own share, so loading does not
+# overlap the measured run for long.
+gen() {
+  "$GEN" "$1" "$2" "$SECRET" "$4.tsv"
+  awk -v t="$3" -v base="$4" '{ print > (base "." ((NR - 1) % t) ".tsv") }' "$4.tsv"
+  rm -f "$4.tsv"
 }
 
 bench_db() {

@@ -169,9 +169,8 @@ impl Demo {
         let app = Application::build(&config).map_err(|e| e.to_string())?;
         let service_url = format!("http://127.0.0.1:{}", app.port());
         let pool = app.pool().clone();
-        let mut random = [0u8; 24];
-        getrandom::fill(&mut random).map_err(|e| format!("no randomness for a secret: {e}"))?;
-        let secret = crate::rules::forward::new_secret(random);
+        let secret = crate::forward::new_target_secret()
+            .map_err(|e| format!("no randomness for a secret: {e}"))?;
         let receiver = Receiver::start(vec![secret.clone()])
             .await
             .map_err(|e| format!("receiver: {e}"))?;

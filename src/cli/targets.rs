@@ -166,7 +166,6 @@ fn what(vendor: Option<&str>, statuses: Option<&[String]>) -> String {
 }
 
 fn new_secret() -> Result<String, CliError> {
-    let mut random = [0u8; 24];
-    getrandom::fill(&mut random).map_err(|e| failed(format!("no randomness for a secret: {e}")))?;
-    Ok(crate::rules::forward::new_secret(random))
+    crate::forward::new_target_secret()
+        .map_err(|e| failed(format!("no randomness for a secret: {e}")))
 }

@@ -31,6 +31,13 @@ pub struct Settings {
     pub concurrency: usize,
 }
 
+/// A new signing secret for a target (`whsec_` and 24 random bytes).
+pub fn new_target_secret() -> Result<String, getrandom::Error> {
+    let mut random = [0u8; 24];
+    getrandom::fill(&mut random)?;
+    Ok(rules::new_secret(random))
+}
+
 /// Between claims when nothing is due.
 const IDLE: Duration = Duration::from_millis(200);
 /// Bytes of an answer kept with its attempt.

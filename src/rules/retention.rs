@@ -178,23 +178,24 @@ pub fn plan_partitions(partitions: &[Partition], cutoff: DateTime<Utc>) -> Parti
 /// Dropping a partition stalls every committing session for about as long
 /// as the DROP takes (the file system frees the files' extents at commit,
 /// and the WAL flushes of concurrent commits wait behind it: 127 ms for a
-/// 182 MB partition, measured in BENCHMARKS.md, "Retention"). A drop that
-/// of a partition larger than `DROP_STALL_BYTES` that took longer than
+/// 182 MB partition, measured in BENCHMARKS.md, "Retention"). The drop of
+/// a partition larger than `DROP_STALL_BYTES` that took longer than
 /// `DROP_STALL` is followed by a rest `DROP_PACE` times as long (at most
 /// `DROP_REST_MAX`), so such stalls take at most 0.5 % of the time; any
 /// other drop (a small partition, whatever a loaded machine makes its
-/// catalog work cost) rests `pace` times its time, like a delete batch.
+/// catalog work cost) rests `pace` times its time, at most `REST_MAX`.
 pub const DROP_PACE: u32 = 200;
 pub const DROP_STALL: Duration = Duration::from_millis(20);
 pub const DROP_STALL_BYTES: i64 = 16 << 20;
 pub const DROP_REST_MAX: Duration = Duration::from_secs(30);
+pub const REST_MAX: Duration = Duration::from_secs(5);
 
 /// How long to rest after dropping a partition of `bytes` that took `took`.
 pub fn rest_after_drop(took: Duration, bytes: i64, pace: u32) -> Duration {
     if took > DROP_STALL && bytes > DROP_STALL_BYTES {
         (took * DROP_PACE).min(DROP_REST_MAX)
     } else {
-        took * pace
+        (took * pace).min(REST_MAX)
     }
 }
 
@@ -308,7 +309,7 @@ mod tests {
             let took = Duration::from_millis(took);
             let rest = rest_after_drop(took, bytes, 2);
             if bytes <= DROP_STALL_BYTES {
-                prop_assert_eq!(rest, took * 2);
+                prop_assert_eq!(rest, (took * 2).min(REST_MAX));
             } else if took > DROP_STALL && rest < DROP_REST_MAX {
                 // The stall is at most 1 / (DROP_PACE + 1) of the time.
                 prop_assert!(took * (DROP_PACE + 1) <= took + rest);
