@@ -167,23 +167,37 @@ pub fn claim(
         .bind::<diesel::sql_types::Double, _>(p.probe_every.as_secs_f64())
         .load(conn)?;
         let probing: Vec<i64> = probing.into_iter().map(|i| i.id).collect();
+        // The targets sent to freely: enabled and not marked failing. Passed
+        // as a list, so the claim walks the due index alone, in its order.
+        let healthy: Vec<Id> = diesel::sql_query(
+            "SELECT id FROM forward_targets WHERE enabled AND marked_failing_at IS NULL",
+        )
+        .load(conn)?;
+        let healthy: Vec<i64> = healthy.into_iter().map(|i| i.id).collect();
+        if healthy.is_empty() && probing.is_empty() {
+            return Ok(Vec::new());
+        }
         diesel::sql_query(CLAIM_SQL)
             .bind::<Text, _>(owner)
             .bind::<Timestamptz, _>(now)
             .bind::<Timestamptz, _>(lease_until)
             .bind::<BigInt, _>(limit)
             .bind::<Array<BigInt>, _>(&probing)
+            .bind::<Array<BigInt>, _>(&healthy)
             .load(conn)
     })
 }
 
-/// $1 owner, $2 now, $3 lease until, $4 limit, $5 targets probed now.
+/// $1 owner, $2 now, $3 lease until, $4 limit, $5 targets probed now, $6
+/// healthy targets. Walks `forward_deliveries_due_idx` (next_attempt_at, id)
+/// in order and stops at the limit: its cost follows the batch, not the
+/// backlog (a later change of an order still waiting for an earlier one is
+/// read and passed over).
 const CLAIM_SQL: &str = "WITH eligible AS ( \
-       SELECT d.id, d.target_id, d.next_attempt_at, d.lease_owner AS taken_from FROM forward_deliveries d \
-       JOIN forward_targets t ON t.id = d.target_id \
-       WHERE d.state = 'pending' AND d.next_attempt_at <= $2 AND t.enabled \
+       SELECT d.id, d.target_id, d.lease_owner AS taken_from FROM forward_deliveries d \
+       WHERE d.state = 'pending' AND d.next_attempt_at <= $2 \
+         AND (d.target_id = ANY ($6) OR d.target_id = ANY ($5)) \
          AND (d.lease_until IS NULL OR d.lease_until < $2) \
-         AND (t.marked_failing_at IS NULL OR t.id = ANY ($5)) \
          AND NOT EXISTS (SELECT 1 FROM forward_deliveries e \
                          WHERE e.target_id = d.target_id AND e.vendor = d.vendor AND e.order_id = d.order_id \
                            AND e.state = 'pending' AND e.id < d.id) \
@@ -191,12 +205,10 @@ const CLAIM_SQL: &str = "WITH eligible AS ( \
        LIMIT $4 \
        FOR UPDATE OF d SKIP LOCKED), \
      chosen AS ( \
-       SELECT e.id, e.taken_from FROM eligible e JOIN forward_targets t ON t.id = e.target_id \
-       WHERE t.marked_failing_at IS NULL \
+       SELECT e.id, e.taken_from FROM eligible e WHERE e.target_id = ANY ($6) \
        UNION ALL \
        SELECT e.id, e.taken_from FROM eligible e \
-       WHERE e.id IN (SELECT min(f.id) FROM eligible f JOIN forward_targets t ON t.id = f.target_id \
-                      WHERE t.marked_failing_at IS NOT NULL GROUP BY f.target_id)) \
+       WHERE e.id IN (SELECT min(f.id) FROM eligible f WHERE f.target_id = ANY ($5) GROUP BY f.target_id)) \
      UPDATE forward_deliveries d SET lease_owner = $1, lease_until = $3 \
      FROM chosen c, forward_targets t \
      WHERE d.id = c.id AND t.id = d.target_id \
@@ -279,27 +291,30 @@ pub fn record(
             lease_lost: held == 0,
             ..TargetChange::default()
         };
-        #[derive(QueryableByName)]
-        struct Health {
-            #[diesel(sql_type = Nullable<Timestamptz>)]
-            failing_since: Option<DateTime<Utc>>,
-            #[diesel(sql_type = Nullable<Timestamptz>)]
-            marked_failing_at: Option<DateTime<Utc>>,
-        }
-        let h: Health = diesel::sql_query(
-            "SELECT failing_since, marked_failing_at FROM forward_targets WHERE id = $1 FOR UPDATE",
-        )
-        .bind::<BigInt, _>(c.target_id)
-        .get_result(conn)?;
         if r.next.is_none() {
-            diesel::sql_query(
-                "UPDATE forward_targets SET failing_since = NULL, marked_failing_at = NULL, probe_after = NULL, \
-                   last_success_at = $2 WHERE id = $1",
+            // A success touches the target only when it changes something:
+            // it was failing, or its last success is over a second old.
+            // Otherwise every delivery to one target would queue on that
+            // target's row lock (and write a new version of it).
+            #[derive(QueryableByName)]
+            struct Cleared {
+                #[diesel(sql_type = Bool)]
+                was_marked: bool,
+            }
+            let cleared: Option<Cleared> = diesel::sql_query(
+                "WITH old AS (SELECT id, marked_failing_at FROM forward_targets WHERE id = $1) \
+                 UPDATE forward_targets t SET failing_since = NULL, marked_failing_at = NULL, probe_after = NULL, \
+                   last_success_at = GREATEST(t.last_success_at, $2) \
+                 FROM old WHERE t.id = old.id \
+                   AND (t.failing_since IS NOT NULL OR t.marked_failing_at IS NOT NULL \
+                        OR t.last_success_at IS NULL OR t.last_success_at < $2 - interval '1 second') \
+                 RETURNING old.marked_failing_at IS NOT NULL AS was_marked",
             )
             .bind::<BigInt, _>(c.target_id)
             .bind::<Timestamptz, _>(r.at)
-            .execute(conn)?;
-            if h.marked_failing_at.is_some() {
+            .get_result(conn)
+            .optional()?;
+            if cleared.is_some_and(|c| c.was_marked) {
                 change.recovered = true;
                 diesel::sql_query(
                     "UPDATE forward_deliveries SET next_attempt_at = $2 \
@@ -310,6 +325,18 @@ pub fn record(
                 .execute(conn)?;
             }
         } else {
+            #[derive(QueryableByName)]
+            struct Health {
+                #[diesel(sql_type = Nullable<Timestamptz>)]
+                failing_since: Option<DateTime<Utc>>,
+                #[diesel(sql_type = Nullable<Timestamptz>)]
+                marked_failing_at: Option<DateTime<Utc>>,
+            }
+            let h: Health = diesel::sql_query(
+                "SELECT failing_since, marked_failing_at FROM forward_targets WHERE id = $1 FOR UPDATE",
+            )
+            .bind::<BigInt, _>(c.target_id)
+            .get_result(conn)?;
             let since = h.failing_since.unwrap_or(r.at);
             let mark = h.marked_failing_at.is_none() && is_failing(p, Some(since), r.at);
             change.now_failing = mark;
