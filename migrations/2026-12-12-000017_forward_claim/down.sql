@@ -1,2 +1,1 @@
-DROP INDEX forward_deliveries_due_idx;
-CREATE INDEX forward_deliveries_due_idx ON forward_deliveries (next_attempt_at) WHERE state = 'pending';
+DROP INDEX forward_deliveries_claim_idx;

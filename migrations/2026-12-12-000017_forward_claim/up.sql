@@ -1,9 +1,9 @@
--- The forwarding worker's claim walks the due pending deliveries oldest due
--- first and stops after the batch it wants ("ORDER BY next_attempt_at, id
--- LIMIT n"). With the due index on next_attempt_at alone PostgreSQL read
--- every due pending row (a bitmap scan) and sorted them, so one claim cost
--- grew with the backlog: ~100 ms at 50,000 pending (bench/forward). Keyed
--- on (next_attempt_at, id) the index hands the rows over in claim order and
--- a claim reads about as many rows as it takes (BENCHMARKS.md, Forwarding).
-DROP INDEX forward_deliveries_due_idx;
-CREATE INDEX forward_deliveries_due_idx ON forward_deliveries (next_attempt_at, id) WHERE state = 'pending';
+-- The forwarding worker's claim takes, per target, the earliest due pending
+-- deliveries ("WHERE target_id = t ... ORDER BY next_attempt_at, id LIMIT
+-- n"). Without an index in that order PostgreSQL read every pending row of
+-- the target (a bitmap scan of forward_deliveries_order_idx, then a sort):
+-- one claim cost grew with the backlog, ~100-150 ms at 50,000 pending
+-- (bench/forward), and stale statistics right after a burst kept it there.
+-- With this index a claim reads about as many rows as it takes
+-- (BENCHMARKS.md, Forwarding).
+CREATE INDEX forward_deliveries_claim_idx ON forward_deliveries (target_id, next_attempt_at, id) WHERE state = 'pending';

@@ -166,15 +166,17 @@ pub fn claim(
         .bind::<Timestamptz, _>(now)
         .bind::<diesel::sql_types::Double, _>(p.probe_every.as_secs_f64())
         .load(conn)?;
-        let probing: Vec<i64> = probing.into_iter().map(|i| i.id).collect();
-        // The targets sent to freely: enabled and not marked failing. Passed
-        // as a list, so the claim walks the due index alone, in its order.
+        // Each target's share of the batch: the whole batch for the targets
+        // sent to freely (enabled, not marked failing), one for a probe.
         let healthy: Vec<Id> = diesel::sql_query(
             "SELECT id FROM forward_targets WHERE enabled AND marked_failing_at IS NULL",
         )
         .load(conn)?;
-        let healthy: Vec<i64> = healthy.into_iter().map(|i| i.id).collect();
-        if healthy.is_empty() && probing.is_empty() {
+        let mut targets: Vec<i64> = healthy.into_iter().map(|i| i.id).collect();
+        let mut shares = vec![limit; targets.len()];
+        targets.extend(probing.iter().map(|i| i.id));
+        shares.resize(targets.len(), 1);
+        if targets.is_empty() {
             return Ok(Vec::new());
         }
         diesel::sql_query(CLAIM_SQL)
@@ -182,35 +184,42 @@ pub fn claim(
             .bind::<Timestamptz, _>(now)
             .bind::<Timestamptz, _>(lease_until)
             .bind::<BigInt, _>(limit)
-            .bind::<Array<BigInt>, _>(&probing)
-            .bind::<Array<BigInt>, _>(&healthy)
+            .bind::<Array<BigInt>, _>(&targets)
+            .bind::<Array<BigInt>, _>(&shares)
             .load(conn)
     })
 }
 
-/// $1 owner, $2 now, $3 lease until, $4 limit, $5 targets probed now, $6
-/// healthy targets. Walks `forward_deliveries_due_idx` (next_attempt_at, id)
-/// in order and stops at the limit: its cost follows the batch, not the
-/// backlog (a later change of an order still waiting for an earlier one is
-/// read and passed over).
-const CLAIM_SQL: &str = "WITH eligible AS ( \
-       SELECT d.id, d.target_id, d.lease_owner AS taken_from FROM forward_deliveries d \
-       WHERE d.state = 'pending' AND d.next_attempt_at <= $2 \
-         AND (d.target_id = ANY ($6) OR d.target_id = ANY ($5)) \
+/// $1 owner, $2 now, $3 lease until, $4 limit, $5 targets, $6 how many of
+/// each at most. Per target, walks `forward_deliveries_claim_idx` (target,
+/// next_attempt_at, id) in order and stops at its share, so a claim costs
+/// what it takes, not what is pending (a later change of an order that
+/// still waits for an earlier one is read and passed over: "the order's
+/// earliest pending" is a correlated min() on `forward_deliveries_order_idx`,
+/// which PostgreSQL runs per row with the full key whatever its statistics
+/// say, where an anti-join planned on stale statistics read the target's
+/// whole backlog for each row); the oldest due of those win. Then locks them, skipping rows other workers hold and
+/// checking again that each is still pending and free.
+const CLAIM_SQL: &str = "WITH candidates AS ( \
+       SELECT c.id FROM unnest($5::bigint[], $6::bigint[]) AS t(id, share) \
+       CROSS JOIN LATERAL ( \
+         SELECT d.id, d.next_attempt_at FROM forward_deliveries d \
+         WHERE d.target_id = t.id AND d.state = 'pending' AND d.next_attempt_at <= $2 \
+           AND (d.lease_until IS NULL OR d.lease_until < $2) \
+           AND d.id = (SELECT min(e.id) FROM forward_deliveries e \
+                       WHERE e.target_id = d.target_id AND e.vendor = d.vendor AND e.order_id = d.order_id \
+                         AND e.state = 'pending') \
+         ORDER BY d.next_attempt_at, d.id \
+         LIMIT t.share) c \
+       ORDER BY c.next_attempt_at, c.id \
+       LIMIT $4), \
+     locked AS ( \
+       SELECT d.id, d.lease_owner AS taken_from FROM forward_deliveries d \
+       WHERE d.id IN (SELECT id FROM candidates) AND d.state = 'pending' \
          AND (d.lease_until IS NULL OR d.lease_until < $2) \
-         AND NOT EXISTS (SELECT 1 FROM forward_deliveries e \
-                         WHERE e.target_id = d.target_id AND e.vendor = d.vendor AND e.order_id = d.order_id \
-                           AND e.state = 'pending' AND e.id < d.id) \
-       ORDER BY d.next_attempt_at, d.id \
-       LIMIT $4 \
-       FOR UPDATE OF d SKIP LOCKED), \
-     chosen AS ( \
-       SELECT e.id, e.taken_from FROM eligible e WHERE e.target_id = ANY ($6) \
-       UNION ALL \
-       SELECT e.id, e.taken_from FROM eligible e \
-       WHERE e.id IN (SELECT min(f.id) FROM eligible f WHERE f.target_id = ANY ($5) GROUP BY f.target_id)) \
+       FOR UPDATE OF d SKIP LOCKED) \
      UPDATE forward_deliveries d SET lease_owner = $1, lease_until = $3 \
-     FROM chosen c, forward_targets t \
+     FROM locked c, forward_targets t \
      WHERE d.id = c.id AND t.id = d.target_id \
      RETURNING d.id, d.target_id, t.url, \
        CASE WHEN t.previous_secret IS NOT NULL AND t.previous_until > $2 \
