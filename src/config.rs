@@ -27,7 +27,8 @@
 //! - `RETENTION` (default `inbound=90d,events=400d,vendor_calls=90d`; `off`)
 //! - `FORWARD_TIMEOUT` (10s), `FORWARD_CONCURRENCY` (16), `FORWARD_RETRY_FOR` (3d),
 //!   `FORWARD_FIRST_RETRY` (5s), `FORWARD_MAX_RETRY` (1h), `FORWARD_FAILING_AFTER` (1h),
-//!   `FORWARD_PROBE_EVERY` (5m), `FORWARD_SECRET_GRACE` (1d)
+//!   `FORWARD_PROBE_EVERY` (5m), `FORWARD_SECRET_GRACE` (1d), `FORWARD_YIELD_AT` (80:
+//!   percent of the callback writers' time busy from which forwarding gives way; 0 never)
 //!
 //! Secrets never appear in `Debug` output or logs.
 
@@ -221,6 +222,9 @@ pub struct ForwardConfig {
     pub policy: crate::rules::forward::Policy,
     pub timeout: Duration,
     pub concurrency: usize,
+    /// Percent of the callback writers' time busy from which forwarding
+    /// gives way to callbacks (`FORWARD_YIELD_AT`; 0 never).
+    pub yield_at: u8,
     pub secret_grace: Duration,
 }
 
@@ -303,6 +307,7 @@ impl ForwardConfig {
                 "1s to 5m",
             )?,
             concurrency: v.num("FORWARD_CONCURRENCY", 16, 1, 256)? as usize,
+            yield_at: v.num("FORWARD_YIELD_AT", 80, 0, 100)? as u8,
             secret_grace: within(
                 "FORWARD_SECRET_GRACE",
                 v.dur("FORWARD_SECRET_GRACE", "1d")?,

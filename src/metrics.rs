@@ -134,6 +134,7 @@ pub struct Metrics {
     forward_oldest: GaugeVec,
     forward_failing: IntGaugeVec,
     forward_exhausted: IntGaugeVec,
+    forward_yielding: IntGauge,
     orders: IntGaugeVec,
     orders_due: IntGaugeVec,
     oldest_due: GaugeVec,
@@ -281,6 +282,14 @@ impl Metrics {
                 "1 while polling of the vendor is paused (vendor_pauses).",
                 &["vendor"],
             ),
+            forward_yielding: reg(
+                &r,
+                IntGauge::new(
+                    "haoka_sync_forward_yielding",
+                    "1 while forwarding gives way to callbacks (the callback writers are busy at least FORWARD_YIELD_AT percent of the time and callbacks queue for them): one delivery at a time, 10 a second.",
+                )
+                .expect("valid gauge"),
+            ),
             db_up: reg(
                 &r,
                 IntGauge::new(
@@ -378,6 +387,11 @@ impl Metrics {
     }
 
     /// A forwarding attempt to target `target` ended with `outcome`.
+    /// Forwarding gives way to callbacks (1) or runs at full speed (0).
+    pub fn forward_yielding(&self, yielding: bool) {
+        self.forward_yielding.set(i64::from(yielding));
+    }
+
     pub fn delivery(&self, target: i64, outcome: &str) {
         self.deliveries
             .with_label_values(&[&target.to_string(), outcome])

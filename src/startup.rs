@@ -223,9 +223,11 @@ impl Application {
                 policy: config.forward.policy,
                 timeout: config.forward.timeout,
                 concurrency: config.forward.concurrency,
+                yield_at: config.forward.yield_at,
             },
             Arc::clone(&metrics),
-        ));
+        )
+        .giving_way_to(ingest.load()));
         Ok(Application {
             port,
             server,

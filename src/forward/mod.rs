@@ -18,8 +18,9 @@ use tokio::sync::Semaphore;
 
 use crate::db::{self, PgPool};
 use crate::metrics::Metrics;
-use crate::rules::forward::{self as rules, after_failure, Policy};
+use crate::rules::forward::{self as rules, after_failure, callbacks_first, Policy};
 use crate::store::forward::{self as fstore, AttemptResult, Claimed};
+use crate::store::ingest::WriterLoad;
 
 /// What the worker needs to know (`FORWARD_*`).
 #[derive(Debug, Clone)]
@@ -29,6 +30,9 @@ pub struct Settings {
     pub timeout: Duration,
     /// Deliveries in flight at once, in this process.
     pub concurrency: usize,
+    /// Percent of the callback writers' time busy from which forwarding
+    /// gives way (`FORWARD_YIELD_AT`; 0 never).
+    pub yield_at: u8,
 }
 
 /// A new signing secret for a target (`whsec_` and 24 random bytes).
@@ -40,6 +44,10 @@ pub fn new_target_secret() -> Result<String, getrandom::Error> {
 
 /// Between claims when nothing is due.
 const IDLE: Duration = Duration::from_millis(200);
+/// Between deliveries while forwarding gives way to callbacks.
+const YIELD_GAP: Duration = Duration::from_millis(100);
+/// How often the callback writers' load is looked at.
+const LOAD_WINDOW: Duration = Duration::from_millis(250);
 /// Between claims when the last one took all that was due.
 const GATHER: Duration = Duration::from_millis(25);
 /// Bytes of an answer kept with its attempt.
@@ -51,6 +59,7 @@ pub struct Forwarder {
     settings: Settings,
     owner: String,
     metrics: Arc<Metrics>,
+    load: Option<Arc<WriterLoad>>,
 }
 
 impl Forwarder {
@@ -72,21 +81,35 @@ impl Forwarder {
             ),
             settings,
             metrics,
+            load: None,
         }
+    }
+
+    /// Give way to the callbacks these writers commit when they are busy
+    /// (`FORWARD_YIELD_AT`).
+    pub fn giving_way_to(mut self, load: Arc<WriterLoad>) -> Forwarder {
+        self.load = Some(load);
+        self
     }
 
     /// Claim and send until the task is dropped.
     pub async fn run_forever(self: Arc<Self>) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
-        let batch = (self.settings.concurrency / 2).max(1);
+        let full_batch = (self.settings.concurrency / 2).max(1);
         let mut failing_logged = false;
+        let mut pressure = self.load.clone().map(|l| Pressure::new(l, self.settings.yield_at));
         loop {
             if !self.pool.health().is_up() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
+            let yielding = pressure
+                .as_mut()
+                .is_some_and(|p| p.yielding(&self.metrics));
             // Claim in batches: once half the slots are free (a claim costs
-            // about the same for one delivery as for a hundred).
+            // about the same for one delivery as for a hundred); one at a
+            // time while callbacks come first.
+            let batch = if yielding { 1 } else { full_batch };
             let free = slots.available_permits();
             if free < batch {
                 // Wait until that many deliveries in flight are done.
@@ -95,7 +118,7 @@ impl Forwarder {
                 }
                 continue;
             }
-            let claimed = self.claim(free as i64).await;
+            let claimed = self.claim(if yielding { 1 } else { free as i64 }).await;
             let claimed = match claimed {
                 Ok(c) => {
                     failing_logged = false;
@@ -127,7 +150,9 @@ impl Forwarder {
                     drop(permit);
                 });
             }
-            if drained {
+            if yielding {
+                tokio::time::sleep(YIELD_GAP).await;
+            } else if drained {
                 tokio::time::sleep(GATHER).await;
             }
         }
@@ -300,6 +325,77 @@ impl Forwarder {
                 c.id
             ),
         }
+    }
+}
+
+/// Whether forwarding gives way to callbacks now, from the callback
+/// writers' busy time over the last `LOAD_WINDOW` or more; says so in the
+/// log (at most once a minute) and in `haoka_sync_forward_yielding`.
+struct Pressure {
+    load: Arc<WriterLoad>,
+    yield_at: u8,
+    since: Instant,
+    busy: Duration,
+    waited: Duration,
+    yielding: bool,
+    began: Option<Instant>,
+    logged: Option<Instant>,
+}
+
+impl Pressure {
+    fn new(load: Arc<WriterLoad>, yield_at: u8) -> Pressure {
+        Pressure {
+            busy: load.busy(),
+            waited: load.waited(),
+            load,
+            yield_at,
+            since: Instant::now(),
+            yielding: false,
+            began: None,
+            logged: None,
+        }
+    }
+
+    fn yielding(&mut self, metrics: &Metrics) -> bool {
+        let wall = self.since.elapsed();
+        if wall < LOAD_WINDOW {
+            return self.yielding;
+        }
+        let busy = self.load.busy();
+        let waited = self.load.waited();
+        let (busy_in, waited_in) = (
+            busy.saturating_sub(self.busy),
+            waited.saturating_sub(self.waited),
+        );
+        log::trace!(
+            "forward: callback writers busy {:.0} %, {:.2} callbacks waiting for one on average",
+            busy_in.as_secs_f64() * 100.0 / (wall.as_secs_f64() * self.load.writers() as f64),
+            waited_in.as_secs_f64() / wall.as_secs_f64()
+        );
+        self.waited = waited;
+        let now = callbacks_first(busy_in, waited_in, wall, self.load.writers(), self.yield_at);
+        self.busy = busy;
+        self.since = Instant::now();
+        if now != self.yielding {
+            metrics.forward_yielding(now);
+            if now {
+                self.began = Some(Instant::now());
+                if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    self.logged = Some(Instant::now());
+                    log::info!(
+                        "forward: the callback writers are busy at least {} % of the time (FORWARD_YIELD_AT) and callbacks queue for them: forwarding gives way, one delivery at a time (10 a second), until they ease",
+                        self.yield_at
+                    );
+                }
+            } else if let Some(b) = self.began.take() {
+                log::debug!(
+                    "forward: callbacks eased after {:.1} s: forwarding at full speed again",
+                    b.elapsed().as_secs_f64()
+                );
+            }
+            self.yielding = now;
+        }
+        self.yielding
     }
 }
 

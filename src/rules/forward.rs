@@ -106,6 +106,30 @@ pub fn is_failing(p: &Policy, failing_since: Option<DateTime<Utc>>, now: DateTim
     failing_since.is_some_and(|s| (now - s).to_std().is_ok_and(|d| d >= p.failing_after))
 }
 
+/// Whether forwarding gives way to callbacks, from the callback writers
+/// over a window of `wall`: they spent `busy` of it (summed over `writers`)
+/// committing batches, at least `yield_at` percent of what they could, and
+/// callbacks spent `waited` queued for one of them, on average at least one
+/// callback at any time. Busy writers alone are not enough (a writer waits
+/// on every commit's flush to disk, so two writers are most of the time busy
+/// long before they are the bottleneck); callbacks queueing behind them are
+/// what says they cannot keep up. `yield_at` 0 never gives way. Forwarding
+/// is asynchronous and retried for days; a callback the vendor does not see
+/// acknowledged in time is sent again or lost.
+pub fn callbacks_first(
+    busy: Duration,
+    waited: Duration,
+    wall: Duration,
+    writers: usize,
+    yield_at: u8,
+) -> bool {
+    if yield_at == 0 || wall.is_zero() {
+        return false;
+    }
+    let capacity = wall.as_secs_f64() * writers.max(1) as f64;
+    busy.as_secs_f64() * 100.0 >= capacity * f64::from(yield_at.min(100)) && waited >= wall
+}
+
 /// The signing key of a Standard Webhooks secret: the bytes of the base64
 /// after an optional `whsec_` prefix.
 pub fn key(secret: &str) -> Result<Vec<u8>, String> {
@@ -242,7 +266,38 @@ mod tests {
         assert!(key("whsec_***").unwrap_err().contains("not whsec_<base64>"));
     }
 
+    #[test]
+    fn callbacks_come_first_once_the_writers_are_busy_and_callbacks_queue() {
+        let ms = Duration::from_millis;
+        // Two writers, 1 s: 1.6 s busy is 80 %; 1 s waited is one callback
+        // queued on average.
+        assert!(callbacks_first(ms(1600), ms(1000), ms(1000), 2, 80));
+        assert!(!callbacks_first(ms(1500), ms(3000), ms(1000), 2, 80));
+        assert!(
+            !callbacks_first(ms(2000), ms(900), ms(1000), 2, 80),
+            "busy, but nothing queues"
+        );
+        assert!(!callbacks_first(ms(2000), ms(5000), ms(1000), 2, 0), "0 never gives way");
+        assert!(!callbacks_first(ms(5), ms(5), Duration::ZERO, 2, 80));
+    }
+
     proptest! {
+        #[test]
+        fn giving_way_grows_with_the_writers_load(
+            busy in 0u64..10_000, more in 0u64..10_000, waited in 0u64..10_000, wall in 1u64..5_000,
+            writers in 1usize..8, yield_at in 0u8..=100,
+        ) {
+            let ms = Duration::from_millis;
+            let less = callbacks_first(ms(busy), ms(waited), ms(wall), writers, yield_at);
+            let busier = callbacks_first(ms(busy + more), ms(waited), ms(wall), writers, yield_at);
+            let longer = callbacks_first(ms(busy), ms(waited + more), ms(wall), writers, yield_at);
+            prop_assert!(!less || (busier && longer), "more load never makes forwarding go faster");
+            if yield_at == 0 { prop_assert!(!busier && !longer); }
+            // Idle writers, or nothing queued, never hold forwarding back.
+            prop_assert!(!callbacks_first(Duration::ZERO, ms(waited), ms(wall), writers, yield_at));
+            prop_assert!(!callbacks_first(ms(busy), Duration::ZERO, ms(wall), writers, yield_at));
+        }
+
         #[test]
         fn a_retry_is_never_before_now_nor_after_the_deadline(
             attempts in 1u32..60,

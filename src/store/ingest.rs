@@ -14,9 +14,10 @@
 //! take is logged once, here, with its ids (`Ingest::submit`).
 //! Runs sync diesel on its own threads, never on an async worker.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -125,6 +126,7 @@ pub struct InboundRequest {
 struct Job {
     req: InboundRequest,
     reply: oneshot::Sender<Result<Receipt, DbError>>,
+    queued: Instant,
 }
 
 /// A request that has waited this long for its commit makes the prober
@@ -136,6 +138,54 @@ pub struct Ingest {
     tx: RwLock<Option<mpsc::Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     health: Arc<DbHealth>,
+    load: Arc<WriterLoad>,
+}
+
+/// How busy the writers are: the time they have spent committing batches,
+/// summed over writers, and the time callbacks have waited for a writer to
+/// take them, summed over callbacks. Whoever wants to know how loaded the
+/// callback path is (the forwarder, which gives way to callbacks) samples
+/// it twice.
+#[derive(Debug)]
+pub struct WriterLoad {
+    writers: usize,
+    busy_ns: AtomicU64,
+    waited_ns: AtomicU64,
+}
+
+impl WriterLoad {
+    pub fn new(writers: usize) -> WriterLoad {
+        WriterLoad {
+            writers: writers.max(1),
+            busy_ns: AtomicU64::new(0),
+            waited_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Time callbacks have spent queued for a writer so far (over a window,
+    /// divided by the window: how many wait on average).
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
+    }
+
+    fn waited_for(&self, job: &Job) {
+        let ns = u64::try_from(job.queued.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.waited_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub fn writers(&self) -> usize {
+        self.writers
+    }
+
+    /// Writer time spent on batches so far.
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed))
+    }
+
+    fn add(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+    }
 }
 
 impl Ingest {
@@ -161,15 +211,19 @@ impl Ingest {
     ) -> Arc<Ingest> {
         let (tx, rx) = mpsc::channel::<Job>(max_batch.max(1) * writers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
+        let load = Arc::new(WriterLoad::new(writers));
         let threads = (0..writers.max(1))
             .map(|i| {
                 let rx = Arc::clone(&rx);
+                let load = Arc::clone(&load);
                 let pool = pool.clone();
                 let schedule = Arc::clone(&schedule);
                 let metrics = Arc::clone(&metrics);
                 std::thread::Builder::new()
                     .name(format!("ingest-writer-{i}"))
-                    .spawn(move || writer_loop(&rx, &pool, max_batch.max(1), &schedule, &metrics))
+                    .spawn(move || {
+                        writer_loop(&rx, &pool, max_batch.max(1), &schedule, &metrics, &load)
+                    })
                     .expect("spawn ingest writer thread")
             })
             .collect();
@@ -177,7 +231,13 @@ impl Ingest {
             tx: RwLock::new(Some(tx)),
             threads: Mutex::new(threads),
             health: Arc::clone(pool.health()),
+            load,
         })
+    }
+
+    /// How busy the writers are (shared; sample it as often as needed).
+    pub fn load(&self) -> Arc<WriterLoad> {
+        Arc::clone(&self.load)
     }
 
     /// Queue a request and wait until its batch is committed (or failed).
@@ -205,7 +265,11 @@ impl Ingest {
         let (reply, mut rx) = oneshot::channel();
         let stopped = || DbError::Unavailable("ingest writer stopped".into());
         let committed = async {
-            tx.send(Job { req, reply })
+            tx.send(Job {
+                req,
+                reply,
+                queued: Instant::now(),
+            })
                 .await
                 .map_err(|_| DbError::Unavailable("ingest stopped".into()))?;
             match tokio::time::timeout(SLOW_COMMIT, &mut rx).await {
@@ -294,6 +358,7 @@ fn writer_loop(
     max_batch: usize,
     schedule: &Schedule,
     metrics: &Metrics,
+    load: &WriterLoad,
 ) {
     // Each writer keeps its connection between batches: a checkout from the
     // pool costs a round trip (the pool tests every connection it hands out).
@@ -303,17 +368,25 @@ fn writer_loop(
         {
             let mut rx = rx.lock().unwrap_or_else(|e| e.into_inner());
             match rx.blocking_recv() {
-                Some(job) => batch.push(job),
+                Some(job) => {
+                    load.waited_for(&job);
+                    batch.push(job);
+                }
                 None => return,
             }
             while batch.len() < max_batch {
                 match rx.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => {
+                        load.waited_for(&job);
+                        batch.push(job);
+                    }
                     Err(_) => break,
                 }
             }
         }
+        let started = Instant::now();
         conn = write_batch(pool, conn, batch, schedule, metrics);
+        load.add(started.elapsed());
     }
 }
 

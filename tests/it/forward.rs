@@ -529,3 +529,73 @@ async fn three_serves_and_a_kill_9_lose_no_delivery_and_repeat_only_a_webhook_id
         repeated.len()
     );
 }
+
+/// `haoka_sync_forward_yielding` as `/metrics` shows it now.
+async fn yielding(client: &reqwest::Client, app: &TestApp) -> Option<bool> {
+    let text = client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("haoka_sync_forward_yielding "))
+        .map(|v| v.trim() == "1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarding_gives_way_while_the_callback_writers_are_busy_and_loses_nothing() {
+    // FORWARD_YIELD_AT=1: writers busy 1 % of the time already come first.
+    let app = TestApp::spawn_with(&[CONFIRM_OFF, ("FORWARD_YIELD_AT", "1")]).await;
+    let rx = Receiver::start(vec![]).await.unwrap();
+    let (_, secret) = add_target(&app.db, &["--url", &rx.url()]);
+    rx.set_secrets(vec![secret]);
+    let client = reqwest::Client::new();
+    assert_eq!(yielding(&client, &app).await, Some(false), "idle: full speed");
+    let ids = orders("GW", 120);
+    let load = history(&app, &ids);
+    tokio::pin!(load);
+    let mut seen_yielding = false;
+    loop {
+        tokio::select! {
+            () = &mut load => break,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                seen_yielding |= yielding(&client, &app).await == Some(true);
+            }
+        }
+    }
+    assert!(
+        seen_yielding,
+        "forwarding gave way while callbacks were committed"
+    );
+    let mut c = app.db.conn();
+    let want = changes(&mut c);
+    // Afterwards: full speed again, every change delivered once, in order.
+    until("every delivery after the callbacks", 60, || {
+        count(
+            &mut app.db.conn(),
+            "SELECT count(*) AS n FROM forward_deliveries WHERE state = 'delivered'",
+        ) == want
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while yielding(&client, &app).await != Some(false) {
+        assert!(Instant::now() < deadline, "full speed once callbacks ease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = rx.received();
+    let unique: HashSet<&str> = got.iter().map(|r| r.webhook_id.as_str()).collect();
+    assert_eq!(unique.len() as i64, want);
+    let mut per_order: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in &got {
+        per_order
+            .entry(r.body["order_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(r.body["seq"].as_i64().unwrap());
+    }
+    for (o, seqs) in &per_order {
+        assert_eq!(seqs, &[1, 2, 3], "{o}: in order");
+    }
+}
