@@ -217,17 +217,19 @@ impl Application {
                 .disable_signals()
                 .shutdown_timeout(30)
                 .run();
-        let forwarder = Arc::new(crate::forward::Forwarder::new(
-            pool.clone(),
-            crate::forward::Settings {
-                policy: config.forward.policy,
-                timeout: config.forward.timeout,
-                concurrency: config.forward.concurrency,
-                yield_at: config.forward.yield_at,
-            },
-            Arc::clone(&metrics),
-        )
-        .giving_way_to(ingest.load()));
+        let forwarder = Arc::new(
+            crate::forward::Forwarder::new(
+                pool.clone(),
+                crate::forward::Settings {
+                    policy: config.forward.policy,
+                    timeout: config.forward.timeout,
+                    concurrency: config.forward.concurrency,
+                    yield_at: config.forward.yield_at,
+                },
+                Arc::clone(&metrics),
+            )
+            .giving_way_to(ingest.load()),
+        );
         Ok(Application {
             port,
             server,

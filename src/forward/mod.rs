@@ -97,15 +97,16 @@ impl Forwarder {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         let full_batch = (self.settings.concurrency / 2).max(1);
         let mut failing_logged = false;
-        let mut pressure = self.load.clone().map(|l| Pressure::new(l, self.settings.yield_at));
+        let mut pressure = self
+            .load
+            .clone()
+            .map(|l| Pressure::new(l, self.settings.yield_at));
         loop {
             if !self.pool.health().is_up() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            let yielding = pressure
-                .as_mut()
-                .is_some_and(|p| p.yielding(&self.metrics));
+            let yielding = pressure.as_mut().is_some_and(|p| p.yielding(&self.metrics));
             // Claim in batches: once half the slots are free (a claim costs
             // about the same for one delivery as for a hundred); one at a
             // time while callbacks come first.
@@ -380,7 +381,10 @@ impl Pressure {
             metrics.forward_yielding(now);
             if now {
                 self.began = Some(Instant::now());
-                if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                if self
+                    .logged
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
                     self.logged = Some(Instant::now());
                     log::info!(
                         "forward: the callback writers are busy at least {} % of the time (FORWARD_YIELD_AT) and callbacks queue for them: forwarding gives way, one delivery at a time (10 a second), until they ease",

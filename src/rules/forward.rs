@@ -277,7 +277,10 @@ mod tests {
             !callbacks_first(ms(2000), ms(900), ms(1000), 2, 80),
             "busy, but nothing queues"
         );
-        assert!(!callbacks_first(ms(2000), ms(5000), ms(1000), 2, 0), "0 never gives way");
+        assert!(
+            !callbacks_first(ms(2000), ms(5000), ms(1000), 2, 0),
+            "0 never gives way"
+        );
         assert!(!callbacks_first(ms(5), ms(5), Duration::ZERO, 2, 80));
     }
 

@@ -270,8 +270,8 @@ impl Ingest {
                 reply,
                 queued: Instant::now(),
             })
-                .await
-                .map_err(|_| DbError::Unavailable("ingest stopped".into()))?;
+            .await
+            .map_err(|_| DbError::Unavailable("ingest stopped".into()))?;
             match tokio::time::timeout(SLOW_COMMIT, &mut rx).await {
                 Ok(r) => r.map_err(|_| stopped())?,
                 Err(_) => {

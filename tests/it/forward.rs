@@ -553,7 +553,11 @@ async fn forwarding_gives_way_while_the_callback_writers_are_busy_and_loses_noth
     let (_, secret) = add_target(&app.db, &["--url", &rx.url()]);
     rx.set_secrets(vec![secret]);
     let client = reqwest::Client::new();
-    assert_eq!(yielding(&client, &app).await, Some(false), "idle: full speed");
+    assert_eq!(
+        yielding(&client, &app).await,
+        Some(false),
+        "idle: full speed"
+    );
     let ids = orders("GW", 120);
     let load = history(&app, &ids);
     tokio::pin!(load);
