@@ -391,8 +391,9 @@ pub fn redeliver(
         "UPDATE forward_deliveries SET state = 'pending', next_attempt_at = $7, retry_from = $7, \
            redeliveries = redeliveries + 1, lease_owner = NULL, lease_until = NULL \
          WHERE (cardinality($1::bigint[]) = 0 OR id = ANY ($1)) \
-           AND ($2::text IS NULL OR vendor = $2) AND ($3::text IS NULL OR order_id = $3) \
-           AND ($4::bigint IS NULL OR target_id = $4) \
+           AND ($3::text IS NULL OR change_id IN (SELECT c.id FROM order_change_log c \
+                  WHERE c.vendor = ANY ($8) AND c.order_id = $3)) \
+           AND ($2::text IS NULL OR vendor = $2) AND ($4::bigint IS NULL OR target_id = $4) \
            AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6) \
          RETURNING id",
     )
@@ -403,6 +404,7 @@ pub fn redeliver(
     .bind::<Nullable<Timestamptz>, _>(s.since)
     .bind::<Nullable<Timestamptz>, _>(s.until)
     .bind::<Timestamptz, _>(now)
+    .bind::<Array<Text>, _>(vendors(s.vendor.as_deref()))
     .load(conn)?;
     let mut ids: Vec<i64> = ids.into_iter().map(|i| i.id).collect();
     ids.sort_unstable();
@@ -453,7 +455,9 @@ pub fn deliveries(
         "SELECT id, target_id, vendor, order_id, seq, webhook_id, state, attempts, created_at, next_attempt_at, \
                 last_status, last_error, payload \
          FROM forward_deliveries \
-         WHERE ($1::bigint IS NULL OR target_id = $1) AND ($3::text IS NULL OR order_id = $3) \
+         WHERE ($1::bigint IS NULL OR target_id = $1) \
+           AND ($3::text IS NULL OR change_id IN (SELECT c.id FROM order_change_log c \
+                  WHERE c.vendor = ANY ($5) AND c.order_id = $3)) \
            AND (NOT $2 OR state = 'exhausted' OR (state = 'pending' AND attempts > 0)) \
          ORDER BY id DESC LIMIT $4",
     )
@@ -461,7 +465,22 @@ pub fn deliveries(
     .bind::<Bool, _>(failed)
     .bind::<Nullable<Text>, _>(order_id)
     .bind::<BigInt, _>(limit)
+    .bind::<Array<Text>, _>(vendors(None))
     .load(conn)
+}
+
+/// The vendors an order id is looked up under: the one given, or all. The
+/// order's deliveries are found through its changes (`order_change_log`'s
+/// `(vendor, order_id, id)` index, then `forward_deliveries_change_target_key`),
+/// so the outbox carries no index of its own by order.
+fn vendors(vendor: Option<&str>) -> Vec<String> {
+    match vendor {
+        Some(v) => vec![v.to_owned()],
+        None => crate::rules::vendor::Vendor::ALL
+            .iter()
+            .map(|v| v.as_str().to_owned())
+            .collect(),
+    }
 }
 
 /// An attempt as `haoka-sync deliveries` shows it.

@@ -135,35 +135,42 @@ const CALLS: Parted = Parted {
 };
 
 /// A table trimmed row by row: what identifies a row, the time column a
-/// row is past retention by (`< cutoff`), and any further condition.
+/// row is past retention by (`< cutoff`), any further condition, and the
+/// order the batches take rows in (an indexed column that follows the
+/// time: `forward_deliveries` has only a BRIN index on its time).
 struct Trim {
     table: &'static str,
     key: &'static str,
     before: &'static str,
     also: &'static str,
+    order: &'static str,
 }
 
 /// The unpartitioned tables that follow the `events` retention. Forwarding
-/// follows the events too; a pending delivery (and its attempts) is never
-/// pruned.
+/// follows the events too; a pending delivery (and its attempts, and the
+/// change it delivers) is never pruned.
 const TRIMMED: [Trim; 4] = [
     Trim {
         table: "order_events",
         key: "id",
         before: "received_at",
         also: "",
+        order: "received_at",
     },
     Trim {
         table: "order_change_log",
         key: "id",
         before: "at",
-        also: "",
+        also: " AND NOT EXISTS (SELECT 1 FROM forward_deliveries d \
+                WHERE d.change_id = order_change_log.id AND d.state = 'pending')",
+        order: "at",
     },
     Trim {
         table: "forward_deliveries",
         key: "id",
         before: "created_at",
         also: " AND state <> 'pending'",
+        order: "id",
     },
     Trim {
         table: "forward_attempts",
@@ -171,6 +178,7 @@ const TRIMMED: [Trim; 4] = [
         before: "at",
         also: " AND NOT EXISTS (SELECT 1 FROM forward_deliveries d \
                 WHERE d.id = forward_attempts.delivery_id AND d.state = 'pending')",
+        order: "at",
     },
 ];
 
@@ -392,6 +400,7 @@ fn prune_parted(
         key: t.key,
         before: t.column,
         also: "",
+        order: t.column,
     };
     let deleted = delete_old(conn, &straddling, Some(cutoff), dry_run, progress)?;
     r.rows += deleted.rows;
@@ -446,9 +455,9 @@ fn delete_old(
     let columns = t.key.trim_start_matches('(').trim_end_matches(')');
     let delete = format!(
         "DELETE FROM {table} WHERE {key} IN \
-           (SELECT {columns} FROM {table} WHERE {rows} ORDER BY {before} LIMIT $2)",
+           (SELECT {columns} FROM {table} WHERE {rows} ORDER BY {order} LIMIT $2)",
         key = t.key,
-        before = t.before
+        order = t.order
     );
     let count = format!("SELECT count(*) AS n FROM {table} WHERE {rows}");
     if dry_run {

@@ -374,6 +374,39 @@ async fn redeliver_by_window_resends_exactly_those_and_a_rotated_secret_signs_tw
     let listed = cli(&app.db, &["deliveries", "--target", &target.to_string()]);
     assert!(listed.contains("(redelivery)"), "{listed}");
 
+    // By order: the log and redeliver find exactly that order's deliveries
+    // (through its changes: the outbox has no index by order of its own).
+    let one = &ids[1];
+    let of_one = count(
+        &mut c,
+        &format!("SELECT count(*) AS n FROM order_changes WHERE order_id = '{one}'"),
+    );
+    assert!(of_one >= 2, "{of_one}");
+    let listed = cli(&app.db, &["deliveries", "--order", one]);
+    let lines: Vec<&str> = listed.lines().filter(|l| l.starts_with('#')).collect();
+    assert_eq!(lines.len() as i64, of_one, "{listed}");
+    assert!(
+        lines.iter().all(|l| l.contains(&format!(" {one} seq "))),
+        "{listed}"
+    );
+    let seen = rx.received().len();
+    let out = cli(&app.db, &["redeliver", "--order", one]);
+    assert!(
+        out.starts_with(&format!("redeliver: {of_one} deliveries due now")),
+        "{out}"
+    );
+    until("redelivered by order", 30, || {
+        rx.received().len() >= seen + of_one as usize
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = rx.received()[seen..].to_vec();
+    assert_eq!(again.len() as i64, of_one);
+    assert!(
+        again.iter().all(|r| r.body["order_id"] == one.as_str()),
+        "only {one}'s"
+    );
+
     // Rotation: both secrets sign during the grace.
     let out = cli(&app.db, &["targets", "rotate-secret", &target.to_string()]);
     let new = out.lines().last().unwrap().trim().to_owned();

@@ -210,6 +210,76 @@ fn prune_removes_exactly_the_rows_past_retention_and_gives_the_disk_back() {
     }
 }
 
+#[test]
+fn prune_keeps_pending_deliveries_with_their_changes_and_attempts() {
+    let db = TestDb::new();
+    let mut c = db.conn();
+    // Four changes of O1: three past the events' retention (200 days old),
+    // delivered, exhausted and still pending, and one of today, delivered;
+    // each delivery with two attempts of its age.
+    c.batch_execute(
+        "INSERT INTO forward_targets (id, name, url, secret) VALUES (1, 't', 'http://127.0.0.1:9/', 'whsec_AAAA');
+         INSERT INTO order_change_log (id, event_id, vendor, order_id, from_status, to_status, source, at, order_seq)
+           SELECT k, 0, 'haoka172', 'O1', 'pending', 'shipped', 'callback', now() - make_interval(days => d), k
+           FROM (VALUES (1, 200), (2, 200), (3, 200), (4, 0)) v(k, d);
+         INSERT INTO forward_deliveries (target_id, change_id, vendor, order_id, seq, webhook_id, payload, state, created_at)
+           SELECT 1, k, 'haoka172', 'O1', k, 'msg_' || k || '_1', '{}', s, now() - make_interval(days => d)
+           FROM (VALUES (1, 200, 'delivered'), (2, 200, 'exhausted'), (3, 200, 'pending'), (4, 0, 'delivered')) v(k, d, s);
+         INSERT INTO forward_attempts (delivery_id, at, worker, http_status, latency_ms)
+           SELECT d.id, d.created_at, 'w', 500, 3 FROM forward_deliveries d, generate_series(1, 2)",
+    )
+    .unwrap();
+    let out = prune(&db, false);
+    let line = out
+        .lines()
+        .find(|l| l.contains("forward_deliveries "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(said(line, "forward_deliveries"), 2, "{out}");
+    assert_eq!(said(line, "forward_attempts"), 4, "{out}");
+    assert_eq!(said(line, "order_change_log"), 2, "{out}");
+    let ids = |c: &mut PgConnection, sql: &str| -> Vec<i64> {
+        #[derive(QueryableByName)]
+        struct I {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+        }
+        diesel::sql_query(sql)
+            .load::<I>(c)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect()
+    };
+    assert_eq!(
+        ids(&mut c, "SELECT id FROM order_change_log ORDER BY id"),
+        [3, 4],
+        "the pending delivery's change is kept"
+    );
+    assert_eq!(
+        ids(
+            &mut c,
+            "SELECT change_id AS id FROM forward_deliveries ORDER BY id"
+        ),
+        [3, 4]
+    );
+    assert_eq!(
+        ids(
+            &mut c,
+            "SELECT d.change_id AS id FROM forward_attempts a JOIN forward_deliveries d ON d.id = a.delivery_id ORDER BY d.change_id, a.id"
+        ),
+        [3, 3, 4, 4]
+    );
+    // Delivered at last, it goes with the next prune, change and all.
+    c.batch_execute("UPDATE forward_deliveries SET state = 'delivered' WHERE change_id = 3")
+        .unwrap();
+    let out = prune(&db, false);
+    assert!(out.contains("forward_deliveries 1 "), "{out}");
+    assert_eq!(
+        ids(&mut c, "SELECT id FROM order_change_log ORDER BY id"),
+        [4]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_requid_id_redelivered_after_its_partition_boundary_is_a_duplicate() {
     let app = TestApp::spawn_with(&[CONFIRM_OFF]).await;
