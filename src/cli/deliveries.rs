@@ -42,13 +42,7 @@ pub(super) async fn run(db: &DatabaseConfig, a: DeliveriesArgs) -> CliResult {
         return Ok(());
     }
     for r in &rows {
-        let change = |k: &str| {
-            r.payload
-                .get(k)
-                .and_then(|v| v.as_str())
-                .unwrap_or("-")
-                .to_owned()
-        };
+        let change = |v: &Option<String>| v.as_deref().unwrap_or("-").to_owned();
         println!(
             "#{} target {} {} {} seq {} {} -> {} ({}) {}: {}, {} attempt{}{}",
             r.id,
@@ -56,9 +50,9 @@ pub(super) async fn run(db: &DatabaseConfig, a: DeliveriesArgs) -> CliResult {
             r.vendor,
             r.order_id,
             r.seq,
-            change("from"),
-            change("to"),
-            change("source"),
+            change(&r.from_status),
+            change(&r.to_status),
+            change(&r.source),
             r.webhook_id,
             r.state,
             r.attempts,

@@ -64,7 +64,7 @@ diesel::table! {
         order_id -> Text,
         seq -> Int8,
         webhook_id -> Text,
-        payload -> Jsonb,
+        payload -> Nullable<Jsonb>,
         state -> Text,
         attempts -> Int4,
         next_attempt_at -> Timestamptz,
@@ -77,6 +77,18 @@ diesel::table! {
         last_status -> Nullable<Int4>,
         last_error -> Nullable<Text>,
         delivered_at -> Nullable<Timestamptz>,
+        order_status -> Nullable<Text>,
+        vendor_status -> Nullable<Text>,
+        vendor_order_no -> Nullable<Text>,
+        express_name -> Nullable<Text>,
+        express_code -> Nullable<Text>,
+        third_phone_masked -> Nullable<Text>,
+        iccid -> Nullable<Text>,
+        card_status -> Nullable<Text>,
+        activated_at -> Nullable<Timestamptz>,
+        first_charge -> Nullable<Bool>,
+        first_charge_amount -> Nullable<Text>,
+        remark -> Nullable<Text>,
     }
 }
 

@@ -197,20 +197,29 @@ impl Forwarder {
             .collect();
         let started_at = Utc::now();
         let timestamp = started_at.timestamp();
-        let signature = rules::signatures(&keys, &c.webhook_id, timestamp, c.body.as_bytes());
         let started = Instant::now();
-        let sent = self
-            .client
-            .post(&c.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &c.webhook_id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(c.body.clone())
-            .send()
-            .await;
+        // A body that cannot be built is never sent: the attempt records
+        // why, and the delivery is exhausted (kept, visible).
+        let sent = match &c.body {
+            Ok(body) => Some(
+                self.client
+                    .post(&c.url)
+                    .header("content-type", "application/json")
+                    .header("webhook-id", &c.webhook_id)
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header(
+                        "webhook-signature",
+                        rules::signatures(&keys, &c.webhook_id, timestamp, body.as_bytes()),
+                    )
+                    .body(body.clone())
+                    .send()
+                    .await,
+            ),
+            Err(_) => None,
+        };
         let (status, retry_after, sample, error) = match sent {
-            Ok(mut resp) => {
+            None => (None, None, None, c.body.clone().err()),
+            Some(Ok(mut resp)) => {
                 let status = resp.status();
                 let retry_after = resp
                     .headers()
@@ -233,7 +242,7 @@ impl Forwarder {
                     error,
                 )
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 let why = if e.is_timeout() {
                     format!(
                         "no answer within {} s (FORWARD_TIMEOUT)",
@@ -254,6 +263,9 @@ impl Forwarder {
         let now = Utc::now();
         let ok = error.is_none();
         let next = (!ok).then(|| {
+            if c.body.is_err() {
+                return rules::Next::Exhausted;
+            }
             after_failure(
                 &self.settings.policy,
                 (c.attempts + 1).max(1) as u32,

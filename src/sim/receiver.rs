@@ -36,6 +36,8 @@ pub struct Received {
     /// How many of them verify with one of the receiver's secrets.
     pub verified: usize,
     pub body: serde_json::Value,
+    /// The body's bytes as they came (what the signatures sign).
+    pub raw: String,
     /// What it answered.
     pub status: u16,
 }
@@ -199,6 +201,7 @@ async fn hook(req: HttpRequest, body: web::Bytes, state: web::Data<Mutex<State>>
             signatures,
             verified,
             body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            raw: String::from_utf8_lossy(&body).into_owned(),
             status,
         });
     match mode {

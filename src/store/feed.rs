@@ -19,8 +19,9 @@ const LOCK: i64 = 7217201400;
 /// Insert the changes ($1..$6: event ids, vendors, order ids, from, to,
 /// sources; $7 the time) with ids drawn in order and each order's next
 /// `order_seq`; the deliveries of every enabled target that matches
-/// (the transactional outbox: the body fixed now, from the change and the
-/// order's fields, phone masked); and one notification per change on $8.
+/// (the transactional outbox: the order's fields as they are now, phone
+/// masked, from which and the change the body is built when sent); and one
+/// notification per change on $8.
 /// One statement, whatever the number of changes or targets.
 const PUBLISH_SQL: &str = "WITH k AS ( \
        SELECT u.*, coalesce(prev.seq, 0) + row_number() OVER (PARTITION BY u.vendor, u.order_id ORDER BY u.n) AS order_seq \
@@ -34,18 +35,14 @@ const PUBLISH_SQL: &str = "WITH k AS ( \
        FROM (SELECT * FROM k ORDER BY n) o \
        RETURNING id, vendor, order_id, from_status, to_status, source, at, order_seq), \
      deliveries AS ( \
-       INSERT INTO forward_deliveries (target_id, change_id, vendor, order_id, seq, webhook_id, payload, next_attempt_at, created_at) \
-       SELECT t.id, r.id, r.vendor, r.order_id, r.order_seq, 'msg_' || r.id || '_' || t.id, \
-              jsonb_build_object('vendor', r.vendor, 'order_id', r.order_id, 'from', r.from_status, 'to', r.to_status, \
-                'source', r.source, 'at', r.at, 'seq', r.order_seq, 'change_id', r.id, \
-                'order', jsonb_build_object('status', o.status, 'vendor_status', o.vendor_status, \
-                  'vendor_order_no', o.vendor_order_no, 'express_name', o.express_name, 'express_code', o.express_code, \
-                  'third_phone', CASE WHEN length(o.third_phone) >= 7 \
-                                      THEN left(o.third_phone, 3) || '****' || right(o.third_phone, 4) \
-                                      WHEN o.third_phone IS NOT NULL THEN left(o.third_phone, 1) || '***' END, \
-                  'iccid', o.iccid, 'card_status', o.card_status, 'activated_at', o.activated_at, \
-                  'first_charge', o.first_charge, 'first_charge_amount', o.first_charge_amount, 'remark', o.remark)), \
-              $7, $7 \
+       INSERT INTO forward_deliveries (target_id, change_id, vendor, order_id, seq, webhook_id, next_attempt_at, created_at, \
+              order_status, vendor_status, vendor_order_no, express_name, express_code, third_phone_masked, \
+              iccid, card_status, activated_at, first_charge, first_charge_amount, remark) \
+       SELECT t.id, r.id, r.vendor, r.order_id, r.order_seq, 'msg_' || r.id || '_' || t.id, $7, $7, \
+              o.status, o.vendor_status, o.vendor_order_no, o.express_name, o.express_code, \
+              CASE WHEN length(o.third_phone) >= 7 THEN left(o.third_phone, 3) || '****' || right(o.third_phone, 4) \
+                   WHEN o.third_phone IS NOT NULL THEN left(o.third_phone, 1) || '***' END, \
+              o.iccid, o.card_status, o.activated_at, o.first_charge, o.first_charge_amount, o.remark \
        FROM rows r \
        JOIN forward_targets t ON t.enabled AND (t.vendor IS NULL OR t.vendor = r.vendor) \
                              AND (t.statuses IS NULL OR r.to_status = ANY (t.statuses)) \

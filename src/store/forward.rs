@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz};
 
 use crate::rules::forward::{is_failing, Next, Policy};
 
@@ -110,35 +110,191 @@ pub fn rotate_secret(
 }
 
 /// A delivery leased to this worker, with what it takes to send it.
-#[derive(Debug, Clone, QueryableByName)]
+#[derive(Debug, Clone)]
 pub struct Claimed {
-    #[diesel(sql_type = BigInt)]
     pub id: i64,
-    #[diesel(sql_type = BigInt)]
     pub target_id: i64,
-    #[diesel(sql_type = Text)]
     pub url: String,
     /// The current secret, then the previous one while it still signs.
-    #[diesel(sql_type = Array<Text>)]
     pub secrets: Vec<String>,
-    #[diesel(sql_type = Text)]
     pub webhook_id: String,
-    #[diesel(sql_type = Text)]
-    pub body: String,
-    #[diesel(sql_type = Integer)]
+    /// The JSON body, the same bytes on every attempt; an error when it
+    /// cannot be built (its change is no longer in `order_change_log`).
+    pub body: Result<String, String>,
     pub attempts: i32,
-    #[diesel(sql_type = Timestamptz)]
     pub retry_from: DateTime<Utc>,
-    #[diesel(sql_type = Bool)]
     pub redelivery: bool,
-    #[diesel(sql_type = Text)]
     pub vendor: String,
-    #[diesel(sql_type = Text)]
     pub order_id: String,
     /// The process whose lease ran out on it, if any: it may have sent it
     /// already (and died before recording), so this may be a duplicate.
-    #[diesel(sql_type = Nullable<Text>)]
     pub taken_from: Option<String>,
+}
+
+/// The order's fields as they were when the change committed (the
+/// delivery's snapshot columns): the body's `order` object.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName, serde::Serialize)]
+pub struct OrderSnapshot {
+    #[diesel(sql_type = Nullable<Text>)]
+    #[serde(rename = "status")]
+    pub order_status: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub vendor_status: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub vendor_order_no: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub express_name: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub express_code: Option<String>,
+    /// Masked when stored (`138****5678`).
+    #[diesel(sql_type = Nullable<Text>)]
+    #[serde(rename = "third_phone")]
+    pub third_phone_masked: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub iccid: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub card_status: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub activated_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Bool>)]
+    pub first_charge: Option<bool>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub first_charge_amount: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub remark: Option<String>,
+}
+
+/// The change a delivery sends, as `order_change_log` has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeFields {
+    pub from: String,
+    pub to: String,
+    pub source: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The JSON body of a delivery (contract: `vendor`, `order_id`, `from`,
+/// `to`, `source`, `at`, `seq`, and the order's fields), the same bytes
+/// for the same row: fields in this order, times in RFC 3339 UTC.
+pub fn body(
+    vendor: &str,
+    order_id: &str,
+    seq: i64,
+    change_id: i64,
+    change: &ChangeFields,
+    order: &OrderSnapshot,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        vendor: &'a str,
+        order_id: &'a str,
+        from: &'a str,
+        to: &'a str,
+        source: &'a str,
+        at: DateTime<Utc>,
+        seq: i64,
+        change_id: i64,
+        order: &'a OrderSnapshot,
+    }
+    let b = Body {
+        vendor,
+        order_id,
+        from: &change.from,
+        to: &change.to,
+        source: &change.source,
+        at: change.at,
+        seq,
+        change_id,
+        order,
+    };
+    serde_json::to_string(&b).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+/// A claimed row as the claim returns it.
+#[derive(QueryableByName)]
+struct ClaimedRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    target_id: i64,
+    #[diesel(sql_type = Text)]
+    url: String,
+    #[diesel(sql_type = Array<Text>)]
+    secrets: Vec<String>,
+    #[diesel(sql_type = Text)]
+    webhook_id: String,
+    /// Rows from before migration 019: the body as stored.
+    #[diesel(sql_type = Nullable<Text>)]
+    legacy_body: Option<String>,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Timestamptz)]
+    retry_from: DateTime<Utc>,
+    #[diesel(sql_type = Bool)]
+    redelivery: bool,
+    #[diesel(sql_type = Text)]
+    vendor: String,
+    #[diesel(sql_type = Text)]
+    order_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    taken_from: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    change_id: i64,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    from_status: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    to_status: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    source: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    change_at: Option<DateTime<Utc>>,
+    #[diesel(embed)]
+    order: OrderSnapshot,
+}
+
+impl From<ClaimedRow> for Claimed {
+    fn from(r: ClaimedRow) -> Claimed {
+        let change = match (r.from_status, r.to_status, r.source, r.change_at) {
+            (Some(from), Some(to), Some(source), Some(at)) => Some(ChangeFields {
+                from,
+                to,
+                source,
+                at,
+            }),
+            _ => None,
+        };
+        let body = match (r.legacy_body, change) {
+            (Some(b), _) => Ok(b),
+            (None, Some(c)) => Ok(body(
+                &r.vendor,
+                &r.order_id,
+                r.seq,
+                r.change_id,
+                &c,
+                &r.order,
+            )),
+            (None, None) => Err(format!(
+                "change {} is no longer in order_change_log: its body cannot be built",
+                r.change_id
+            )),
+        };
+        Claimed {
+            id: r.id,
+            target_id: r.target_id,
+            url: r.url,
+            secrets: r.secrets,
+            webhook_id: r.webhook_id,
+            body,
+            attempts: r.attempts,
+            retry_from: r.retry_from,
+            redelivery: r.redelivery,
+            vendor: r.vendor,
+            order_id: r.order_id,
+            taken_from: r.taken_from,
+        }
+    }
 }
 
 /// The due deliveries a worker may send now, leased to `owner` until
@@ -190,36 +346,42 @@ pub fn claim(
             .bind::<BigInt, _>(limit)
             .bind::<Array<BigInt>, _>(&targets)
             .bind::<Array<BigInt>, _>(&shares)
-            .load(conn)
+            .load::<ClaimedRow>(conn)
+            .map(|rows| rows.into_iter().map(Claimed::from).collect())
     })
 }
 
 /// $1 owner, $2 now, $3 lease until, $4 limit, $5 targets, $6 how many of
 /// each at most. Per target, walks `forward_deliveries_claim_idx` (target,
 /// next_attempt_at, id) in order and stops at its share, so a claim costs
-/// what it takes, not what is pending (a later change of an order that
-/// still waits for an earlier one is read and passed over: "the order's
-/// earliest pending" is a correlated min() on `forward_deliveries_order_idx`,
-/// which PostgreSQL runs per row with the full key whatever its statistics
-/// say, where an anti-join planned on stale statistics read the target's
-/// whole backlog for each row); the oldest due of those win. Then locks
-/// them by primary key, skipping rows other workers hold, and checks again
-/// that each is still free (the lock re-reads a row changed meanwhile) and
+/// what it takes, not what is pending. A later change of an order that
+/// still waits for an earlier one is read and passed over: "an earlier
+/// change of the order is pending for this target" is a correlated scalar
+/// subquery over the order's changes (`order_change_log_order_idx`) and
+/// their deliveries (`forward_deliveries_change_target_key`), which
+/// PostgreSQL runs per row with the full key whatever its statistics say
+/// (an anti-join planned on stale statistics read the target's whole
+/// backlog for each row). Its `state = 'pending'` is inside the aggregate,
+/// not a condition, so the partial claim index is not eligible there
+/// either (see below). The oldest due of those win. Then locks them by
+/// primary key, skipping rows other workers hold, and checks again that
+/// each is still free (the lock re-reads a row changed meanwhile) and
 /// pending. The pending check is on the locked row's value, not in the
 /// locking scan: `state = 'pending'` there made the partial claim index
 /// eligible for that scan, and on statistics taken before a burst (the
 /// index "empty") PostgreSQL walked the whole index once for the
 /// candidates, 580 ms at 46,000 pending against 0.6 ms by key
-/// (BENCHMARKS.md, Forwarding).
+/// (BENCHMARKS.md, Forwarding). Last, the change each delivery sends, for
+/// its body.
 const CLAIM_SQL: &str = "WITH candidates AS ( \
        SELECT c.id FROM unnest($5::bigint[], $6::bigint[]) AS t(id, share) \
        CROSS JOIN LATERAL ( \
          SELECT d.id, d.next_attempt_at FROM forward_deliveries d \
          WHERE d.target_id = t.id AND d.state = 'pending' AND d.next_attempt_at <= $2 \
            AND (d.lease_until IS NULL OR d.lease_until < $2) \
-           AND d.id = (SELECT min(e.id) FROM forward_deliveries e \
-                       WHERE e.target_id = d.target_id AND e.vendor = d.vendor AND e.order_id = d.order_id \
-                         AND e.state = 'pending') \
+           AND NOT coalesce((SELECT bool_or(e.state = 'pending') FROM order_change_log ch \
+                             JOIN forward_deliveries e ON e.change_id = ch.id AND e.target_id = d.target_id \
+                             WHERE ch.vendor = d.vendor AND ch.order_id = d.order_id AND ch.id < d.change_id), false) \
          ORDER BY d.next_attempt_at, d.id \
          LIMIT t.share) c \
        ORDER BY c.next_attempt_at, c.id \
@@ -228,15 +390,21 @@ const CLAIM_SQL: &str = "WITH candidates AS ( \
        SELECT d.id, d.lease_owner AS taken_from, d.state FROM forward_deliveries d \
        WHERE d.id IN (SELECT id FROM candidates) \
          AND (d.lease_until IS NULL OR d.lease_until < $2) \
-       FOR UPDATE OF d SKIP LOCKED) \
-     UPDATE forward_deliveries d SET lease_owner = $1, lease_until = $3 \
-     FROM locked c, forward_targets t \
-     WHERE d.id = c.id AND c.state = 'pending' AND t.id = d.target_id \
-     RETURNING d.id, d.target_id, t.url, \
-       CASE WHEN t.previous_secret IS NOT NULL AND t.previous_until > $2 \
-            THEN ARRAY[t.secret, t.previous_secret] ELSE ARRAY[t.secret] END AS secrets, \
-       d.webhook_id, d.payload::text AS body, d.attempts, d.retry_from, d.redeliveries > 0 AS redelivery, \
-       d.vendor, d.order_id, c.taken_from";
+       FOR UPDATE OF d SKIP LOCKED), \
+     claimed AS ( \
+       UPDATE forward_deliveries d SET lease_owner = $1, lease_until = $3 \
+       FROM locked c, forward_targets t \
+       WHERE d.id = c.id AND c.state = 'pending' AND t.id = d.target_id \
+       RETURNING d.*, t.url, \
+         CASE WHEN t.previous_secret IS NOT NULL AND t.previous_until > $2 \
+              THEN ARRAY[t.secret, t.previous_secret] ELSE ARRAY[t.secret] END AS secrets, \
+         c.taken_from) \
+     SELECT k.id, k.target_id, k.url, k.secrets, k.webhook_id, k.payload::text AS legacy_body, k.attempts, \
+       k.retry_from, k.redeliveries > 0 AS redelivery, k.vendor, k.order_id, k.taken_from, k.change_id, k.seq, \
+       ch.from_status, ch.to_status, ch.source, ch.at AS change_at, \
+       k.order_status, k.vendor_status, k.vendor_order_no, k.express_name, k.express_code, k.third_phone_masked, \
+       k.iccid, k.card_status, k.activated_at, k.first_charge, k.first_charge_amount, k.remark \
+     FROM claimed k LEFT JOIN order_change_log ch ON ch.id = k.change_id";
 
 /// How one attempt went.
 #[derive(Debug, Clone)]
@@ -449,8 +617,16 @@ pub struct DeliveryRow {
     pub last_status: Option<i32>,
     #[diesel(sql_type = Nullable<Text>)]
     pub last_error: Option<String>,
-    #[diesel(sql_type = Jsonb)]
-    pub payload: serde_json::Value,
+    /// The change it sends (from `order_change_log`; for a row from
+    /// before migration 019 whose change is gone, from its stored body).
+    #[diesel(sql_type = Nullable<Text>)]
+    #[serde(rename = "from")]
+    pub from_status: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    #[serde(rename = "to")]
+    pub to_status: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub source: Option<String>,
 }
 
 /// The newest `limit` deliveries matching, newest first. `failed`: the ones
@@ -463,14 +639,17 @@ pub fn deliveries(
     limit: i64,
 ) -> QueryResult<Vec<DeliveryRow>> {
     diesel::sql_query(
-        "SELECT id, target_id, vendor, order_id, seq, webhook_id, state, attempts, created_at, next_attempt_at, \
-                last_status, last_error, payload \
-         FROM forward_deliveries \
-         WHERE ($1::bigint IS NULL OR target_id = $1) \
-           AND ($3::text IS NULL OR change_id IN (SELECT c.id FROM order_change_log c \
+        "SELECT d.id, d.target_id, d.vendor, d.order_id, d.seq, d.webhook_id, d.state, d.attempts, d.created_at, \
+                d.next_attempt_at, d.last_status, d.last_error, \
+                coalesce(ch.from_status, d.payload->>'from') AS from_status, \
+                coalesce(ch.to_status, d.payload->>'to') AS to_status, \
+                coalesce(ch.source, d.payload->>'source') AS source \
+         FROM forward_deliveries d LEFT JOIN order_change_log ch ON ch.id = d.change_id \
+         WHERE ($1::bigint IS NULL OR d.target_id = $1) \
+           AND ($3::text IS NULL OR d.change_id IN (SELECT c.id FROM order_change_log c \
                   WHERE c.vendor = ANY ($5) AND c.order_id = $3)) \
-           AND (NOT $2 OR state = 'exhausted' OR (state = 'pending' AND attempts > 0)) \
-         ORDER BY id DESC LIMIT $4",
+           AND (NOT $2 OR d.state = 'exhausted' OR (d.state = 'pending' AND d.attempts > 0)) \
+         ORDER BY d.id DESC LIMIT $4",
     )
     .bind::<Nullable<BigInt>, _>(target)
     .bind::<Bool, _>(failed)
@@ -551,4 +730,59 @@ pub fn gauges(conn: &mut PgConnection) -> QueryResult<Vec<TargetGauge>> {
          FROM forward_targets t ORDER BY t.id",
     )
     .load(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(any::<String>())
+    }
+
+    proptest! {
+        /// The body says what the row and its change say, under the
+        /// contract's names, and is the same bytes every time it is built.
+        #[test]
+        fn a_body_carries_the_change_and_the_snapshot_and_is_stable(
+            vendor in "[a-z0-9]{1,12}", order_id in any::<String>(), seq in 1i64..1_000_000,
+            change_id in any::<i64>(), from in any::<String>(), to in any::<String>(),
+            source in "callback|poll|manual", secs in 0i64..4_000_000_000,
+            status in text(), vendor_status in text(), remark in text(),
+            phone in proptest::option::of("[0-9]{3}\\*{4}[0-9]{4}"),
+            activated in proptest::option::of(0i64..4_000_000_000),
+            first_charge in proptest::option::of(any::<bool>()),
+        ) {
+            let change = ChangeFields { from, to, source, at: Utc.timestamp_opt(secs, 0).unwrap() };
+            let order = OrderSnapshot {
+                order_status: status, vendor_status, vendor_order_no: None, express_name: None,
+                express_code: None, third_phone_masked: phone, iccid: None, card_status: None,
+                activated_at: activated.map(|s| Utc.timestamp_opt(s, 0).unwrap()), first_charge,
+                first_charge_amount: None, remark,
+            };
+            let b = body(&vendor, &order_id, seq, change_id, &change, &order);
+            prop_assert_eq!(&b, &body(&vendor, &order_id, seq, change_id, &change, &order));
+            let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+            prop_assert_eq!(v["vendor"].as_str(), Some(vendor.as_str()));
+            prop_assert_eq!(v["order_id"].as_str(), Some(order_id.as_str()));
+            prop_assert_eq!(v["from"].as_str(), Some(change.from.as_str()));
+            prop_assert_eq!(v["to"].as_str(), Some(change.to.as_str()));
+            prop_assert_eq!(v["source"].as_str(), Some(change.source.as_str()));
+            prop_assert_eq!(v["seq"].as_i64(), Some(seq));
+            prop_assert_eq!(v["change_id"].as_i64(), Some(change_id));
+            let at = DateTime::parse_from_rfc3339(v["at"].as_str().unwrap()).unwrap();
+            prop_assert_eq!(at, change.at);
+            prop_assert_eq!(v["order"]["status"].as_str(), order.order_status.as_deref());
+            prop_assert_eq!(v["order"]["vendor_status"].as_str(), order.vendor_status.as_deref());
+            prop_assert_eq!(v["order"]["remark"].as_str(), order.remark.as_deref());
+            prop_assert_eq!(v["order"]["third_phone"].as_str(), order.third_phone_masked.as_deref());
+            prop_assert_eq!(v["order"]["first_charge"].as_bool(), order.first_charge);
+            let activated_at = v["order"]["activated_at"]
+                .as_str()
+                .map(|s| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc));
+            prop_assert_eq!(activated_at, order.activated_at);
+        }
+    }
 }

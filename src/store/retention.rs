@@ -146,9 +146,11 @@ struct Trim {
     order: &'static str,
 }
 
-/// The unpartitioned tables that follow the `events` retention. Forwarding
-/// follows the events too; a pending delivery (and its attempts, and the
-/// change it delivers) is never pruned.
+/// The unpartitioned tables that follow the `events` retention, in this
+/// order. Forwarding follows the events too; a pending delivery (and its
+/// attempts, and the change it delivers) is never pruned, and a change
+/// goes only once no delivery of it is left (a delivery's body is built
+/// from its change, on every attempt and redelivery).
 const TRIMMED: [Trim; 4] = [
     Trim {
         table: "order_events",
@@ -158,19 +160,19 @@ const TRIMMED: [Trim; 4] = [
         order: "received_at",
     },
     Trim {
-        table: "order_change_log",
-        key: "id",
-        before: "at",
-        also: " AND NOT EXISTS (SELECT 1 FROM forward_deliveries d \
-                WHERE d.change_id = order_change_log.id AND d.state = 'pending')",
-        order: "at",
-    },
-    Trim {
         table: "forward_deliveries",
         key: "id",
         before: "created_at",
         also: " AND state <> 'pending'",
         order: "id",
+    },
+    Trim {
+        table: "order_change_log",
+        key: "id",
+        before: "at",
+        also: " AND NOT EXISTS (SELECT 1 FROM forward_deliveries d \
+                WHERE d.change_id = order_change_log.id)",
+        order: "at",
     },
     Trim {
         table: "forward_attempts",

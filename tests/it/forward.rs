@@ -168,40 +168,57 @@ async fn a_target_receives_each_matching_change_once_in_order_with_a_valid_signa
     assert!(s
         .iter()
         .all(|r| r.body["to"] == "settled" && r.verified == 1));
-    // The test's own Standard Webhooks check on what the service stored as
-    // sent: the body bytes are the stored payload text.
+    // The test's own Standard Webhooks check, on the bytes received; and
+    // the body is the change as the feed has it, with the order's fields as
+    // they were at its commit (the phone masked).
     #[derive(QueryableByName)]
-    struct Sent {
+    struct Logged {
         #[diesel(sql_type = diesel::sql_types::Text)]
-        webhook_id: String,
+        from_status: String,
         #[diesel(sql_type = diesel::sql_types::Text)]
-        body: String,
+        to_status: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        source: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        order_seq: i64,
     }
-    let sent: Vec<Sent> = diesel::sql_query(
-        "SELECT webhook_id, payload::text AS body FROM forward_deliveries WHERE target_id = 1",
-    )
-    .load(&mut c)
-    .unwrap();
-    let by_id: BTreeMap<_, _> = sent
-        .iter()
-        .map(|s| (s.webhook_id.as_str(), s.body.as_str()))
-        .collect();
     for r in &got {
-        let body = by_id[r.webhook_id.as_str()];
         assert!(
             verifies(
                 &secret,
                 &r.webhook_id,
                 &r.timestamp,
-                body.as_bytes(),
+                r.raw.as_bytes(),
                 &r.signatures
             ),
             "{}",
             r.webhook_id
         );
+        let change_id = r.body["change_id"].as_i64().unwrap();
+        assert_eq!(r.webhook_id, format!("msg_{change_id}_1"));
+        let l: Logged = diesel::sql_query(
+            "SELECT from_status, to_status, source, order_seq FROM order_change_log WHERE id = $1",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(change_id)
+        .get_result(&mut c)
+        .unwrap();
+        assert_eq!(r.body["from"], l.from_status.as_str(), "{}", r.raw);
+        assert_eq!(r.body["to"], l.to_status.as_str(), "{}", r.raw);
+        assert_eq!(r.body["source"], l.source.as_str(), "{}", r.raw);
+        assert_eq!(r.body["seq"], l.order_seq, "{}", r.raw);
+        assert_eq!(r.body["order"]["status"], r.body["to"], "{}", r.raw);
+        assert_eq!(r.body["order"]["third_phone"], "130****5678", "masked");
+        let order_id = r.body["order_id"].as_str().unwrap();
         assert_eq!(
-            serde_json::from_str::<serde_json::Value>(body).unwrap(),
-            r.body
+            r.body["order"]["vendor_order_no"],
+            format!("mlkj{order_id}"),
+            "{}",
+            r.raw
+        );
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(r.body["at"].as_str().unwrap()).is_ok(),
+            "{}",
+            r.raw
         );
     }
     assert_eq!(
@@ -407,6 +424,15 @@ async fn redeliver_by_window_resends_exactly_those_and_a_rotated_secret_signs_tw
         again.iter().all(|r| r.body["order_id"] == one.as_str()),
         "only {one}'s"
     );
+    // The body is built from the stored row on every attempt: a redelivery
+    // sends the very bytes of the first delivery.
+    let first: BTreeMap<String, String> = rx.received()[..seen]
+        .iter()
+        .map(|r| (r.webhook_id.clone(), r.raw.clone()))
+        .collect();
+    for r in &again {
+        assert_eq!(first[&r.webhook_id], r.raw, "{}", r.webhook_id);
+    }
 
     // Rotation: both secrets sign during the grace.
     let out = cli(&app.db, &["targets", "rotate-secret", &target.to_string()]);
@@ -638,6 +664,76 @@ async fn forwarding_gives_way_while_the_callback_writers_are_busy_and_loses_noth
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stored_body_is_sent_as_it_is_and_a_delivery_without_its_change_is_exhausted_unsent() {
+    let app = TestApp::spawn_with(&[CONFIRM_OFF]).await;
+    let rx = Receiver::start(vec![]).await.unwrap();
+    let (target, secret) = add_target(&app.db, &["--url", &rx.url()]);
+    rx.set_secrets(vec![secret.clone()]);
+    let mut c = app.db.conn();
+    // A delivery written before migration 019 (its body stored, its change
+    // pruned meanwhile), and one whose change is gone and that has no body.
+    c.batch_execute(&format!(
+        "INSERT INTO forward_deliveries (target_id, change_id, vendor, order_id, seq, webhook_id, payload) VALUES \
+           ({target}, -1, 'haoka172', 'OLD1', 1, 'msg_-1_{target}', \
+            '{{\"vendor\": \"haoka172\", \"order_id\": \"OLD1\", \"from\": \"new\", \"to\": \"shipped\", \
+              \"source\": \"callback\", \"at\": \"2026-11-01T08:00:00+00:00\", \"seq\": 1, \
+              \"order\": {{\"status\": \"shipped\", \"third_phone\": \"130****5678\"}}}}'), \
+           ({target}, -2, 'haoka172', 'OLD2', 1, 'msg_-2_{target}', NULL)"
+    ))
+    .unwrap();
+    #[derive(QueryableByName)]
+    struct Stored {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        body: String,
+    }
+    let stored = diesel::sql_query(
+        "SELECT payload::text AS body FROM forward_deliveries WHERE change_id = -1",
+    )
+    .get_result::<Stored>(&mut c)
+    .unwrap()
+    .body;
+    until("both attempted", 30, || {
+        count(
+            &mut app.db.conn(),
+            "SELECT count(*) AS n FROM forward_deliveries WHERE state <> 'pending'",
+        ) == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = rx.received();
+    assert_eq!(got.len(), 1, "only the one with a body is sent");
+    assert_eq!(got[0].webhook_id, format!("msg_-1_{target}"));
+    assert_eq!(got[0].raw, stored, "the stored bytes");
+    assert!(verifies(
+        &secret,
+        &got[0].webhook_id,
+        &got[0].timestamp,
+        got[0].raw.as_bytes(),
+        &got[0].signatures
+    ));
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM forward_deliveries WHERE change_id = -2 AND state = 'exhausted' \
+               AND attempts = 1 AND last_error LIKE '%no longer in order_change_log%'"
+        ),
+        1,
+        "exhausted at its first attempt, with why"
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM forward_attempts a JOIN forward_deliveries d ON d.id = a.delivery_id \
+             WHERE d.change_id = -2 AND a.http_status IS NULL AND a.error LIKE '%order_change_log%'"
+        ),
+        1,
+        "the attempt is recorded"
+    );
+    let listed = cli(&app.db, &["deliveries", "--failed"]);
+    assert!(listed.contains("OLD2"), "{listed}");
+}
+
 /// Index entries of `forward_deliveries_claim_idx` read so far, once this
 /// connection's statistics are flushed.
 fn claim_index_reads(c: &mut PgConnection) -> i64 {
@@ -663,10 +759,21 @@ fn a_claim_on_statistics_taken_before_a_burst_reads_about_what_it_takes() {
          INSERT INTO forward_deliveries (target_id, change_id, vendor, order_id, seq, webhook_id, payload, state)
            SELECT 1, -g, 'haoka172', 'A' || g, 1, 'msg_-' || g || '_1', '{}', 'delivered'
            FROM generate_series(1, 20000) g;
+         INSERT INTO order_change_log (id, event_id, vendor, order_id, from_status, to_status, source, at, order_seq)
+           SELECT -g, 0, 'haoka172', 'A' || g, 'new', 'pending', 'callback', now(), 1 FROM generate_series(1, 20000) g;
          ANALYZE forward_deliveries;
+         ANALYZE order_change_log;
+         INSERT INTO order_change_log (id, event_id, vendor, order_id, from_status, to_status, source, at, order_seq)
+           SELECT g, 0, 'haoka172', 'B' || g, 'new', 'pending', 'callback', now(), 1 FROM generate_series(1, 20000) g;
          INSERT INTO forward_deliveries (target_id, change_id, vendor, order_id, seq, webhook_id, payload, next_attempt_at)
            SELECT 1, g, 'haoka172', 'B' || g, 1, 'msg_' || g || '_1', '{}', now() - interval '1 minute'
-           FROM generate_series(1, 20000) g",
+           FROM generate_series(1, 20000) g;
+         -- A later change of B1, due before all the others: it waits for
+         -- B1's first.
+         INSERT INTO order_change_log (id, event_id, vendor, order_id, from_status, to_status, source, at, order_seq)
+           VALUES (50000, 0, 'haoka172', 'B1', 'pending', 'shipped', 'callback', now(), 2);
+         INSERT INTO forward_deliveries (target_id, change_id, vendor, order_id, seq, webhook_id, payload, next_attempt_at)
+           VALUES (1, 50000, 'haoka172', 'B1', 2, 'msg_50000_1', '{}', now() - interval '2 minutes')",
     )
     .unwrap();
     let before = claim_index_reads(&mut c);
@@ -686,7 +793,7 @@ fn a_claim_on_statistics_taken_before_a_burst_reads_about_what_it_takes() {
     assert_eq!(
         ids,
         (20_001..=20_008).collect::<Vec<i64>>(),
-        "the 8 oldest due"
+        "the 8 oldest due that are their order's earliest pending (not B1's second)"
     );
     // The candidates' walk reads about 8 entries; locking them by key reads
     // none. (Locking through the claim index, and the failing targets'
