@@ -21,8 +21,11 @@ use crate::rules::retention::{plan_partitions, rest_after_drop, Partition, Reten
 pub const LOCK: i64 = 7217201500;
 /// Months of partitions kept created past the current one.
 pub const MONTHS_AHEAD: u32 = 2;
-/// Rows a delete batch removes.
-pub const BATCH: i64 = 5000;
+/// Rows a delete batch removes. Small, so that with the rests of `PACE`
+/// the deletes' WAL comes in short pieces the callbacks' commits barely
+/// wait behind, rather than in bursts a commit queues for (BENCHMARKS.md,
+/// "Retention": 5,000 a batch gave 2.8x the p99 during the deletes).
+pub const BATCH: i64 = 500;
 /// After each batch (and each partition dropped) a prune rests this many
 /// times as long as the work took: at most a third of the time is spent
 /// pruning, so the callback path keeps the machine (measured in
@@ -144,6 +147,8 @@ struct Trim {
     before: &'static str,
     also: &'static str,
     order: &'static str,
+    /// The SQL type of `order` (the batches resume from the last value).
+    order_type: &'static str,
 }
 
 /// The unpartitioned tables that follow the `events` retention, in this
@@ -158,6 +163,7 @@ const TRIMMED: [Trim; 4] = [
         before: "received_at",
         also: "",
         order: "received_at",
+        order_type: "timestamptz",
     },
     Trim {
         table: "forward_deliveries",
@@ -165,6 +171,7 @@ const TRIMMED: [Trim; 4] = [
         before: "created_at",
         also: " AND state <> 'pending'",
         order: "id",
+        order_type: "bigint",
     },
     Trim {
         table: "order_change_log",
@@ -173,6 +180,7 @@ const TRIMMED: [Trim; 4] = [
         also: " AND NOT EXISTS (SELECT 1 FROM forward_deliveries d \
                 WHERE d.change_id = order_change_log.id)",
         order: "at",
+        order_type: "timestamptz",
     },
     Trim {
         table: "forward_attempts",
@@ -181,6 +189,7 @@ const TRIMMED: [Trim; 4] = [
         also: " AND NOT EXISTS (SELECT 1 FROM forward_deliveries d \
                 WHERE d.id = forward_attempts.delivery_id AND d.state = 'pending')",
         order: "at",
+        order_type: "timestamptz",
     },
 ];
 
@@ -295,6 +304,7 @@ fn locked(
     .bind::<Text, _>(retention.describe())
     .get_result(conn)?;
     let cut = retention.cutoffs(now);
+    let compressing = !dry_run && compress_wal(conn, progress);
     let mut removed = Vec::new();
     let mut work = || -> QueryResult<()> {
         removed.push(prune_parted(
@@ -317,6 +327,9 @@ fn locked(
         Ok(())
     };
     let outcome = work();
+    if compressing {
+        let _ = conn.batch_execute("RESET wal_compression");
+    }
     let summary = serde_json::to_value(
         removed
             .iter()
@@ -336,6 +349,38 @@ fn locked(
         removed,
         run_id: run.id,
     })
+}
+
+/// Most of what a delete writes is full-page images: the first change to
+/// each old page after a checkpoint logs the whole page. When the server
+/// does not compress them, ask for it on this session, for the prune only
+/// (`wal_compression` is a superuser setting; lz4, else pglz). Refused, it
+/// says so once and prunes anyway. True when it set it (to reset after).
+fn compress_wal(conn: &mut PgConnection, progress: &mut dyn FnMut(String)) -> bool {
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Text)]
+        v: String,
+    }
+    let now: Option<Setting> = diesel::sql_query("SELECT current_setting('wal_compression') AS v")
+        .get_result(conn)
+        .ok();
+    if now.is_none_or(|s| s.v != "off") {
+        return false;
+    }
+    let mut why = String::new();
+    for method in ["lz4", "pglz"] {
+        match conn.batch_execute(&format!("SET wal_compression = {method}")) {
+            Ok(()) => return true,
+            Err(e) => why = e.to_string(),
+        }
+    }
+    progress(format!(
+        "prune: the deletes' full-page images are written uncompressed ({}): \
+         wal_compression = lz4 in postgresql.conf (or a superuser DATABASE_URL for prune) makes them smaller",
+        why.trim()
+    ));
+    false
 }
 
 fn prune_parted(
@@ -403,6 +448,7 @@ fn prune_parted(
         before: t.column,
         also: "",
         order: t.column,
+        order_type: "timestamptz",
     };
     let deleted = delete_old(conn, &straddling, Some(cutoff), dry_run, progress)?;
     r.rows += deleted.rows;
@@ -435,7 +481,10 @@ fn partition_rows(conn: &mut PgConnection, name: &str) -> QueryResult<Count> {
 
 /// Delete the rows of `t` before `cutoff` in batches of `BATCH`, each its
 /// own transaction, resting `PACE` times as long as the batch took; in a
-/// dry run, count them.
+/// dry run, count them. Keyset batches: each starts at the last `order`
+/// value the one before deleted, so a batch reads about the rows it
+/// deletes, not the index entries of every row deleted before it (dead
+/// until a vacuum).
 fn delete_old(
     conn: &mut PgConnection,
     t: &Trim,
@@ -456,10 +505,16 @@ fn delete_old(
     // `(id, at)` IN (SELECT id, at ...) for a composite key.
     let columns = t.key.trim_start_matches('(').trim_end_matches(')');
     let delete = format!(
-        "DELETE FROM {table} WHERE {key} IN \
-           (SELECT {columns} FROM {table} WHERE {rows} ORDER BY {order} LIMIT $2)",
+        "WITH gone AS ( \
+           DELETE FROM {table} WHERE {key} IN \
+             (SELECT {columns} FROM {table} WHERE {rows} \
+                AND ($3::text IS NULL OR {order} >= $3::text::{ty}) \
+              ORDER BY {order} LIMIT $2) \
+           RETURNING {order} AS k) \
+         SELECT count(*) AS n, max(k)::text AS last FROM gone",
         key = t.key,
-        order = t.order
+        order = t.order,
+        ty = t.order_type,
     );
     let count = format!("SELECT count(*) AS n FROM {table} WHERE {rows}");
     if dry_run {
@@ -469,18 +524,28 @@ fn delete_old(
         r.rows = c.n;
         return Ok(r);
     }
+    #[derive(QueryableByName)]
+    struct Batch {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+        #[diesel(sql_type = Nullable<Text>)]
+        last: Option<String>,
+    }
     let started = Instant::now();
     let mut said = Instant::now();
+    let mut last: Option<String> = None;
     loop {
         let t = Instant::now();
-        let n = diesel::sql_query(&delete)
+        let b: Batch = diesel::sql_query(&delete)
             .bind::<Timestamptz, _>(cutoff)
             .bind::<BigInt, _>(BATCH)
-            .execute(conn)?;
-        r.rows += n as i64;
-        if (n as i64) < BATCH {
+            .bind::<Nullable<Text>, _>(last.as_deref())
+            .get_result(conn)?;
+        r.rows += b.n;
+        if b.n < BATCH {
             break;
         }
+        last = b.last;
         if said.elapsed() >= Duration::from_secs(2) {
             said = Instant::now();
             progress(format!(

@@ -41,9 +41,15 @@ fn fill(c: &mut PgConnection) {
          INSERT INTO order_events (vendor, order_id, source, status, applied, effect, request_id, observed, received_at)
            SELECT 'haoka172', 'O1', 'callback', 'shipped', true, 'same', 'E' || a || '-' || n, '{{}}', now() - make_interval(days => a, hours => 12)
            FROM unnest(ARRAY[{ages}]) a, generate_series(1, 4) n;
+         -- More rows at one instant than a delete batch takes: the keyset
+         -- batches resume at a tie and leave none of them behind.
+         INSERT INTO order_events (vendor, order_id, source, status, applied, effect, request_id, observed, received_at)
+           SELECT 'haoka172', 'O1', 'callback', 'shipped', true, 'same', 'T' || n, '{{}}', now() - interval '200 days 5 hours'
+           FROM generate_series(1, {tie}) n;
          INSERT INTO order_change_log (id, event_id, vendor, order_id, from_status, to_status, source, at, order_seq)
            SELECT nextval('order_change_log_id_seq'), 0, 'haoka172', 'O1', 'pending', 'shipped', 'callback', now() - make_interval(days => a, hours => 12), 1
-           FROM unnest(ARRAY[{ages}]) a, generate_series(1, 2) n"
+           FROM unnest(ARRAY[{ages}]) a, generate_series(1, 2) n",
+        tie = haoka_sync::store::retention::BATCH * 2 + 7
     ))
     .unwrap();
 }
