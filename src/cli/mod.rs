@@ -24,7 +24,6 @@ mod track;
 mod watch;
 
 use std::future::Future;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -141,7 +140,9 @@ enum Command {
     Redeliver(redeliver::RedeliverArgs),
 }
 
-pub fn main() -> ExitCode {
+/// The whole command line; returns the process's exit code (`main` ends
+/// the process with it).
+pub fn main() -> u8 {
     // Until `.env` is read, the environment's LOG_FORMAT says how to report
     // a usage error.
     log_format::assume(LogFormat::from_env().unwrap_or_default());
@@ -151,7 +152,7 @@ pub fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => {
             // --help, --version: clap's own output, on stdout.
             let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(0));
+            return u8::try_from(e.exit_code()).unwrap_or(0);
         }
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             // No command at all: clap would print the whole help.
@@ -200,7 +201,7 @@ pub fn main() -> ExitCode {
         );
     }
     match run(cli.command, &env_file) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(CliError::Usage(e)) => exit_line(2, &one_line(&e)),
         Err(CliError::Failed(e)) => exit_line(1, &one_line(&e.to_string())),
     }
@@ -208,7 +209,7 @@ pub fn main() -> ExitCode {
 
 /// The last line of a command that fails, `haoka-sync: <why>` (a JSON
 /// `error` line with `exit_code` in JSON mode), and its exit code.
-fn exit_line(code: u8, why: &str) -> ExitCode {
+fn exit_line(code: u8, why: &str) -> u8 {
     log_format::note(
         log::Level::Error,
         "haoka_sync",
@@ -216,7 +217,7 @@ fn exit_line(code: u8, why: &str) -> ExitCode {
         why,
         &[("exit_code", code)],
     );
-    ExitCode::from(code)
+    code
 }
 
 /// `configuration error: VAR (from .env): why`.
