@@ -5,7 +5,8 @@
 //! - bottom: `rules` (the pure rules: status model and merge, when to ask,
 //!   callback gaps, the callback verdict and its answers, ids, masking, the
 //!   `Vendor` type) and `secret`; `metrics` (the Prometheus registry every
-//!   layer above counts into) uses only `rules`;
+//!   layer above counts into) uses only `rules`; `owner` names the process
+//!   in leases and runs;
 //! - `vendors` (each vendor's protocol in its folder, and the `Asker`
 //!   interface the poller uses), `db` (pool, the database's health and its
 //!   prober, migrations, schema) and
@@ -22,6 +23,7 @@ pub mod demo;
 pub mod forward;
 pub mod http;
 pub mod metrics;
+pub mod owner;
 pub mod poller;
 pub mod rules;
 pub mod secret;

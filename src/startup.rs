@@ -338,11 +338,7 @@ async fn retain(
     stop: Arc<tokio::sync::Notify>,
 ) {
     use crate::store::retention::{self as rstore, Prune, Trigger};
-    let owner = format!(
-        "{}:{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-        std::process::id()
-    );
+    let owner = crate::owner::process();
     loop {
         let (url, owner) = (url.clone(), owner.clone());
         let looked = tokio::task::spawn_blocking(move || -> Result<(i32, Prune), String> {

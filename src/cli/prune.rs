@@ -11,11 +11,7 @@ pub(super) async fn run(config: &PruneConfig, dry_run: bool) -> CliResult {
     prepare(&config.database.url).await?;
     let url = config.database.url.clone();
     let retention = config.retention;
-    let owner = format!(
-        "{}:{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-        std::process::id()
-    );
+    let owner = crate::owner::process();
     let started = std::time::Instant::now();
     let pruned = tokio::task::spawn_blocking(move || -> Result<Prune, String> {
         let name = url.database_name();

@@ -64,7 +64,6 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(pool: PgPool, settings: Settings, metrics: Arc<Metrics>) -> Forwarder {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -74,11 +73,7 @@ impl Forwarder {
         Forwarder {
             pool,
             client,
-            owner: format!(
-                "{host}:{}:{:x}",
-                std::process::id(),
-                Utc::now().timestamp_subsec_nanos()
-            ),
+            owner: crate::owner::worker(),
             settings,
             metrics,
             load: None,

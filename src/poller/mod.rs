@@ -128,16 +128,11 @@ impl Poller {
     /// `askers` is built once at startup (`startup::askers`): it is the one
     /// answer to "does this vendor poll", for `serve`, `poll-once` and here.
     pub fn new(pool: PgPool, schedule: Arc<Schedule>, askers: Askers, lease: Duration) -> Poller {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
         Poller {
             pool,
             schedule,
             askers,
-            owner: format!(
-                "{host}:{}:{:x}",
-                std::process::id(),
-                Utc::now().timestamp_subsec_nanos()
-            ),
+            owner: crate::owner::worker(),
             lease,
             running: Mutex::new(()),
             skipped_outage: std::sync::Mutex::new(None),
