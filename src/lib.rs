@@ -5,12 +5,12 @@
 //! - bottom: `rules` (the pure rules: status model and merge, when to ask,
 //!   callback gaps, the callback verdict and its answers, ids, masking, the
 //!   `Vendor` type) and `secret`; `metrics` (the Prometheus registry every
-//!   layer above counts into) uses only `rules`; `owner` names the process
-//!   in leases and runs;
+//!   layer above counts into) uses only `rules`;
 //! - `vendors` (each vendor's protocol in its folder, and the `Asker`
 //!   interface the poller uses), `db` (pool, the database's health and its
 //!   prober, migrations, schema) and
-//!   `config` (typed configuration, built once);
+//!   `config` (typed configuration, built once), `owner` (the process's
+//!   name in leases and runs);
 //! - `store` (the only code that decides what is committed; `ingest` is the
 //!   one commit path for callbacks, live or replayed);
 //! - `poller` and `http` orchestrate; `sim` is the vendor simulator;
